@@ -1,0 +1,1 @@
+fn main() { println!("app {}", env!("CARGO_PKG_VERSION")); }

@@ -1,0 +1,1 @@
+fn main() { println!("gateway {}", env!("CARGO_PKG_VERSION")); }
