@@ -1,0 +1,402 @@
+//! What the upstream receives: which request headers must be stripped before
+//! proxying, and request-id validation/generation.
+//!
+//! Pure functions over `http::HeaderMap`; no I/O. Clients on the internet are
+//! hostile, so nothing here may panic on any input.
+
+use http::{HeaderMap, HeaderName};
+
+/// Canonical (lower-case, dash-separated) names of headers that claim to say
+/// who the client is or how it connected. Upstreams must only ever see the
+/// values *we* write, so every spelling of these is stripped from requests.
+const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded",
+    "forwarded",
+    "forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+];
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 plus the de-facto `proxy-connection`
+/// and `keep-alive`): they describe *this* connection and must not be relayed.
+const HOP_BY_HOP_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authenticate",
+    "proxy-authorization",
+];
+
+/// Headers the proxy itself needs to frame and route the request. A client
+/// listing them in `Connection:` must not be able to make us drop them
+/// (request smuggling / desync, host confusion).
+const NEVER_STRIP: &[&str] = &["host", "content-length", "transfer-encoding"];
+
+/// ASCII lower-case with `_` folded to `-`, so `X_Forwarded_For` matches
+/// `x-forwarded-for`: many servers (CGI, some frameworks) treat the two as the
+/// same header, so an attacker can use either spelling.
+fn fold(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Compare `name` against an already-canonical `canonical` without allocating.
+fn eq_folded(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len() && name.iter().zip(canonical).all(|(&a, &b)| fold(a) == b)
+}
+
+/// True for every header that claims to say who the client is or how it
+/// connected, in any case and with `_` in place of `-` (`X_Forwarded_For`).
+/// `x-request-id` is deliberately not one of them.
+pub fn is_forwarding_header(name: &str) -> bool {
+    FORWARDING_HEADERS
+        .iter()
+        .any(|c| eq_folded(name.as_bytes(), c.as_bytes()))
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP_HEADERS
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c))
+}
+
+fn is_never_strip(name: &str) -> bool {
+    NEVER_STRIP.iter().any(|c| name.eq_ignore_ascii_case(c))
+}
+
+/// Every header name to remove from a request before it goes upstream:
+/// forwarding headers (any spelling), hop-by-hop headers, and every header
+/// nominated by `Connection:` tokens (all `Connection` lines) — except
+/// `host`, `content-length` and `transfer-encoding`, which the proxy needs for
+/// framing and must never drop on a client's say-so.
+///
+/// Only names actually present in `headers` are returned (removing an absent
+/// header is a no-op, and this keeps a `Connection:` line with thousands of
+/// junk tokens from inflating the result). Each name appears once.
+pub fn headers_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
+    let mut out: Vec<HeaderName> = Vec::new();
+    // `keys()` yields each distinct name once.
+    for name in headers.keys() {
+        let s = name.as_str();
+        if (is_forwarding_header(s) || is_hop_by_hop(s)) && !is_never_strip(s) {
+            out.push(name.clone());
+        }
+    }
+    for value in headers.get_all(http::header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = trim_ows(token);
+            if token.is_empty() {
+                continue;
+            }
+            // Junk tokens (not a valid field name) cannot name a header: skip.
+            let Ok(name) = HeaderName::from_bytes(token) else {
+                continue;
+            };
+            if is_never_strip(name.as_str()) || !headers.contains_key(&name) {
+                continue;
+            }
+            if !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+/// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
+
+/// Longest X-Request-Id we relay: long enough for UUIDs and trace ids, short
+/// enough that a hostile value cannot bloat logs.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// X-Request-Id accepted from a trusted peer: 1..=64 bytes of
+/// `[A-Za-z0-9._:-]`. The id ends up in logs and upstream headers, so anything
+/// that could inject (spaces, CR/LF, quotes, non-ASCII) is refused.
+pub fn is_valid_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// A new random request id: 32 lower-case hex chars (128 random bits), so
+/// collisions are negligible and ids are not guessable.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn forwarding_header_spellings() {
+        let cases: &[(&str, bool)] = &[
+            ("x-forwarded-for", true),
+            ("X-Forwarded-For", true),
+            ("X-FORWARDED-FOR", true),
+            ("x_forwarded_for", true),
+            ("X_Forwarded-For", true),
+            ("x-forwarded-host", true),
+            ("X-Forwarded-Proto", true),
+            ("x-forwarded-port", true),
+            ("x-forwarded-server", true),
+            ("x-forwarded-prefix", true),
+            ("x_forwarded_ssl", true),
+            ("x-forwarded", true),
+            ("Forwarded", true),
+            ("forwarded-for", true),
+            ("Forwarded_For", true),
+            ("X-Real-IP", true),
+            ("x_real_ip", true),
+            ("X-REAL-IP", true),
+            ("x-client-ip", true),
+            ("Client-IP", true),
+            ("client_ip", true),
+            ("True-Client-IP", true),
+            ("CF-Connecting-IP", true),
+            ("Fastly-Client-IP", true),
+            ("X-Cluster-Client-IP", true),
+            ("x-original-forwarded-for", true),
+            ("X-Originating-IP", true),
+            ("x-remote-ip", true),
+            ("X-Remote-Addr", true),
+            ("x-proxyuser-ip", true),
+            ("x-request-id", false),
+            ("X-Request-Id", false),
+            ("x-forwarded-forx", false),
+            ("x-forwarded-fo", false),
+            ("xforwardedfor", false),
+            (" x-forwarded-for", false),
+            ("", false),
+            ("host", false),
+            ("connection", false),
+            ("x-forwarded-for\u{0}", false),
+            ("x-fORWARDED-fOR", true),
+            ("ｘ-forwarded-for", false),
+        ];
+        for (name, want) in cases {
+            assert_eq!(is_forwarding_header(name), *want, "{name:?}");
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (n, v) in pairs {
+            m.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        m
+    }
+
+    #[test]
+    fn strip_table() {
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, &[(&str, &str)], &[&str])] = &[
+            ("nothing to strip", &[("host", "a"), ("accept", "*/*")], &[]),
+            (
+                "forwarding headers any spelling",
+                &[
+                    ("x-forwarded-for", "1.2.3.4"),
+                    ("x_forwarded_for", "1.2.3.4"),
+                    ("true-client-ip", "1.2.3.4"),
+                    ("forwarded", "for=1.2.3.4"),
+                    ("x-request-id", "abc"),
+                ],
+                &[
+                    "x-forwarded-for",
+                    "x_forwarded_for",
+                    "true-client-ip",
+                    "forwarded",
+                ],
+            ),
+            (
+                "hop by hop",
+                &[
+                    ("connection", "keep-alive"),
+                    ("keep-alive", "timeout=5"),
+                    ("proxy-connection", "close"),
+                    ("te", "trailers"),
+                    ("trailer", "x"),
+                    ("upgrade", "websocket"),
+                    ("proxy-authorization", "Basic x"),
+                    ("proxy-authenticate", "Basic"),
+                ],
+                &[
+                    "connection",
+                    "keep-alive",
+                    "proxy-connection",
+                    "te",
+                    "trailer",
+                    "upgrade",
+                    "proxy-authorization",
+                    "proxy-authenticate",
+                ],
+            ),
+            (
+                "connection nominates x-foo",
+                &[("connection", "X-Foo"), ("x-foo", "1"), ("x-bar", "2")],
+                &["connection", "x-foo"],
+            ),
+            (
+                "connection cannot nominate framing headers",
+                &[
+                    ("connection", "content-length, Host, TRANSFER-ENCODING"),
+                    ("host", "a"),
+                    ("content-length", "0"),
+                    ("transfer-encoding", "chunked"),
+                ],
+                &["connection"],
+            ),
+            (
+                "multiple connection lines",
+                &[
+                    ("connection", "x-a"),
+                    ("connection", "x-b ,  x-a"),
+                    ("x-a", "1"),
+                    ("x-b", "2"),
+                ],
+                &["connection", "x-a", "x-b"],
+            ),
+            (
+                "junk tokens ignored",
+                &[
+                    ("connection", ",, \"x-a\", x b, x-c;q=1, @@, ,x-d"),
+                    ("x-a", "1"),
+                    ("x-c", "1"),
+                    ("x-d", "1"),
+                ],
+                &["connection", "x-d"],
+            ),
+            (
+                "nominated but absent",
+                &[("connection", "x-absent, close")],
+                &["connection"],
+            ),
+            (
+                "nominated forwarding header listed once",
+                &[
+                    ("connection", "x-forwarded-for, X-Forwarded-For"),
+                    ("x-forwarded-for", "1.1.1.1"),
+                ],
+                &["x-forwarded-for", "connection"],
+            ),
+        ];
+        for (name, pairs, want) in cases {
+            let got = headers_to_strip(&map(pairs));
+            let mut got: Vec<&str> = got.iter().map(|h| h.as_str()).collect();
+            let mut want: Vec<&str> = want.to_vec();
+            got.sort_unstable();
+            want.sort_unstable();
+            assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn strip_names_are_unique() {
+        let m = map(&[
+            ("connection", "x-a, x-a, connection, keep-alive"),
+            ("connection", "x-a"),
+            ("keep-alive", "1"),
+            ("x-a", "1"),
+        ]);
+        let got = headers_to_strip(&m);
+        let mut dedup = got.clone();
+        dedup.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        dedup.dedup();
+        assert_eq!(got.len(), dedup.len());
+        assert_eq!(got.len(), 3);
+    }
+
+    #[test]
+    fn strip_non_utf8_connection() {
+        let mut m = HeaderMap::new();
+        m.append(
+            http::header::CONNECTION,
+            HeaderValue::from_bytes(b"\xff\xfe, x-a").unwrap(),
+        );
+        m.append("x-a", HeaderValue::from_static("1"));
+        let got = headers_to_strip(&m);
+        assert!(got.iter().any(|h| h == "x-a"));
+    }
+
+    #[test]
+    fn request_id_table() {
+        let long64 = "a".repeat(64);
+        let long65 = "a".repeat(65);
+        let cases: &[(&[u8], bool)] = &[
+            (b"abc", true),
+            (b"0123456789abcdef0123456789abcdef", true),
+            (b"A-Z.a_z:0-9", true),
+            (b"550e8400-e29b-41d4-a716-446655440000", true),
+            (long64.as_bytes(), true),
+            (long65.as_bytes(), false),
+            (b"", false),
+            (b"a b", false),
+            (b" abc", false),
+            (b"abc\r\nX-Evil: 1", false),
+            (b"abc\n", false),
+            (b"abc\t", false),
+            ("caf\u{e9}".as_bytes(), false),
+            (b"\xff", false),
+            (b"a/b", false),
+            (b"a\"b", false),
+            (b"a\0b", false),
+        ];
+        for (v, want) in cases {
+            assert_eq!(
+                is_valid_request_id(v),
+                *want,
+                "{:?}",
+                String::from_utf8_lossy(v)
+            );
+        }
+    }
+
+    #[test]
+    fn new_request_id_shape() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        assert!(is_valid_request_id(a.as_bytes()));
+        assert_ne!(a, b);
+    }
+}
