@@ -1,6 +1,19 @@
 //! Edge gateway: a pipeline of small stages, each a module with a pure core.
 //! The pingora `ProxyHttp` impl in `proxy` only wires them together.
 
+pub mod access_log;
+pub mod admin;
 pub mod client_ip;
+pub mod config;
+pub mod errors;
 pub mod forwarding;
+pub mod head;
+pub mod identity;
 pub mod limits;
+pub mod listener;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
+pub mod reload;
+pub mod state;
+pub mod upstream;

@@ -1,1 +1,210 @@
-fn main() { println!("gateway {}", env!("CARGO_PKG_VERSION")); }
+//! `gateway`: run the edge proxy, check a config file, or probe health.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use gateway::config::Config;
+use gateway::state::{Live, Shared};
+use gateway::{admin, listener, logging, proxy, reload, upstream};
+use pingora::server::configuration::ServerConf;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{watch, Semaphore};
+
+#[derive(Parser)]
+#[command(version, about = "Edge gateway in front of the document app")]
+struct Cli {
+    /// Config file to run with.
+    #[arg(long, default_value = "config/gateway.yaml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file (and the key file it names); exit 1 with file:line: field on error.
+    CheckConfig { file: PathBuf },
+    /// GET the admin /healthz; exit 0 when it answers 200 (for container HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
+        url: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Healthcheck { url }) => healthcheck(&url),
+        None => run(&cli.config),
+    }
+}
+
+fn check_config(file: &Path) -> ExitCode {
+    match Config::load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|c| Live::build(c, None))
+    {
+        Ok(_) => {
+            println!("{}: ok", file.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A dependency-free HTTP/1.0 GET: the runtime image has no shell or curl.
+fn healthcheck(url: &str) -> ExitCode {
+    let ok = (|| -> Option<bool> {
+        let rest = url.strip_prefix("http://")?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr = authority.to_socket_addrs().ok()?.next()?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").ok()?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).ok()?;
+        Some(&head[..] == b"HTTP/1.1 200" || &head[..] == b"HTTP/1.0 200")
+    })();
+    if ok == Some(true) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("unhealthy: {url}");
+        ExitCode::FAILURE
+    }
+}
+
+fn run(config_path: &Path) -> ExitCode {
+    let log = logging::init();
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let threads = config
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("gateway")
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(config_path, config, log));
+    // Don't wait for stragglers: the drain already had its grace period.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> ExitCode {
+    let live = match Live::build(config, None) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid config");
+            return ExitCode::FAILURE;
+        }
+    };
+    let c = live.config.clone();
+    let shared = Arc::new(Shared::new(live, config_path.to_path_buf()));
+
+    let public = match tokio::net::TcpListener::bind(c.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %c.listen, error = %e, "cannot bind public listener");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin_listener = match tokio::net::TcpListener::bind(c.admin_listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(listen = %c.admin_listen, error = %e, "cannot bind admin listener");
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let server_conf = ServerConf {
+        upstream_keepalive_pool_size: c.upstream_pool_size,
+        // pingora counts tries, not retries. Two tries let an idempotent request survive a
+        // pooled connection the app closed; pingora's default hook never retries POST/DELETE.
+        max_retries: 2,
+        ..ServerConf::default()
+    };
+    let proxy = Arc::new(pingora::proxy::http_proxy(
+        &Arc::new(server_conf),
+        proxy::Gateway {
+            shared: shared.clone(),
+        },
+    ));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(upstream::refresh_loop(
+        c.upstream.clone(),
+        shared.upstream.clone(),
+        c.timeouts.upstream_refresh,
+        c.timeouts.upstream_connect,
+        shared.metrics.upstream_up.clone(),
+        shutdown_rx.clone(),
+    ));
+    let dropped = log.dropped.clone();
+    tokio::spawn(admin::serve(
+        admin_listener,
+        shared.clone(),
+        Arc::new(move || dropped.dropped_lines()),
+    ));
+    tokio::spawn(reload::watch(shared.clone()));
+    let permits = Arc::new(Semaphore::new(c.limits.max_connections));
+    tokio::spawn(listener::serve(
+        public,
+        proxy,
+        shared.clone(),
+        permits.clone(),
+        shutdown_rx,
+    ));
+    tracing::info!(listen = %c.listen, admin = %c.admin_listen, upstream = %c.upstream, "gateway started");
+
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    // Drain: /readyz turns 503, the listener closes, idle keep-alive connections close,
+    // in-flight requests finish; exit when they have or when the grace period ends.
+    let grace = shared.live.load().config.timeouts.shutdown_grace;
+    tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
+    shared.start_draining();
+    let _ = shutdown_tx.send(true);
+    let total = c.limits.max_connections as u32;
+    match tokio::time::timeout(grace, permits.acquire_many(total)).await {
+        Ok(_) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            open_connections = shared.metrics.connections.get(),
+            "grace period over; exiting with connections still open"
+        ),
+    }
+    ExitCode::SUCCESS
+}

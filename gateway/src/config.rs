@@ -1,0 +1,580 @@
+//! The gateway's one typed config schema: parsed from YAML, validated at load,
+//! with errors that name the file, line and field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+
+use crate::client_ip::ForwardedHeader;
+use crate::limits::RateLimitsConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Public listener.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// Admin listener: /metrics, /healthz, /readyz. Never publish it.
+    #[serde(default = "defaults::admin_listen")]
+    pub admin_listen: SocketAddr,
+    /// host:port of the app; a name is resolved asynchronously and re-resolved in the background.
+    pub upstream: Upstream,
+    /// Peers whose forwarded headers are believed. Empty = trust no one.
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Which forwarded headers to read from a trusted peer, in order of preference.
+    #[serde(default = "defaults::forwarded_headers")]
+    pub forwarded_headers: Vec<ForwardedHeader>,
+    /// Cap on forwarded-header entries walked per request.
+    #[serde(default = "defaults::max_forwarded_hops")]
+    pub max_forwarded_hops: usize,
+    /// Path prefixes forwarded to the app; everything else is a 404 at the edge.
+    #[serde(default = "defaults::routes")]
+    pub routes: Vec<RoutePrefix>,
+    /// Key file shared with the app (HS256 keys by `kid`) for verifying bearer tokens.
+    pub token_key_file: PathBuf,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: SizeLimits,
+    #[serde(default)]
+    pub security_headers: SecurityHeaders,
+    #[serde(default)]
+    pub access_log: AccessLogConfig,
+    /// Worker threads for the proxy runtime (default: one per core).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Idle upstream connections kept for reuse.
+    #[serde(default = "defaults::upstream_pool_size")]
+    pub upstream_pool_size: usize,
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Whole request head (line + headers) must arrive within this; else 408.
+    #[serde(deserialize_with = "duration")]
+    pub request_header: Duration,
+    /// Longest gap between two reads of a request body; else 408.
+    #[serde(deserialize_with = "duration")]
+    pub downstream_read: Duration,
+    /// Longest a write to the client may stall.
+    #[serde(deserialize_with = "duration")]
+    pub downstream_write: Duration,
+    /// Idle time allowed between requests on a keep-alive connection.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_idle: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub upstream_connect: Duration,
+    /// Longest gap between two reads from the app; else 504.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_read: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub upstream_write: Duration,
+    /// Idle pooled upstream connections are closed after this.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_idle: Duration,
+    /// After SIGTERM: time for in-flight requests to finish before exit.
+    /// Keep it below the container's stop grace period (compose: 20 s).
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+    /// How often the upstream name is re-resolved and probed.
+    #[serde(deserialize_with = "duration")]
+    pub upstream_refresh: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            request_header: Duration::from_secs(10),
+            downstream_read: Duration::from_secs(30),
+            downstream_write: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(60),
+            upstream_connect: Duration::from_secs(2),
+            upstream_read: Duration::from_secs(30),
+            upstream_write: Duration::from_secs(30),
+            upstream_idle: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(15),
+            upstream_refresh: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SizeLimits {
+    /// Request bodies above this get 413.
+    pub max_request_body_bytes: u64,
+    /// Request heads (request line + headers) above this get 431.
+    pub max_request_header_bytes: usize,
+    /// More header fields than this get 431.
+    pub max_request_headers: usize,
+    /// Concurrent client connections; more are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for SizeLimits {
+    fn default() -> Self {
+        SizeLimits {
+            // The app's own cap is 10 MiB; leave headroom so the app's 413 is the one users see.
+            max_request_body_bytes: 10 * 1024 * 1024 + 64 * 1024,
+            max_request_header_bytes: 16 * 1024,
+            max_request_headers: 100,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityHeaders {
+    /// `Strict-Transport-Security` value; off by default because this listener is plain HTTP
+    /// (turn it on when a TLS terminator sits in front).
+    pub hsts: Option<String>,
+    pub content_security_policy: String,
+}
+
+impl Default for SecurityHeaders {
+    fn default() -> Self {
+        SecurityHeaders {
+            hsts: None,
+            // A JSON API renders nothing: forbid every fetch, framing and form target.
+            content_security_policy:
+                "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+                    .into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLogConfig {
+    /// Log the query string too. Off by default: queries may carry personal data.
+    pub include_query: bool,
+}
+
+/// A route prefix such as `/v1/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePrefix(pub String);
+
+impl<'de> Deserialize<'de> for RoutePrefix {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.starts_with('/')
+            && s.len() <= 256
+            && s.bytes().all(|b| b.is_ascii_graphic())
+            && !s.contains("..")
+            && !s.contains("//");
+        if ok {
+            Ok(RoutePrefix(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "route {s:?} must start with '/', be printable ASCII without '..' or '//'"
+            )))
+        }
+    }
+}
+
+impl RoutePrefix {
+    /// Segment-aware match: `/v1` matches `/v1` and `/v1/x`, never `/v1x`.
+    pub fn matches(&self, path: &str) -> bool {
+        let p = self.0.as_str();
+        match path.strip_prefix(p) {
+            Some(rest) => p.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// `host:port` of the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Upstream {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_upstream(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_upstream(s: &str) -> Result<Upstream, String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(Upstream {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("upstream {s:?} must be host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("upstream {s:?} has an invalid port"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !host_ok || port == 0 {
+        return Err(format!(
+            "upstream {s:?} must be host:port with a valid DNS name or IP"
+        ));
+    }
+    Ok(Upstream {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    let v = humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"10s\" or \"500ms\": {e}"
+        ))
+    })?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom(
+            "a timeout of 0 would disable it; set a real bound",
+        ));
+    }
+    if v > Duration::from_secs(24 * 3600) {
+        return Err(serde::de::Error::custom(
+            "timeouts above 24h are not accepted",
+        ));
+    }
+    Ok(v)
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        "0.0.0.0:8080".parse().expect("valid literal")
+    }
+    pub fn admin_listen() -> SocketAddr {
+        "127.0.0.1:9901".parse().expect("valid literal")
+    }
+    pub fn forwarded_headers() -> Vec<ForwardedHeader> {
+        vec![ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded]
+    }
+    pub fn max_forwarded_hops() -> usize {
+        20
+    }
+    pub fn routes() -> Vec<RoutePrefix> {
+        vec![RoutePrefix("/v1/".into())]
+    }
+    pub fn upstream_pool_size() -> usize {
+        128
+    }
+}
+
+/// A config error located in its file: `file:line:column: field: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(col) = self.column {
+                write!(f, ":{col}")?;
+            }
+        }
+        if self.field.is_empty() {
+            write!(f, ": {}", self.message)
+        } else {
+            write!(f, ": field `{}`: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates a config file. Relative paths inside it
+    /// (`token_key_file`) are resolved against the process working directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            line: None,
+            column: None,
+            field: String::new(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&file, &text)
+    }
+
+    pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            let inner = e.into_inner();
+            let location = inner.location();
+            // serde_yaml appends " at line L column C"; we print the location ourselves.
+            let mut message = inner.to_string();
+            if let Some(i) = message.find(" at line ") {
+                message.truncate(i);
+            }
+            ConfigError {
+                file: file.to_string(),
+                line: location.as_ref().map(|l| l.line()),
+                column: location.as_ref().map(|l| l.column()),
+                field: if field == "." { String::new() } else { field },
+                message,
+            }
+        })?;
+        config.validate().map_err(|(field, message)| ConfigError {
+            file: file.to_string(),
+            line: locate_field(text, &field),
+            column: None,
+            field,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that a single field's parser cannot make.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let err = |field: &str, message: &str| Err((field.to_string(), message.to_string()));
+        if self.listen == self.admin_listen {
+            return err("admin_listen", "must differ from listen");
+        }
+        if self.routes.is_empty() {
+            return err("routes", "at least one route prefix is needed");
+        }
+        if self.forwarded_headers.is_empty() && !self.trusted_proxies.is_empty() {
+            return err(
+                "forwarded_headers",
+                "trusted_proxies is set but no forwarded header is read",
+            );
+        }
+        if !(1..=64).contains(&self.max_forwarded_hops) {
+            return err("max_forwarded_hops", "must be 1 to 64");
+        }
+        if let Some(t) = self.threads {
+            if !(1..=256).contains(&t) {
+                return err("threads", "must be 1 to 256");
+            }
+        }
+        let l = &self.limits;
+        if !(1024..=1024 * 1024).contains(&l.max_request_header_bytes) {
+            return err("limits.max_request_header_bytes", "must be 1 KiB to 1 MiB");
+        }
+        if !(8..=256).contains(&l.max_request_headers) {
+            // pingora's parser stops at 256 header fields.
+            return err("limits.max_request_headers", "must be 8 to 256");
+        }
+        if l.max_connections == 0 {
+            return err("limits.max_connections", "must be at least 1");
+        }
+        if let Some(h) = &self.security_headers.hsts {
+            if http::HeaderValue::from_str(h).is_err() {
+                return err("security_headers.hsts", "is not a valid header value");
+            }
+        }
+        if http::HeaderValue::from_str(&self.security_headers.content_security_policy).is_err() {
+            return err(
+                "security_headers.content_security_policy",
+                "is not a valid header value",
+            );
+        }
+        if self.timeouts.shutdown_grace > Duration::from_secs(300) {
+            return err("timeouts.shutdown_grace", "must be at most 300s");
+        }
+        self.rate_limits
+            .validate()
+            .map_err(|e| (e.field, e.message))?;
+        Ok(())
+    }
+
+    pub fn route_for(&self, path: &str) -> Option<&RoutePrefix> {
+        self.routes.iter().find(|r| r.matches(path))
+    }
+}
+
+/// Best-effort line number of a dotted field path (`a.b[2].c`) in block-style YAML,
+/// so validation errors point at a line like parse errors do.
+pub fn locate_field(text: &str, field: &str) -> Option<usize> {
+    let mut line_no = 0usize; // index into lines where the search continues
+    let lines: Vec<&str> = text.lines().collect();
+    let mut min_indent = 0usize;
+    let mut found = None;
+    for part in field.split('.') {
+        let (key, index) = match part.split_once('[') {
+            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (part, None),
+        };
+        let mut hit = None;
+        for (i, l) in lines.iter().enumerate().skip(line_no) {
+            let indent = l.len() - l.trim_start().len();
+            let t = l.trim_start().trim_start_matches("- ");
+            if indent < min_indent && !l.trim().is_empty() && i > line_no {
+                break;
+            }
+            if t.starts_with(&format!("{key}:")) && indent >= min_indent {
+                hit = Some((i, indent));
+                break;
+            }
+        }
+        let (i, indent) = hit?;
+        found = Some(i + 1);
+        line_no = i + 1;
+        min_indent = indent + 1;
+        if let Some(n) = index {
+            // Walk to the n-th "- " item below the key.
+            let mut seen = 0usize;
+            let mut item = None;
+            for (j, l) in lines.iter().enumerate().skip(line_no) {
+                let ind = l.len() - l.trim_start().len();
+                if !l.trim().is_empty() && ind <= indent && !l.trim_start().starts_with("- ") {
+                    break;
+                }
+                if l.trim_start().starts_with("- ") {
+                    if seen == n {
+                        item = Some((j, ind));
+                        break;
+                    }
+                    seen += 1;
+                }
+            }
+            let (j, ind) = item?;
+            found = Some(j + 1);
+            // The item's first key sits on the dash line itself.
+            line_no = j;
+            min_indent = ind;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "upstream: 127.0.0.1:8081\ntoken_key_file: keys.yaml\n";
+
+    #[test]
+    fn minimal_config_gets_safe_defaults() {
+        let c = Config::parse("g.yaml", MINIMAL).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9901");
+        assert!(c.trusted_proxies.is_empty());
+        assert_eq!(c.routes, vec![RoutePrefix("/v1/".into())]);
+        assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(15));
+        assert_eq!(c.timeouts.keepalive_idle, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let cases: &[(&str, &str, Option<usize>, &str)] = &[
+            ("unknown key", "upstream: a:1\ntoken_key_file: k\nlisten_port: 1\n", Some(3), "listen_port"),
+            ("bad cidr", "upstream: a:1\ntoken_key_file: k\ntrusted_proxies:\n  - 10.0.0.0/33\n", Some(4), "trusted_proxies[0]"),
+            ("bad duration", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  upstream_read: forever\n", Some(4), "timeouts.upstream_read"),
+            ("zero duration", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  upstream_read: 0s\n", Some(4), "timeouts.upstream_read"),
+            ("bad route", "upstream: a:1\ntoken_key_file: k\nroutes: [\"v1\"]\n", Some(3), "routes[0]"),
+            ("traversal route", "upstream: a:1\ntoken_key_file: k\nroutes: [\"/v1/../admin\"]\n", Some(3), "routes[0]"),
+            ("bad upstream", "upstream: \"no port\"\ntoken_key_file: k\n", Some(1), "upstream"),
+            ("missing upstream", "token_key_file: k\n", None, ""),
+            ("bad header name", "upstream: a:1\ntoken_key_file: k\nforwarded_headers: [x-client-ip]\n", Some(3), "forwarded_headers[0]"),
+            ("same ports", "upstream: a:1\ntoken_key_file: k\nlisten: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1\n", Some(4), "admin_listen"),
+            ("header cap", "upstream: a:1\ntoken_key_file: k\nlimits:\n  max_request_headers: 1000\n", Some(4), "limits.max_request_headers"),
+            ("unterminated string", "token_key_file: k\nupstream: \"unterminated\n", Some(3), "upstream"),
+        ];
+        for (name, text, line, field) in cases {
+            let e = Config::parse("g.yaml", text).expect_err(name);
+            assert_eq!(e.file, "g.yaml", "{name}");
+            if line.is_some() {
+                assert_eq!(e.line, *line, "{name}: {e}");
+            }
+            assert_eq!(e.field, *field, "{name}: {e}");
+            assert!(e.to_string().starts_with("g.yaml"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn upstream_forms() {
+        let ok = [
+            ("127.0.0.1:8081", "127.0.0.1", 8081),
+            ("[::1]:8081", "::1", 8081),
+            ("app:8081", "app", 8081),
+            ("App.Internal:80", "app.internal", 80),
+        ];
+        for (s, host, port) in ok {
+            let u = parse_upstream(s).unwrap();
+            assert_eq!((u.host.as_str(), u.port), (host, port), "{s}");
+        }
+        for bad in [
+            "app",
+            "app:",
+            ":80",
+            "app:0",
+            "app:99999",
+            "a b:80",
+            "app_x:80",
+            "-:80x",
+        ] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn route_prefix_matches_on_segment_boundaries() {
+        let cases = [
+            ("/v1/", "/v1/documents", true),
+            ("/v1/", "/v1", false),
+            ("/v1/", "/v1x/a", false),
+            ("/v1", "/v1", true),
+            ("/v1", "/v1/a", true),
+            ("/v1", "/v10", false),
+            ("/v1/", "/metrics", false),
+            ("/v1/", "/V1/documents", false),
+        ];
+        for (prefix, path, want) in cases {
+            assert_eq!(
+                RoutePrefix(prefix.into()).matches(path),
+                want,
+                "{prefix} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn locate_field_walks_nested_paths() {
+        let text = "a: 1\nrate_limits:\n  policies:\n    - name: x\n      burst: 1\n    - name: y\n      burst: 0\n";
+        assert_eq!(locate_field(text, "rate_limits"), Some(2));
+        assert_eq!(locate_field(text, "rate_limits.policies[1]"), Some(6));
+        assert_eq!(locate_field(text, "rate_limits.policies[1].burst"), Some(7));
+        assert_eq!(locate_field(text, "rate_limits.policies[0].name"), Some(4));
+        assert_eq!(locate_field(text, "nope"), None);
+    }
+}

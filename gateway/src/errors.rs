@@ -1,0 +1,158 @@
+//! Every error a client sees: a short JSON body with the right status, never internals.
+
+use std::fmt::Write as _;
+
+/// One kind of edge error: status, stable code, short message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+macro_rules! edge_errors {
+    ($($name:ident = $status:expr, $code:expr, $message:expr;)*) => {
+        $(pub const $name: EdgeError = EdgeError { status: $status, code: $code, message: $message };)*
+    };
+}
+
+edge_errors! {
+    BAD_REQUEST = 400, "bad_request", "The request could not be parsed.";
+    UNAUTHORIZED = 401, "invalid_token", "The bearer token is missing, malformed, expired or not valid.";
+    NOT_FOUND = 404, "not_found", "No such route.";
+    REQUEST_TIMEOUT = 408, "request_timeout", "The request was not received in time.";
+    PAYLOAD_TOO_LARGE = 413, "payload_too_large", "The request body is too large.";
+    RATE_LIMITED = 429, "rate_limited", "Too many requests; retry later.";
+    HEADERS_TOO_LARGE = 431, "request_header_fields_too_large", "The request headers are too large.";
+    BAD_GATEWAY = 502, "bad_gateway", "The upstream service is unavailable.";
+    UNAVAILABLE = 503, "service_unavailable", "The gateway is not accepting requests right now.";
+    GATEWAY_TIMEOUT = 504, "gateway_timeout", "The upstream service did not answer in time.";
+}
+
+impl EdgeError {
+    /// `{"error":{"code":…,"message":…}}`, plus `"policy"` for rate limits.
+    pub fn body(&self, policy: Option<&str>) -> String {
+        let mut s = String::with_capacity(96);
+        let _ = write!(
+            s,
+            r#"{{"error":{{"code":"{}","message":"{}""#,
+            self.code, self.message
+        );
+        if let Some(p) = policy {
+            // Policy names are validated to [a-z0-9_-]; escape anyway so a future change cannot break JSON.
+            s.push_str(r#","policy":"#);
+            s.push_str(&serde_json::to_string(p).unwrap_or_else(|_| "\"\"".into()));
+        }
+        s.push_str("}}");
+        s
+    }
+
+    pub fn reason_phrase(&self) -> &'static str {
+        http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("Error")
+    }
+}
+
+/// Maps a pingora error to what the client should see when proxying failed.
+pub fn for_proxy_failure(e: &pingora::Error) -> Option<EdgeError> {
+    use pingora::{ErrorSource, ErrorType};
+    match e.etype() {
+        ErrorType::HTTPStatus(413) => return Some(PAYLOAD_TOO_LARGE),
+        ErrorType::HTTPStatus(408) => return Some(REQUEST_TIMEOUT),
+        ErrorType::HTTPStatus(code) if *code >= 400 => {
+            return Some(match *code {
+                400 => BAD_REQUEST,
+                404 => NOT_FOUND,
+                429 => RATE_LIMITED,
+                431 => HEADERS_TOO_LARGE,
+                503 => UNAVAILABLE,
+                504 => GATEWAY_TIMEOUT,
+                _ => BAD_GATEWAY,
+            })
+        }
+        _ => {}
+    }
+    match e.esource() {
+        ErrorSource::Upstream => Some(match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                GATEWAY_TIMEOUT
+            }
+            _ => BAD_GATEWAY,
+        }),
+        ErrorSource::Downstream => match e.etype() {
+            // The client is gone: nobody to answer.
+            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => None,
+            ErrorType::ReadTimedout => Some(REQUEST_TIMEOUT),
+            _ => Some(BAD_REQUEST),
+        },
+        ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+                Some(GATEWAY_TIMEOUT)
+            }
+            ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute => {
+                Some(BAD_GATEWAY)
+            }
+            _ => Some(BAD_GATEWAY),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_short_json() {
+        let all = [
+            BAD_REQUEST,
+            UNAUTHORIZED,
+            NOT_FOUND,
+            REQUEST_TIMEOUT,
+            PAYLOAD_TOO_LARGE,
+            RATE_LIMITED,
+            HEADERS_TOO_LARGE,
+            BAD_GATEWAY,
+            UNAVAILABLE,
+            GATEWAY_TIMEOUT,
+        ];
+        for e in all {
+            let v: serde_json::Value = serde_json::from_str(&e.body(None)).unwrap();
+            assert_eq!(v["error"]["code"], e.code);
+            assert!(e.body(None).len() < 160, "{}", e.code);
+            assert_ne!(e.reason_phrase(), "Error", "{}", e.status);
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&RATE_LIMITED.body(Some("per-\"ip"))).unwrap();
+        assert_eq!(v["error"]["policy"], "per-\"ip");
+    }
+
+    #[test]
+    fn proxy_failures_map_to_gateway_statuses() {
+        use pingora::{Error, ErrorSource, ErrorType};
+        let cases = [
+            (ErrorType::ConnectRefused, ErrorSource::Upstream, Some(502)),
+            (ErrorType::ConnectTimedout, ErrorSource::Upstream, Some(504)),
+            (ErrorType::ReadTimedout, ErrorSource::Upstream, Some(504)),
+            (
+                ErrorType::ConnectionClosed,
+                ErrorSource::Upstream,
+                Some(502),
+            ),
+            (ErrorType::ReadTimedout, ErrorSource::Downstream, Some(408)),
+            (ErrorType::ConnectionClosed, ErrorSource::Downstream, None),
+            (ErrorType::HTTPStatus(413), ErrorSource::Internal, Some(413)),
+            (ErrorType::ConnectRefused, ErrorSource::Internal, Some(502)),
+        ];
+        for (etype, source, want) in cases {
+            let mut e = Error::new(etype.clone());
+            e.esource = source.clone();
+            assert_eq!(
+                for_proxy_failure(&e).map(|x| x.status),
+                want,
+                "{etype:?} {source:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The public accept loop: caps connections, reads each request head under a
+//! total deadline (408/431/400 answered here), then hands the connection to
+//! pingora's proxy for the rest of the request; repeats for keep-alive.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use pingora::proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::access_log::AccessRecord;
+use crate::errors::{self, EdgeError};
+use crate::forwarding;
+use crate::head::{read_head, HeadLimits, HeadOutcome};
+use crate::proxy::{raw_error_response, Gateway};
+use crate::state::Shared;
+
+pub type Proxy = HttpProxy<Gateway>;
+
+/// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
+/// so the caller can wait for all of them to come back to know it has drained.
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.connections_refused.inc();
+            let shared = shared.clone();
+            tokio::spawn(async move { refuse(tcp, peer, &shared).await });
+            continue;
+        };
+        let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shared.metrics.connections.inc();
+            handle(tcp, peer, proxy, &shared, shutdown).await;
+            shared.metrics.connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+/// Over the connection cap: a short 503 and close, without reading the request.
+async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let live = shared.live.load();
+    let id = forwarding::new_request_id();
+    let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
+    log_edge_answer(
+        shared,
+        peer,
+        id,
+        errors::UNAVAILABLE,
+        "over_connection_cap",
+        Instant::now(),
+    );
+}
+
+fn log_edge_answer(
+    shared: &Shared,
+    peer: SocketAddr,
+    request_id: String,
+    err: EdgeError,
+    reason: &'static str,
+    started: Instant,
+) {
+    let m = &shared.metrics;
+    m.head_rejections.with_label_values(&[reason]).inc();
+    m.requests_total
+        .with_label_values(&[
+            "OTHER",
+            crate::metrics::status_label(err.status),
+            "unmatched",
+        ])
+        .inc();
+    AccessRecord {
+        request_id,
+        method: String::new(),
+        path: String::new(),
+        route: "unmatched".into(),
+        status: err.status,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        peer: Some(peer.ip().to_canonical()),
+        client_ip: Some(peer.ip().to_canonical()),
+        auth: "none",
+        error: Some(reason),
+        ..Default::default()
+    }
+    .emit();
+}
+
+async fn handle(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<Proxy>,
+    shared: &Shared,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream: L4Stream = tcp.into();
+    // pingora reads the client address from the socket digest.
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    let mut io = Box::new(stream);
+    let mut settings = None;
+    let mut first = true;
+    loop {
+        let live = shared.live.load_full();
+        let t = &live.config.timeouts;
+        let limits = HeadLimits {
+            // A fresh connection gets the header timeout to say anything; a kept-alive one the idle timeout.
+            idle: if first {
+                t.request_header
+            } else {
+                t.keepalive_idle
+            },
+            head: t.request_header,
+            max_bytes: live.config.limits.max_request_header_bytes,
+            max_headers: live.config.limits.max_request_headers,
+        };
+        let mut buf = BytesMut::with_capacity(4096);
+        // Waiting for a request: a drain closes the connection now rather than after the idle timeout.
+        let first_read = tokio::select! {
+            r = tokio::time::timeout(limits.idle, io.read_buf(&mut buf)) => r,
+            _ = shutdown.wait_for(|draining| *draining) => return,
+        };
+        match first_read {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+        let started = Instant::now();
+        let outcome = read_head(&mut *io, &mut buf, limits).await;
+        let answer = match outcome {
+            HeadOutcome::Ready => None,
+            HeadOutcome::TimedOut => Some(errors::REQUEST_TIMEOUT),
+            HeadOutcome::TooLarge => Some(errors::HEADERS_TOO_LARGE),
+            HeadOutcome::Malformed => Some(errors::BAD_REQUEST),
+            HeadOutcome::Idle | HeadOutcome::Broken => return,
+        };
+        if let Some(err) = answer {
+            let id = forwarding::new_request_id();
+            let bytes = raw_error_response(err, &live, &id);
+            let _ = tokio::time::timeout(t.downstream_write, async {
+                io.write_all(&bytes).await?;
+                io.flush().await?;
+                io.shutdown().await
+            })
+            .await;
+            log_edge_answer(shared, peer, id, err, outcome.reason(), started);
+            return;
+        }
+        io.rewind(&buf);
+        drop(buf);
+        let mut session = ServerSession::new_http1(io);
+        if let Some(s) = settings.take() {
+            pingora::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
+        }
+        let Some(reused) = proxy.process_new_http(session, &shutdown).await else {
+            return;
+        };
+        let (stream, next_settings) = reused.consume();
+        settings = next_settings;
+        io = match stream.into_any().downcast::<L4Stream>() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if shared.is_draining() {
+            return;
+        }
+        first = false;
+    }
+}

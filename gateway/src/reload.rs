@@ -1,0 +1,101 @@
+//! Hot reload: on SIGHUP or when the config or key file's content changes, parse
+//! and validate; swap in the new config atomically only if it is valid.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::state::{Live, Shared};
+
+/// Why polling and not inotify: editors replace files by rename and a
+/// single-file bind mount pins the old inode, so events get lost; comparing
+/// content once a second always sees what the process would read.
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadResult {
+    Applied,
+    Unchanged,
+    Rejected,
+}
+
+/// One reload attempt. The running config is replaced only by a valid one.
+pub fn reload(shared: &Shared) -> ReloadResult {
+    let old = shared.live.load_full();
+    let result = Config::load(&shared.config_path)
+        .map_err(|e| e.to_string())
+        .and_then(|config| Live::build(config, Some(&old)));
+    match result {
+        Ok(live) => {
+            shared.live.store(Arc::new(live));
+            shared
+                .metrics
+                .config_reloads
+                .with_label_values(&["ok"])
+                .inc();
+            tracing::info!(config = %shared.config_path.display(), "config reloaded");
+            ReloadResult::Applied
+        }
+        Err(error) => {
+            shared
+                .metrics
+                .config_reloads
+                .with_label_values(&["error"])
+                .inc();
+            tracing::error!(config = %shared.config_path.display(), %error, "config reload rejected; keeping the running config");
+            ReloadResult::Rejected
+        }
+    }
+}
+
+fn fingerprint(paths: &[&Path]) -> Vec<Option<Vec<u8>>> {
+    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// Watches for SIGHUP and content changes until the process exits.
+pub async fn watch(shared: Arc<Shared>) {
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGHUP; reload by file change only");
+            return;
+        }
+    };
+    let watched = |shared: &Shared| {
+        let key_file = shared.live.load().config.token_key_file.clone();
+        let paths = [shared.config_path.as_path(), key_file.as_path()];
+        fingerprint(&paths)
+    };
+    let mut last = {
+        let s = shared.clone();
+        tokio::task::spawn_blocking(move || watched(&s))
+            .await
+            .unwrap_or_default()
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let s = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+            }
+            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+        }
+        let s = shared.clone();
+        let Ok(now) = tokio::task::spawn_blocking(move || watched(&s)).await else {
+            continue;
+        };
+        if now != last {
+            last = now;
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+            // The reload may have changed which key file we watch.
+            let s = shared.clone();
+            if let Ok(fp) = tokio::task::spawn_blocking(move || watched(&s)).await {
+                last = fp;
+            }
+        }
+    }
+}

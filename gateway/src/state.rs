@@ -1,0 +1,90 @@
+//! Process-wide state: the hot-swappable `Live` config and what outlives a reload.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use keyring::Keyring;
+
+use crate::client_ip::ClientIpPolicy;
+use crate::config::Config;
+use crate::limits::Limiter;
+use crate::metrics::Metrics;
+use crate::upstream::UpstreamState;
+
+/// Everything a request reads from config, swapped atomically on reload. A
+/// request loads it once, so it never sees half of an old and half of a new config.
+pub struct Live {
+    pub config: Config,
+    pub client_ip: ClientIpPolicy,
+    pub keys: Keyring,
+    pub limiter: Limiter,
+    pub csp: HeaderValue,
+    pub hsts: Option<HeaderValue>,
+}
+
+impl Live {
+    /// Builds from a validated config; carries limiter state over from `previous`.
+    pub fn build(config: Config, previous: Option<&Live>) -> Result<Live, String> {
+        let keys = Keyring::load(&config.token_key_file).map_err(|e| e.to_string())?;
+        let client_ip = ClientIpPolicy {
+            trusted_proxies: config.trusted_proxies.clone(),
+            headers: config.forwarded_headers.clone(),
+            max_hops: config.max_forwarded_hops,
+        };
+        let limiter = match previous {
+            Some(prev) => prev.limiter.reconfigure(&config.rate_limits),
+            None => Limiter::new(&config.rate_limits),
+        };
+        // Validated at load, so these conversions cannot fail.
+        let csp = HeaderValue::from_str(&config.security_headers.content_security_policy)
+            .map_err(|e| e.to_string())?;
+        let hsts = match &config.security_headers.hsts {
+            Some(v) => Some(HeaderValue::from_str(v).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        Ok(Live {
+            config,
+            client_ip,
+            keys,
+            limiter,
+            csp,
+            hsts,
+        })
+    }
+}
+
+pub struct Shared {
+    pub live: ArcSwap<Live>,
+    pub metrics: Metrics,
+    pub upstream: Arc<UpstreamState>,
+    pub config_path: PathBuf,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(live: Live, config_path: PathBuf) -> Shared {
+        Shared {
+            live: ArcSwap::from_pointee(live),
+            metrics: Metrics::new(),
+            upstream: Arc::new(UpstreamState::default()),
+            config_path,
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Ready = upstream reachable and not draining.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && self.upstream.is_reachable()
+    }
+}

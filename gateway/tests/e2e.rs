@@ -1,0 +1,175 @@
+//! The real app behind the real gateway: a user logs in and round-trips a
+//! document through the public port; the app's own admin routes stay private.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+async fn send(
+    gw: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> Response {
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\nContent-Length: {}\r\nContent-Type: {content_type}\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if let Some(t) = token {
+        req.extend_from_slice(format!("Authorization: Bearer {t}\r\n").as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    req.extend_from_slice(body);
+    raw_request(
+        "127.0.0.5".parse().unwrap(),
+        gw,
+        &req,
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn login_and_round_trip_a_document_through_the_gateway() {
+    // The gateway's port is needed for the app's key file only; start the app first on the gateway's keys.
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys.yaml");
+    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let app = AppProc::start(&keys);
+    let gw = GatewayProc::start(app.addr, "");
+    gw.wait_ready(200);
+
+    let login = send(
+        gw.addr,
+        "POST",
+        "/v1/auth/token",
+        None,
+        "application/json",
+        br#"{"username":"alice","password":"alice-pw"}"#,
+    )
+    .await;
+    assert_eq!(login.status, 200, "{}", login.text());
+    let token = login.json()["access_token"].as_str().unwrap().to_string();
+    let bad = send(
+        gw.addr,
+        "POST",
+        "/v1/auth/token",
+        None,
+        "application/json",
+        br#"{"username":"alice","password":"nope"}"#,
+    )
+    .await;
+    assert_eq!(bad.status, 401);
+
+    let body = b"hello through the gateway \x00\xff";
+    let up = send(
+        gw.addr,
+        "POST",
+        "/v1/documents?name=note.bin",
+        Some(&token),
+        "application/octet-stream",
+        body,
+    )
+    .await;
+    assert_eq!(up.status, 201, "{}", up.text());
+    let id = up.json()["id"].as_str().unwrap().to_string();
+
+    let list = send(
+        gw.addr,
+        "GET",
+        "/v1/documents",
+        Some(&token),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(list.status, 200);
+    assert_eq!(list.json()["documents"][0]["id"], id.as_str());
+
+    let got = send(
+        gw.addr,
+        "GET",
+        &format!("/v1/documents/{id}"),
+        Some(&token),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body, body);
+    assert_eq!(got.header("x-frame-options"), Some("DENY"));
+
+    let del = send(
+        gw.addr,
+        "DELETE",
+        &format!("/v1/documents/{id}"),
+        Some(&token),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(del.status, 204);
+    let gone = send(
+        gw.addr,
+        "GET",
+        &format!("/v1/documents/{id}"),
+        Some(&token),
+        "text/plain",
+        b"",
+    )
+    .await;
+    assert_eq!(gone.status, 404);
+
+    // The app's metrics and readiness are never public.
+    for path in ["/metrics", "/readyz", "/healthz"] {
+        assert_eq!(
+            send(gw.addr, "GET", path, None, "text/plain", b"")
+                .await
+                .status,
+            404,
+            "{path}"
+        );
+    }
+
+    // The access log names the user, never the token or password.
+    let log = gw.proc.log_text();
+    assert!(!log.contains(&token), "token leaked into the gateway log");
+    assert!(
+        !log.contains("alice-pw"),
+        "password leaked into the gateway log"
+    );
+    let lines = gw.proc.access_logs();
+    assert!(lines
+        .iter()
+        .any(|l| l["user_id"] == "u-alice" && l["status"] == 204));
+    assert!(lines.iter().all(|l| l.get("authorization").is_none()));
+    let app_log = app.proc.log_text();
+    assert!(!app_log.contains(&token), "token leaked into the app log");
+}
+
+#[tokio::test]
+async fn app_stopped_gives_502_and_recovers_when_it_returns() {
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = keys_dir.path().join("keys.yaml");
+    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let app = AppProc::start(&keys);
+    let addr = app.addr;
+    let gw = GatewayProc::start(addr, "timeouts:\n  upstream_refresh: 200ms\n");
+    gw.wait_ready(200);
+    // Keep the app's directory (its users file and data) for the restart.
+    let dir = app.proc.kill_keep_dir();
+    let resp = send(gw.addr, "GET", "/v1/documents", None, "text/plain", b"").await;
+    assert_eq!(resp.status, 502, "{}", resp.text());
+    assert_eq!(resp.json()["error"]["code"], "bad_gateway");
+    gw.wait_ready(503);
+    let _app = AppProc::start_in(dir, addr, &keys);
+    gw.wait_ready(200);
+    let resp = send(gw.addr, "GET", "/v1/documents", None, "text/plain", b"").await;
+    assert_eq!(resp.status, 401, "app answers again (no token)");
+}
