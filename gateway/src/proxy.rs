@@ -249,12 +249,9 @@ impl ProxyHttp for Gateway {
 
         // 5. Identity: a presented token must verify; no token = anonymous.
         ctx.identity = identity::identify(&req.headers, &live.keys);
-        if let Identity::Rejected(reason) = ctx.identity {
-            metrics.auth_failures.with_label_values(&[reason]).inc();
-            return self.reject(session, ctx, errors::UNAUTHORIZED).await;
-        }
 
-        // 6. Rate limits.
+        // 6. Rate limits. A refused token still counts against per-IP and global
+        // policies (as anonymous), so guessing tokens is throttled like anything else.
         let facts = RequestFacts {
             method: req.method.as_str(),
             path,
@@ -267,6 +264,10 @@ impl ProxyHttp for Gateway {
         ctx.verdict = Some(verdict);
         if rejected {
             return self.reject(session, ctx, errors::RATE_LIMITED).await;
+        }
+        if let Identity::Rejected(reason) = ctx.identity {
+            metrics.auth_failures.with_label_values(&[reason]).inc();
+            return self.reject(session, ctx, errors::UNAUTHORIZED).await;
         }
         Ok(false)
     }
