@@ -11,6 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT: &str = "127.0.0.3";
 
+async fn send_raw(gw: std::net::SocketAddr, request: &[u8]) -> Response {
+    raw_request(CLIENT.parse().unwrap(), gw, request, Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
 fn assert_json_error(resp: &Response, status: u16, code: &str) {
     assert_eq!(resp.status, status, "{}", resp.text());
     assert_eq!(resp.header("content-type"), Some("application/json"));
@@ -56,14 +62,7 @@ async fn oversized_bodies_get_413() {
     let gw = GatewayProc::start(stub.addr, "limits:\n  max_request_body_bytes: 1024\n");
     // Declared too large: refused before reading the body.
     let req = "POST /v1/documents HTTP/1.1\r\nHost: gw\r\nContent-Length: 5000\r\nConnection: close\r\n\r\n";
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        req.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, req.as_bytes()).await;
     assert_json_error(&resp, 413, "payload_too_large");
     // Chunked without a length: counted while streaming.
     let mut req = b"POST /v1/documents HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
@@ -73,25 +72,11 @@ async fn oversized_bodies_get_413() {
         req.extend_from_slice(b"\r\n");
     }
     req.extend_from_slice(b"0\r\n\r\n");
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        &req,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, &req).await;
     assert_json_error(&resp, 413, "payload_too_large");
     // Within the limit passes.
     let req = "POST /v1/documents HTTP/1.1\r\nHost: gw\r\nContent-Length: 10\r\nConnection: close\r\n\r\n0123456789";
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        req.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, req.as_bytes()).await;
     assert_eq!(resp.status, 200);
     assert_eq!(
         stub.requests.lock().unwrap().last().unwrap()["body_len"],
@@ -110,34 +95,13 @@ async fn oversized_and_malformed_heads_get_431_and_400() {
         "GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)
     );
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        big.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, big.as_bytes()).await;
     assert_json_error(&resp, 431, "request_header_fields_too_large");
     let many: String = (0..30).map(|i| format!("X-H{i}: v\r\n")).collect();
     let req = format!("GET /v1/x HTTP/1.1\r\nHost: gw\r\n{many}\r\n");
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        req.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, req.as_bytes()).await;
     assert_json_error(&resp, 431, "request_header_fields_too_large");
-    let resp = raw_request(
-        CLIENT.parse().unwrap(),
-        gw.addr,
-        b"GET /v1/x HTTP/1.1\r\nBad Header: x\r\n\r\n",
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    let resp = send_raw(gw.addr, b"GET /v1/x HTTP/1.1\r\nBad Header: x\r\n\r\n").await;
     assert_json_error(&resp, 400, "bad_request");
     assert_eq!(stub.count(), 0);
     assert_eq!(

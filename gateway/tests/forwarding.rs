@@ -193,6 +193,13 @@ async fn upstream_sees_the_validated_client_ip() {
             case.name
         );
     }
+    // Upstream connections are pooled: far fewer connections than requests.
+    let upstream_conns = stub.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        upstream_conns <= 2,
+        "{upstream_conns} upstream connections for {} requests",
+        CASES.len()
+    );
     let spoofs = gw.metric_sum(
         "gateway_forwarded_header_rejections_total",
         &[("reason", "untrusted_peer")],
