@@ -184,11 +184,7 @@ impl<'de> Deserialize<'de> for RoutePrefix {
 impl RoutePrefix {
     /// Segment-aware match: `/v1` matches `/v1` and `/v1/x`, never `/v1x`.
     pub fn matches(&self, path: &str) -> bool {
-        let p = self.0.as_str();
-        match path.strip_prefix(p) {
-            Some(rest) => p.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
-            None => false,
-        }
+        crate::limits::policy::prefix_matches(&self.0, path)
     }
 }
 

@@ -78,24 +78,52 @@ fn has_request_body(req: &RequestHeader) -> bool {
             .is_some_and(|v| v.as_bytes() != b"0")
 }
 
+/// Headers every response carries, proxied or not.
+fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) -> Result<()> {
+    resp.insert_header("x-content-type-options", "nosniff")?;
+    resp.insert_header("x-frame-options", "DENY")?;
+    resp.insert_header("referrer-policy", "no-referrer")?;
+    resp.insert_header("content-security-policy", live.csp.clone())?;
+    if let Some(hsts) = &live.hsts {
+        resp.insert_header("strict-transport-security", hsts.clone())?;
+    }
+    resp.insert_header("x-request-id", request_id)?;
+    Ok(())
+}
+
+/// The head of every JSON error the gateway answers itself.
+fn error_header(
+    err: EdgeError,
+    body_len: usize,
+    live: &Live,
+    request_id: &str,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(err.status, Some(12))?;
+    resp.insert_header("content-type", "application/json")?;
+    resp.insert_header("content-length", body_len.to_string())?;
+    resp.insert_header("cache-control", "no-store")?;
+    common_headers(&mut resp, live, request_id)?;
+    Ok(resp)
+}
+
+/// Upstream failures worth telling apart in logs and metrics.
+fn upstream_failure_kind(e: &Error) -> Option<&'static str> {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Some("timeout")
+        }
+        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
+            Some("connect")
+        }
+        _ => None,
+    }
+}
+
 impl Gateway {
     fn live(ctx: &RequestCtx) -> &Live {
         ctx.live
             .as_deref()
             .expect("live config is loaded in early_request_filter")
-    }
-
-    /// Headers every response carries, proxied or not.
-    fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) -> Result<()> {
-        resp.insert_header("x-content-type-options", "nosniff")?;
-        resp.insert_header("x-frame-options", "DENY")?;
-        resp.insert_header("referrer-policy", "no-referrer")?;
-        resp.insert_header("content-security-policy", live.csp.clone())?;
-        if let Some(hsts) = &live.hsts {
-            resp.insert_header("strict-transport-security", hsts.clone())?;
-        }
-        resp.insert_header("x-request-id", request_id)?;
-        Ok(())
     }
 
     fn rate_limit_headers(resp: &mut ResponseHeader, verdict: &Verdict) -> Result<()> {
@@ -119,11 +147,7 @@ impl Gateway {
             _ => None,
         };
         let body = Bytes::from(err.body(policy));
-        let mut resp = ResponseHeader::build(err.status, Some(12))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("cache-control", "no-store")?;
-        Self::common_headers(&mut resp, &live, &ctx.request_id)?;
+        let mut resp = error_header(err, body.len(), &live, &ctx.request_id)?;
         if err.status == 401 {
             resp.insert_header("www-authenticate", "Bearer")?;
         }
@@ -346,7 +370,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let live = ctx.live.clone().expect("live loaded");
-        Self::common_headers(resp, &live, &ctx.request_id)?;
+        common_headers(resp, &live, &ctx.request_id)?;
         if let Some(v) = &ctx.verdict {
             Self::rate_limit_headers(resp, v)?;
         }
@@ -375,26 +399,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let edge = ctx.answered.or_else(|| errors::for_proxy_failure(e));
+        let kind = upstream_failure_kind(e);
         ctx.proxy_error = Some(match e.etype() {
             ErrorType::HTTPStatus(_) => "limit",
-            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                "timeout"
-            }
-            ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-                "connect"
-            }
-            _ => "proxy",
+            _ => kind.unwrap_or("proxy"),
         });
         if matches!(e.esource(), pingora::ErrorSource::Upstream) {
-            let kind = match e.etype() {
-                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-                    "timeout"
-                }
-                ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
-                    "connect"
-                }
-                _ => "other",
-            };
+            let kind = kind.unwrap_or("other");
             // Connect failures are already counted in fail_to_connect.
             if kind != "connect" {
                 self.shared
@@ -413,11 +424,7 @@ impl ProxyHttp for Gateway {
         ctx.answered = Some(edge);
         if let Some(live) = ctx.live.clone() {
             let body = Bytes::from(edge.body(None));
-            if let Ok(mut resp) = ResponseHeader::build(edge.status, Some(10)) {
-                let _ = resp.insert_header("content-type", "application/json");
-                let _ = resp.insert_header("content-length", body.len().to_string());
-                let _ = resp.insert_header("cache-control", "no-store");
-                let _ = Self::common_headers(&mut resp, &live, &ctx.request_id);
+            if let Ok(resp) = error_header(edge, body.len(), &live, &ctx.request_id) {
                 // write_error_response skips writing if a response already started.
                 let _ = session
                     .as_downstream_mut()
@@ -525,21 +532,23 @@ fn overall_decision(v: &Verdict) -> Option<&'static str> {
 pub fn raw_error_response(err: EdgeError, live: &Live, request_id: &str) -> Vec<u8> {
     let body = err.body(None);
     let mut out = format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\nx-frame-options: DENY\r\nreferrer-policy: no-referrer\r\ncontent-security-policy: {}\r\nx-request-id: {}\r\n",
+        "HTTP/1.1 {} {}\r\nconnection: close\r\n",
         err.status,
-        err.reason_phrase(),
-        body.len(),
-        live.csp.to_str().unwrap_or("default-src 'none'"),
-        request_id,
-    );
-    if let Some(h) = live.hsts.as_ref().and_then(|h| h.to_str().ok()) {
-        out.push_str("strict-transport-security: ");
-        out.push_str(h);
-        out.push_str("\r\n");
+        err.reason_phrase()
+    )
+    .into_bytes();
+    // Same header set as every other error the gateway gives.
+    if let Ok(head) = error_header(err, body.len(), live, request_id) {
+        for (name, value) in head.headers.iter() {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
-    out.push_str("\r\n");
-    out.push_str(&body);
-    out.into_bytes()
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
+    out
 }
 
 #[cfg(test)]

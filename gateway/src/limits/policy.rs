@@ -194,8 +194,8 @@ impl MatchConfig {
 }
 
 /// Prefix match on a segment boundary: `/v1/docs` covers `/v1/docs` and `/v1/docs/x`,
-/// not `/v1/docsX`; a prefix ending in `/` covers everything under it.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+/// not `/v1/docsX`; a prefix ending in `/` covers everything under it. Routes use it too.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     let Some(rest) = path.strip_prefix(prefix) else {
         return false;
     };
