@@ -26,11 +26,94 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
     let max = max_headers.min(PARSER_MAX_HEADERS);
     let mut req = httparse::Request::new(&mut headers[..max]);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => HeadScan::Complete(n),
+        Ok(httparse::Status::Complete(n)) if unambiguous(&req, &buf[..n]) => HeadScan::Complete(n),
+        Ok(httparse::Status::Complete(_)) => HeadScan::Invalid,
         Ok(httparse::Status::Partial) => HeadScan::Partial,
         Err(httparse::Error::TooManyHeaders) => HeadScan::TooManyHeaders,
         Err(_) => HeadScan::Invalid,
     }
+}
+
+/// Framing and addressing every parser on the path must agree on. Refused here
+/// (400, connection closed) rather than by pingora, which would answer a bare
+/// non-JSON 400 for some of these and quietly normalise (and forward) others:
+/// bare LF line ends, Content-Length other than one run of digits, any
+/// Transfer-Encoding other than a single `chunked` (and never beside a
+/// Content-Length or in HTTP/1.0), `_` spellings of framing headers (some
+/// servers fold them to `-`), several Host lines or userinfo in Host, CONNECT,
+/// and request targets other than origin-form or absolute-form naming the Host.
+fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> bool {
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return false;
+    }
+    let (mut cl, mut te, mut hosts) = (0, 0, 0);
+    let mut host: Option<&[u8]> = None;
+    for h in req.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value.trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl += 1;
+            // At most 19 digits: always fits a u64.
+            if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+                return false;
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te += 1;
+            if !value.eq_ignore_ascii_case(b"chunked") {
+                return false;
+            }
+        } else if name.eq_ignore_ascii_case(b"host") {
+            hosts += 1;
+            if value.contains(&b'@') {
+                return false;
+            }
+            host = Some(value);
+        } else if name.contains(&b'_') {
+            let folded = |want: &[u8]| {
+                name.len() == want.len()
+                    && (name.iter().zip(want))
+                        .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
+            };
+            if folded(b"content-length") || folded(b"transfer-encoding") || folded(b"host") {
+                return false;
+            }
+        }
+    }
+    if cl > 1 || te > 1 || (cl > 0 && te > 0) || hosts > 1 {
+        return false;
+    }
+    if te > 0 && req.version == Some(0) {
+        return false;
+    }
+    if req.method == Some("CONNECT") {
+        return false;
+    }
+    let target = req.path.unwrap_or("").as_bytes();
+    if target.first() == Some(&b'/') {
+        return true;
+    }
+    // Absolute-form: only with an authority equal to Host (what pingora would demand).
+    let lower = target
+        .get(..8)
+        .map(<[u8]>::to_ascii_lowercase)
+        .unwrap_or_default();
+    let rest = if lower.starts_with(b"http://") {
+        &target[7..]
+    } else if lower.starts_with(b"https://") {
+        &target[8..]
+    } else {
+        return false;
+    };
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    !authority.is_empty() && !authority.contains(&b'@') && host.is_none_or(|h| h == authority)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,7 +201,7 @@ mod tests {
     fn scan_table() {
         let many_headers: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many_headers}\r\n");
-        let cases: Vec<(&str, Vec<u8>, HeadScan)> = vec![
+        let mut cases: Vec<(&str, Vec<u8>, HeadScan)> = vec![
             (
                 "simple",
                 b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
@@ -172,6 +255,89 @@ mod tests {
                 HeadScan::TooManyHeaders,
             ),
         ];
+        // Ambiguous framing or addressing: refused before pingora or the app sees it.
+        for (name, head, ok) in [
+            (
+                "chunked",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n",
+                true,
+            ),
+            (
+                "one length",
+                "POST / HTTP/1.1\r\nContent-Length:  42 \r\n\r\n",
+                true,
+            ),
+            (
+                "absolute-form = Host",
+                "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                true,
+            ),
+            ("bare LF", "GET / HTTP/1.1\nHost: a\n\n", false),
+            (
+                "TE and CL",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                false,
+            ),
+            (
+                "two lengths",
+                "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+                false,
+            ),
+            (
+                "length list",
+                "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+                false,
+            ),
+            (
+                "signed length",
+                "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+                false,
+            ),
+            (
+                "20-digit length",
+                "POST / HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
+                false,
+            ),
+            (
+                "gzip, chunked",
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                false,
+            ),
+            (
+                "TE in 1.0",
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                false,
+            ),
+            (
+                "underscore TE",
+                "POST / HTTP/1.1\r\nTransfer_Encoding: chunked\r\n\r\n",
+                false,
+            ),
+            (
+                "two Hosts",
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                false,
+            ),
+            ("userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", false),
+            (
+                "CONNECT",
+                "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+                false,
+            ),
+            (
+                "absolute-form != Host",
+                "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                false,
+            ),
+            ("asterisk", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", false),
+        ] {
+            let want = if ok {
+                HeadScan::Complete(head.len())
+            } else {
+                HeadScan::Invalid
+            };
+            cases.push((name, head.as_bytes().to_vec(), want));
+        }
         for (name, input, want) in cases {
             assert_eq!(scan_head(&input, 100), want, "{name}");
         }

@@ -111,7 +111,12 @@ async fn oversized_and_malformed_heads_get_431_and_400() {
         ),
         2.0
     );
-    assert!(gw.proc.access_logs().iter().any(|l| l["status"] == 431));
+    // The access log is written off the request path: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.proc.access_logs().iter().any(|l| l["status"] == 431) {
+        assert!(Instant::now() < deadline, "no 431 access-log line");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
@@ -201,10 +206,21 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 
 #[test]
 fn check_config_accepts_good_and_names_line_and_field_of_bad() {
-    let root = workspace_root();
+    // The shipped stack config, with the compose secret's path pointed at a test key file.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let shipped = std::fs::read_to_string(workspace_root().join("config/gateway.yaml")).unwrap();
+    assert!(shipped.contains("/run/secrets/token_keys"));
+    let stack = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &stack,
+        shipped.replace("/run/secrets/token_keys", &keys.display().to_string()),
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["check-config", "config/gateway.yaml"])
-        .current_dir(&root)
+        .arg("check-config")
+        .arg(&stack)
         .output()
         .unwrap();
     assert!(
@@ -212,10 +228,6 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
     let cases = [
         ("bad cidr", "trusted_proxies:\n  - 10.0.0.0/33\n", ":5:", "trusted_proxies[0]"),
         ("unknown key", "listen_port: 80\n", ":4:", "listen_port"),

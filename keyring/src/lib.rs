@@ -151,6 +151,8 @@ impl Keyring {
         }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = DEFAULT_LEEWAY_SECS;
+        // jsonwebtoken ignores `nbf` unless asked: a token not valid yet must be refused.
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Ok(Keyring {
             signing_kid: file.signing_kid,
@@ -315,6 +317,33 @@ keys:
         for (name, token, want) in cases {
             assert_eq!(ring.verify(&token), Err(want), "case {name}");
         }
+    }
+
+    #[test]
+    fn not_before_in_the_future_is_refused() {
+        #[derive(Serialize)]
+        struct WithNbf {
+            sub: &'static str,
+            exp: u64,
+            iat: u64,
+            nbf: u64,
+        }
+        let ring = ring(TWO_KEYS);
+        let t = now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("new".into());
+        let token = |nbf| {
+            let claims = WithNbf {
+                sub: "u",
+                exp: t + 600,
+                iat: t,
+                nbf,
+            };
+            jsonwebtoken::encode(&header, &claims, &ring.keys["new"].encoding).unwrap()
+        };
+        assert_eq!(ring.verify(&token(t + 300)), Err(VerifyError::NotYetValid));
+        assert!(ring.verify(&token(t + 5)).is_ok(), "inside leeway");
+        assert!(ring.verify(&token(t - 5)).is_ok());
     }
 
     #[test]
