@@ -45,12 +45,25 @@ struct Cli {
 enum Command {
     /// Read a password from stdin (one line) and print its argon2id PHC hash.
     HashPassword,
+    /// GET /healthz; exit 0 when it answers 200 (for container HEALTHCHECK).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8081/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::HashPassword), _) => hash_password(),
+        (Some(Command::Healthcheck { url }), _) => {
+            if healthcheck::http_ok(&url, Duration::from_secs(2)) {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("app: unhealthy: {url}");
+                ExitCode::FAILURE
+            }
+        }
         (None, Some(path)) => serve(path),
         (None, None) => unreachable!("clap requires --config without a subcommand"),
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 
+use crate::blocklist::BlockConfig;
 use crate::client_ip::ForwardedHeader;
 use crate::limits::RateLimitsConfig;
 
@@ -53,6 +54,9 @@ pub struct Config {
     pub upstream_pool_size: usize,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Client CIDRs and user ids refused with 403 (RUNBOOK.md "Block an abusive client").
+    #[serde(default)]
+    pub block: BlockConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -410,6 +414,7 @@ impl Config {
         self.rate_limits
             .validate()
             .map_err(|e| (e.field, e.message))?;
+        crate::blocklist::validate(&self.block)?;
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod blocklist;
 pub mod client_ip;
 pub mod config;
 pub mod errors;

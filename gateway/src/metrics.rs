@@ -19,6 +19,7 @@ pub struct Metrics {
     pub forwarded_rejections: IntCounterVec,
     pub head_rejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub blocked: IntCounterVec,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
     pub connections: IntGauge,
@@ -103,6 +104,15 @@ impl Metrics {
         ] {
             forwarded_rejections.with_label_values(&[reason]);
         }
+        let blocked = counter_vec(
+            &r,
+            "gateway_blocked_requests_total",
+            "Requests refused (403) by the block list, by what matched (client, user).",
+            &["reason"],
+        );
+        for reason in ["client", "user"] {
+            blocked.with_label_values(&[reason]);
+        }
         Metrics {
             requests_total: counter_vec(
                 &r,
@@ -135,6 +145,7 @@ impl Metrics {
                 "Bearer tokens refused at the edge, by reason.",
                 &["reason"],
             ),
+            blocked,
             upstream_errors,
             inflight: gauge(&r, "gateway_inflight_requests", "Requests being processed."),
             connections: gauge(&r, "gateway_open_connections", "Open client connections."),

@@ -14,6 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::access_log::{clip, AccessRecord, MAX_PATH, MAX_USER_AGENT};
+use crate::blocklist::BlockReason;
 use crate::client_ip::{self, Resolution, TrustDecision};
 use crate::errors::{self, EdgeError};
 use crate::forwarding;
@@ -135,6 +136,25 @@ impl Gateway {
     }
 
     /// Answers at the edge with a JSON error; `Ok(true)` tells pingora the response is sent.
+    /// 403 for a block-list match; the access log's `error` says which list.
+    async fn block(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        reason: BlockReason,
+    ) -> Result<bool> {
+        self.shared
+            .metrics
+            .blocked
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        ctx.proxy_error = Some(match reason {
+            BlockReason::Client => "blocked_client",
+            BlockReason::User => "blocked_user",
+        });
+        self.reject(session, ctx, errors::FORBIDDEN).await
+    }
+
     async fn reject(
         &self,
         session: &mut Session,
@@ -249,6 +269,9 @@ impl ProxyHttp for Gateway {
         };
         let client = resolution.client;
         ctx.resolution = Some(resolution);
+        if let Some(reason) = live.blocklist.client(client) {
+            return self.block(session, ctx, reason).await;
+        }
 
         // 3. Route allowlist: only configured prefixes reach the app.
         let path = req.uri.path();
@@ -272,7 +295,13 @@ impl ProxyHttp for Gateway {
         }
 
         // 5. Identity: a presented token must verify; no token = anonymous.
-        ctx.identity = identity::identify(&req.headers, &live.keys);
+        let now_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ctx.identity = identity::identify_cached(&req.headers, &live.keys, &live.tokens, now_secs);
+        if let Some(reason) = live.blocklist.user(ctx.identity.user_id()) {
+            return self.block(session, ctx, reason).await;
+        }
 
         // 6. Rate limits. A refused token still counts against per-IP and global
         // policies (as anonymous), so guessing tokens is throttled like anything else.

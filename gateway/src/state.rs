@@ -8,8 +8,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use keyring::Keyring;
 
+use crate::blocklist::Blocklist;
 use crate::client_ip::ClientIpPolicy;
 use crate::config::Config;
+use crate::identity::TokenCache;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamState;
@@ -20,7 +22,10 @@ pub struct Live {
     pub config: Config,
     pub client_ip: ClientIpPolicy,
     pub keys: Keyring,
+    /// Tokens already verified with `keys`; new on every reload.
+    pub tokens: TokenCache,
     pub limiter: Limiter,
+    pub blocklist: Blocklist,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
 }
@@ -46,9 +51,11 @@ impl Live {
             None => None,
         };
         Ok(Live {
+            blocklist: Blocklist::new(&config.block),
             config,
             client_ip,
             keys,
+            tokens: TokenCache::default(),
             limiter,
             csp,
             hsts,

@@ -716,3 +716,53 @@ async fn reload_keeps_state_of_unchanged_policies() {
     // ...and A still gives a fresh client its full burst.
     allowed_then_limited(&gw, "127.0.0.51", "/v1/a", &[], 3, "policy-a").await;
 }
+
+#[tokio::test]
+async fn block_list_refuses_clients_behind_a_trusted_proxy_and_users_with_valid_tokens() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let yaml = "trusted_proxies: [127.0.0.2/32]\nblock:\n  clients: [203.0.113.0/24, 127.0.0.61/32]\n  users: [u-mallory]\n";
+    let gw = GatewayProc::start(stub.addr, yaml);
+    let mallory = bearer(&token_for("u-mallory"));
+    let alice = bearer(&token_for("u-alice"));
+    // (source, extra headers, want status)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        ("127.0.0.61", vec![], 403), // blocked peer
+        ("127.0.0.62", vec![], 200), // neighbour address
+        ("127.0.0.2", vec![("X-Forwarded-For", "203.0.113.9")], 403), // via the trusted proxy
+        ("127.0.0.2", vec![("X-Forwarded-For", "198.51.100.9")], 200),
+        ("127.0.0.63", vec![("X-Forwarded-For", "198.51.100.9")], 200), // spoof ignored
+        ("127.0.0.64", vec![("X-Forwarded-For", "203.0.113.9")], 200),  // spoof can't frame others
+        ("127.0.0.62", vec![("Authorization", &mallory)], 403),         // blocked user, valid token
+        ("127.0.0.62", vec![("Authorization", &alice)], 200),
+    ];
+    for (i, (source, headers, want)) in cases.iter().enumerate() {
+        let resp = get_from(source, gw.addr, PATH, headers).await;
+        assert_eq!(resp.status, *want, "case {i}: {}", resp.text());
+        if *want == 403 {
+            assert_eq!(resp.json()["error"]["code"], "blocked", "case {i}");
+        }
+    }
+    assert_eq!(stub.count(), 5, "blocked requests never reach the upstream");
+    assert_eq!(
+        gw.metric_sum("gateway_blocked_requests_total", &[("reason", "client")]),
+        2.0
+    );
+    assert_eq!(
+        gw.metric_sum("gateway_blocked_requests_total", &[("reason", "user")]),
+        1.0
+    );
+    // The access log is written off the request path: give it a moment.
+    let count = |kind: &str| {
+        gw.proc
+            .access_logs()
+            .iter()
+            .filter(|l| l["error"] == kind)
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (count("blocked_client"), count("blocked_user")) != (2, 1) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((count("blocked_client"), count("blocked_user")), (2, 1));
+}
