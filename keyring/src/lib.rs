@@ -291,9 +291,16 @@ keys:
         let alg_none =
             "eyJhbGciOiJub25lIiwia2lkIjoibmV3In0.eyJzdWIiOiJhZG1pbiIsImV4cCI6OTk5OTk5OTk5OX0.";
         let good = ring.sign("u", Duration::from_secs(60), now());
+        // Flip the signature's first character: the last one carries padding bits, so
+        // changing it can make the base64 non-canonical (Malformed) rather than wrong.
+        let sig_start = good.rfind('.').unwrap() + 1;
+        let flipped = if good[sig_start..].starts_with('A') {
+            "B"
+        } else {
+            "A"
+        };
         let mut tampered = good.clone();
-        tampered.pop();
-        tampered.push(if good.ends_with('A') { 'B' } else { 'A' });
+        tampered.replace_range(sig_start..sig_start + 1, flipped);
         let cases: Vec<(&str, String, VerifyError)> = vec![
             ("empty", String::new(), VerifyError::Malformed),
             ("garbage", "not.a.jwt".into(), VerifyError::Malformed),
