@@ -332,8 +332,11 @@ async fn slowloris_gets_408_and_normal_clients_keep_their_latency() {
             slowloris_round(&gw, samples, window).await;
         proxied += before.len() + during.len();
         cycles.extend(round_cycles);
+        // The gateway's gauge is one instant of a 2 s answer-and-replace cycle (and a
+        // busy debug build accepts the replacements late), so it gets a wider margin
+        // than the client-side median.
         assert!(
-            open_median >= SLOW * 9 / 10 && open_gateway >= (SLOW * 9 / 10) as f64,
+            open_median >= SLOW * 9 / 10 && open_gateway >= (SLOW * 3 / 4) as f64,
             "the attack faded while sampling (median {open_median} open, gateway saw {open_gateway})"
         );
         let p99_before = percentile(&mut before, 0.99);
