@@ -487,6 +487,15 @@ async fn time_to_first_200(gw: SocketAddr, token: &str, from: Instant) -> Durati
 }
 
 /// Waits (bounded) for the gateway's fd count to drop to `baseline`; returns the last count.
+/// After a fault: open connections and in-flight back to 0 (5 s each), the fd count
+/// back to `fds_baseline` (8 s). Returns the last readings of all three.
+async fn wait_quiet(gw: &GatewayProc, pid: u32, fds_baseline: usize) -> (f64, f64, usize) {
+    let open = wait_metric(gw, "gateway_open_connections", 0.0, Duration::from_secs(5)).await;
+    let inflight = wait_metric(gw, "gateway_inflight_requests", 0.0, Duration::from_secs(5)).await;
+    let fds = wait_fds(pid, fds_baseline, Duration::from_secs(8)).await;
+    (open, inflight, fds)
+}
+
 async fn wait_fds(pid: u32, baseline: usize, limit: Duration) -> usize {
     let deadline = Instant::now() + limit;
     loop {
@@ -562,15 +571,7 @@ async fn app_killed_under_load_gives_only_json_502_503_and_recovers() {
         .iter()
         .filter(|s| s.at > app_up_at + recovery_from_up && s.status == 200)
         .count();
-    let open = wait_metric(&gw, "gateway_open_connections", 0.0, Duration::from_secs(5)).await;
-    let inflight = wait_metric(
-        &gw,
-        "gateway_inflight_requests",
-        0.0,
-        Duration::from_secs(5),
-    )
-    .await;
-    let fds_end = wait_fds(pid, fds_baseline, Duration::from_secs(8)).await;
+    let (open, inflight, fds_end) = wait_quiet(&gw, pid, fds_baseline).await;
     eprintln!(
         "app kill: {} requests by 8 clients, {} non-200 during the outage (all JSON 502/503: {}), slowest {slowest:?}, recovery {recovery_from_up:?} after the app was up ({recovery_from_spawn:?} after respawn), {ok_after} ok after; fds baseline {fds_baseline} end {fds_end}, open {open}, inflight {inflight}",
         samples.len(),
@@ -638,15 +639,7 @@ async fn stalled_app_gives_504_at_the_configured_timeout_and_recovers() {
         .iter()
         .filter(|s| s.status != 504 || s.json_code.as_deref() != Some("gateway_timeout"))
         .collect();
-    let open = wait_metric(&gw, "gateway_open_connections", 0.0, Duration::from_secs(5)).await;
-    let inflight = wait_metric(
-        &gw,
-        "gateway_inflight_requests",
-        0.0,
-        Duration::from_secs(5),
-    )
-    .await;
-    let fds_end = wait_fds(pid, fds_baseline, Duration::from_secs(8)).await;
+    let (open, inflight, fds_end) = wait_quiet(&gw, pid, fds_baseline).await;
     eprintln!(
         "app stall: {} requests by 8 clients, all JSON 504: {}, latency min {min:?} p50 {p50:?} max {max:?}; recovery {recovery:?} after SIGCONT; fds baseline {fds_baseline} end {fds_end}",
         stalled.len(),
