@@ -249,19 +249,22 @@ check "runbook: rolling back restores the previous limit (q=90)" wait_policy 90
 bob=$(curl -sS -m 5 -X POST "$base/v1/auth/token" -H 'content-type: application/json' \
   -d '{"username":"bob","password":"bob-dev-password"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
 status() { curl -sS -m 5 -o /dev/null -w '%{http_code}' "$@"; }
+# wait_status WANT CURL_ARGS… — polls (≤ 10 s) until the status is WANT; prints the last one.
+wait_status() {
+  local want=$1 got=""; shift
+  for _ in $(seq 20); do got=$(status "$@"); [ "$got" = "$want" ] && break; sleep 0.5; done
+  echo "$got"
+}
 sed 's/^  users: \[\]  .*/  users: [u-bob]/' "$cfg/gateway.yaml.bak" >"$cfg/gateway.yaml"
-blocked=""
-for _ in $(seq 20); do blocked=$(status "$base/v1/documents" -H "authorization: Bearer $bob"); [ "$blocked" = 403 ] && break; sleep 0.5; done
+blocked=$(wait_status 403 "$base/v1/documents" -H "authorization: Bearer $bob")
 [ "$blocked" = 403 ] && [ "$(status "$base/v1/documents" "${auth[@]}")" = 200 ] \
   && pass "runbook: blocking u-bob answers him 403, alice still 200" || fail "block user: bob $blocked"
 peer=$(dc logs --tail 5 gateway 2>&1 | grep -o '"peer":"[^"]*"' | tail -1 | cut -d'"' -f4)
 sed "s|^  clients: \[\]  .*|  clients: [$peer/32]|" "$cfg/gateway.yaml.bak" >"$cfg/gateway.yaml"
-blocked=""
-for _ in $(seq 20); do blocked=$(status "$base/v1/documents" "${auth[@]}"); [ "$blocked" = 403 ] && break; sleep 0.5; done
+blocked=$(wait_status 403 "$base/v1/documents" "${auth[@]}")
 [ "$blocked" = 403 ] && pass "runbook: blocking client $peer answers 403" || fail "block client $peer: $blocked"
 cp "$cfg/gateway.yaml.bak" "$cfg/gateway.yaml"
-unblocked=""
-for _ in $(seq 20); do unblocked=$(status "$base/v1/documents" "${auth[@]}"); [ "$unblocked" = 200 ] && break; sleep 0.5; done
+unblocked=$(wait_status 200 "$base/v1/documents" "${auth[@]}")
 [ "$unblocked" = 200 ] && pass "runbook: removing the entry unblocks" || fail "unblock: $unblocked"
 
 # Rotate the token key without logging anyone out.
@@ -285,8 +288,7 @@ new_token=$(login)
   && pass "runbook: the new token works through the gateway" || fail "new token refused"
 printf 'signing_kid: ct-2\nkeys:\n  - kid: ct-2\n    secret: "%s"\n' "$new_secret" >"$keys"
 dc restart app >/dev/null 2>&1 && wait_healthy app 60
-gone=""
-for _ in $(seq 20); do gone=$(status "$base/v1/documents" -H "authorization: Bearer $old_token"); [ "$gone" = 401 ] && break; sleep 0.5; done
+gone=$(wait_status 401 "$base/v1/documents" -H "authorization: Bearer $old_token")
 [ "$gone" = 401 ] && [ "$(status "$base/v1/documents" -H "authorization: Bearer $new_token")" = 200 ] \
   && pass "runbook: after removing the old key its tokens get 401, new ones work" || fail "after removal: old $gone"
 token=$new_token
