@@ -17,9 +17,8 @@ use tracing::Instrument;
 use crate::body::Body;
 use crate::errors::ApiError;
 use crate::handlers::{dispatch, AppState};
-use crate::metrics::method_label;
 use crate::routes::{route, RouteError};
-use crate::validate::{is_valid_request_id, new_request_id};
+use edgekit::{is_valid_request_id, method_label, new_request_id};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOGGED_PATH: usize = 256;
@@ -93,8 +92,8 @@ async fn handle(
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
+        .filter(|v| is_valid_request_id(v.as_bytes()))
         .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     let method = req.method().clone();

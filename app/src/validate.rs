@@ -20,16 +20,6 @@ pub fn new_document_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-pub fn is_valid_request_id(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-pub fn new_request_id() -> String {
-    format!("{:016x}", rand::random::<u64>())
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryError {
     /// A `%` escape that is not followed by two hex digits.
@@ -186,25 +176,6 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(is_valid_document_id(input), *want, "{input:?}");
         }
-    }
-
-    #[test]
-    fn request_ids() {
-        let too_long = "r".repeat(65);
-        let cases: &[(&str, bool)] = &[
-            ("abc-123", true),
-            ("trace.id:7_x", true),
-            ("", false),
-            (&too_long, false),
-            ("a b", false),
-            ("a\r\nX-Evil: 1", false),
-            ("ünï", false),
-            ("../x", false),
-        ];
-        for (input, want) in cases {
-            assert_eq!(is_valid_request_id(input), *want, "{input:?}");
-        }
-        assert!(is_valid_request_id(&new_request_id()));
     }
 
     #[test]
