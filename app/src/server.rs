@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::header::X_CONTENT_TYPE_OPTIONS;
 use http::{HeaderName, HeaderValue, Request, Response};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,7 +14,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::errors::ApiError;
 use crate::handlers::{dispatch, AppState};
 use crate::routes::{route, RouteError};
@@ -84,9 +84,11 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn handle(
+/// The whole service for one request: a `Request` in, a `Response` out, no socket, so
+/// routes can be tested in-process.
+pub async fn handle<B: RequestBody>(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let request_id = req
