@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testkit::{free_port, get_blocking, users_yaml, wait_until, ChildGuard, TEST_KEYS};
+use testkit::{files_in, free_port, get_blocking, users_yaml, wait_until, ChildGuard, TEST_KEYS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -237,17 +237,6 @@ async fn fetch(addr: SocketAddr, token: &str, id: &str) -> (u16, Vec<u8>) {
     request(addr, &head, b"").await.unwrap()
 }
 
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// After a restart: the listing holds every acked upload, only complete ones, and
 /// disk holds exactly one .bin + .json pair per listed document.
 async fn verify(
@@ -292,7 +281,7 @@ async fn verify(
             .collect();
         want_files.sort();
         let dir = data.join(USERS[u].1);
-        assert_eq!(files(&dir), want_files, "files in {}", dir.display());
+        assert_eq!(files_in(&dir), want_files, "files in {}", dir.display());
         listed_total += docs.len();
     }
     listed_total

@@ -279,12 +279,7 @@ async fn concurrent_uploads_by_several_users() {
             name.repeat(1000).as_bytes()
         );
     }
-    let metrics = app
-        .send(app.http.get(app.url("/metrics")))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("app_documents_stored 30"), "{metrics}");
 }
 
@@ -426,12 +421,7 @@ async fn health_ready_and_metrics() {
     app.get(&token, "/v1/documents/0123456789abcdef0123456789abcdef")
         .await;
 
-    let metrics = app
-        .send(app.http.get(app.url("/metrics")))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     for want in [
         // Count varies: the harness polls /healthz until the app is up.
         r#"http_requests_total{method="GET",route="/healthz",status="200"} "#,

@@ -182,35 +182,14 @@ fn write_config(gw: &GatewayProc, upstream: SocketAddr, extra: &str) {
     std::fs::rename(&tmp, &gw.config_path).unwrap();
 }
 
-/// Polls /metrics (bounded) until the metric exceeds `before`; returns the new value.
-async fn wait_metric_above(
-    gw: &GatewayProc,
-    name: &str,
-    labels: &[(&str, &str)],
-    before: f64,
-    limit: Duration,
-) -> f64 {
-    let start = Instant::now();
-    loop {
-        let now = gw.metric_sum(name, labels);
-        if now > before {
-            return now;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{name}{labels:?} stayed at {now} for {limit:?}; log:\n{}",
-            tail(&gw.proc.log, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rewrites the config and waits (bounded) for exactly one reload with `result`.
 async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &str) {
     let labels = [("result", result)];
     let before = gw.metric_sum(RELOADS, &labels);
     write_config(gw, upstream, extra);
-    let after = wait_metric_above(gw, RELOADS, &labels, before, Duration::from_secs(5)).await;
+    let after = gw
+        .wait_metric_above(RELOADS, &labels, before, Duration::from_secs(5))
+        .await;
     assert_eq!(after, before + 1.0, "one reload attempt per rewrite");
 }
 
@@ -629,23 +608,19 @@ async fn hot_reload_raises_and_lowers_a_limit_under_traffic() {
 
     allowed_then_limited(&gw, "127.0.2.1", PATH, &[], 3, "per-ip").await;
 
-    let mark = mark_traffic("raise to 10");
-    reload(&gw, stub.addr, &per_ip_yaml("1/hour", 10), "ok").await;
-    assert!(
-        done.load(Ordering::SeqCst) > mark.1,
-        "no traffic during {}",
-        mark.0
-    );
-    allowed_then_limited(&gw, "127.0.2.2", PATH, &[], 10, "per-ip").await;
-
-    let mark = mark_traffic("lower to 2");
-    reload(&gw, stub.addr, &per_ip_yaml("1/hour", 2), "ok").await;
-    assert!(
-        done.load(Ordering::SeqCst) > mark.1,
-        "no traffic during {}",
-        mark.0
-    );
-    allowed_then_limited(&gw, "127.0.2.3", PATH, &[], 2, "per-ip").await;
+    for (what, limit, client) in [
+        ("raise to 10", 10, "127.0.2.2"),
+        ("lower to 2", 2, "127.0.2.3"),
+    ] {
+        let mark = mark_traffic(what);
+        reload(&gw, stub.addr, &per_ip_yaml("1/hour", limit), "ok").await;
+        assert!(
+            done.load(Ordering::SeqCst) > mark.1,
+            "no traffic during {}",
+            mark.0
+        );
+        allowed_then_limited(&gw, client, PATH, &[], limit, "per-ip").await;
+    }
 
     stop.store(true, Ordering::SeqCst);
     let mut report = tokio::time::timeout(Duration::from_secs(30), traffic)

@@ -30,6 +30,21 @@ impl Response {
     }
 }
 
+/// Parsed header lines as owned `(name, value)` pairs, names lower-cased when asked.
+pub fn owned_headers(headers: &[httparse::Header<'_>], lowercase: bool) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            let name = if lowercase {
+                h.name.to_ascii_lowercase()
+            } else {
+                h.name.to_string()
+            };
+            (name, String::from_utf8_lossy(h.value).into_owned())
+        })
+        .collect()
+}
+
 /// Parses one response from raw bytes (Content-Length, chunked, or until EOF).
 pub fn parse_response(raw: &[u8]) -> Option<Response> {
     let mut headers = [httparse::EMPTY_HEADER; 64];
@@ -38,16 +53,7 @@ pub fn parse_response(raw: &[u8]) -> Option<Response> {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => return None,
     };
-    let headers: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let headers = owned_headers(resp.headers, false);
     let status = resp.code?;
     let rest = &raw[n..];
     let chunked = headers

@@ -1,6 +1,8 @@
-//! Child processes that die with the test, free loopback ports, bounded readiness waits.
+//! Child processes that die with the test, free loopback ports, bounded readiness waits,
+//! and a look at what a process left on disk.
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,18 @@ pub fn wait_until(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// Names of the entries in `dir`, sorted; empty when it does not exist.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 /// A child process killed on drop, so a failing test leaves no process behind.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::http::owned_headers;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StubMode {
     /// Answer 200 with the received request as JSON.
@@ -54,16 +56,7 @@ impl Stub {
                             let mut hs = [httparse::EMPTY_HEADER; 128];
                             let mut req = httparse::Request::new(&mut hs);
                             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                                let headers: Vec<(String, String)> = req
-                                    .headers
-                                    .iter()
-                                    .map(|h| {
-                                        (
-                                            h.name.to_ascii_lowercase(),
-                                            String::from_utf8_lossy(h.value).into_owned(),
-                                        )
-                                    })
-                                    .collect();
+                                let headers = owned_headers(req.headers, true);
                                 break (
                                     n,
                                     headers,

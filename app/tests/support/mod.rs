@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
+pub use testkit::files_in;
 use testkit::{free_port, ChildGuard};
 use tokio::io::AsyncWriteExt;
 
@@ -265,6 +266,12 @@ impl App {
         resp.json().await.unwrap()
     }
 
+    /// The /metrics exposition text.
+    pub async fn metrics_text(&self) -> String {
+        let resp = self.send(self.http.get(self.url("/metrics"))).await;
+        resp.text().await.unwrap()
+    }
+
     /// Every document of the user, following cursors.
     pub async fn list_all(&self, token: &str, limit: usize) -> Vec<Value> {
         let mut all = Vec::new();
@@ -346,17 +353,6 @@ pub fn names(docs: &[Value]) -> Vec<String> {
     docs.iter()
         .map(|d| d["name"].as_str().unwrap().to_owned())
         .collect()
-}
-
-pub fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
 }
 
 /// Temp files are removed in the background after an aborted upload: poll briefly.

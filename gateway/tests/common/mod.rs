@@ -10,9 +10,17 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub use testkit::{
-    free_port, get_blocking, header_values, parse_response, raw_request, wait_until, ChildGuard,
-    Response, Stub, StubMode, TEST_KEYS as DEV_KEYS,
+    assert_all_passed, free_port, get_blocking, header_values, mint_token, parse_response,
+    raw_request, wait_until, ChildGuard, Response, Stub, StubMode, TEST_KEYS as DEV_KEYS,
 };
+
+/// A temp dir holding `keys.yaml` with `DEV_KEYS`; keep the dir alive while the file is used.
+pub fn dev_key_file() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.yaml");
+    std::fs::write(&keys, DEV_KEYS).unwrap();
+    (dir, keys)
+}
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -138,6 +146,29 @@ impl GatewayProc {
 
     pub fn metrics(&self) -> String {
         get_blocking(self.admin, "/metrics").unwrap().text()
+    }
+
+    /// Polls /metrics (bounded) until the metric exceeds `before`; returns the new value.
+    pub async fn wait_metric_above(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        before: f64,
+        limit: Duration,
+    ) -> f64 {
+        let start = std::time::Instant::now();
+        loop {
+            let now = self.metric_sum(name, labels);
+            if now > before {
+                return now;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{name}{labels:?} stayed at {now} for {limit:?}; log:\n{}",
+                tail(&self.proc.log, 20)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sum of a metric's samples whose label set contains every `labels` pair.
