@@ -105,7 +105,7 @@ fn serve(config_path: PathBuf) -> ExitCode {
     };
     let keyring = match keyring::Keyring::load(&config.token_key_file) {
         Ok(k) => k,
-        Err(e) => return fail(format!("invalid token key file: {e}")),
+        Err(e) => return fail(e.to_string()),
     };
     init_logging();
     let (store, recovery) = match Store::open(&config.data_dir) {

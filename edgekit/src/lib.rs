@@ -1,10 +1,13 @@
 //! Rules the gateway and the app must agree on, kept in one place so they cannot drift:
-//! which `X-Request-Id` values are trusted, how new ids look, and the bounded `method` label.
+//! which `X-Request-Id` values are trusted, how new ids look, the bounded `method` label,
+//! and how a config-like file is loaded and its failure worded.
 
 #![forbid(unsafe_code)]
 
+pub mod file;
 pub mod request_id;
 
+pub use file::{load_file, FileError};
 pub use request_id::{is_valid_request_id, new_request_id};
 
 /// Bounded `method` label: arbitrary client methods must not create new metric series.
