@@ -17,6 +17,12 @@ pub struct Metrics {
     bytes: IntGauge,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();

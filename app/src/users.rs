@@ -111,6 +111,10 @@ impl Users {
         self.by_name.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Returns the user id when the credentials match. CPU-heavy (argon2): call it from
     /// `spawn_blocking`. Unknown names still pay for one verification.
     pub fn authenticate(&self, username: &str, password: &str) -> Option<String> {

@@ -465,25 +465,18 @@ async fn forged_tokens_are_charged_to_the_per_ip_bucket() {
     let stub = Stub::start(StubMode::Echo).await;
     let gw = GatewayProc::start(stub.addr, &forged_token_per_ip_yaml());
     let forged = forged_tokens();
+    let with_token = |t: &str| {
+        let auth = bearer(t);
+        let addr = gw.addr;
+        async move { get_from("127.0.0.28", addr, PATH, &[("Authorization", &auth)]).await }
+    };
     for (i, t) in forged.iter().take(5).enumerate() {
-        let resp = get_from(
-            "127.0.0.28",
-            gw.addr,
-            PATH,
-            &[("Authorization", &bearer(t))],
-        )
-        .await;
+        let resp = with_token(t).await;
         assert_eq!(resp.status, 401, "forged token {i}: {}", resp.text());
         assert_eq!(remaining(&resp, "per-ip"), 4 - i as u32, "forged token {i}");
     }
     for t in forged.iter().skip(5).take(3) {
-        let resp = get_from(
-            "127.0.0.28",
-            gw.addr,
-            PATH,
-            &[("Authorization", &bearer(t))],
-        )
-        .await;
+        let resp = with_token(t).await;
         assert_rate_limited(&resp, "per-ip");
     }
     // The address is over its limit with or without a token.

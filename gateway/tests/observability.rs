@@ -568,14 +568,7 @@ async fn send(gw: SocketAddr, from: &str, head: &str, body: &str) -> Response {
         "{head}\r\nHost: gw\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    raw_request(
-        from.parse().unwrap(),
-        gw,
-        req.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
+    send_from(from, gw, req.as_bytes()).await
 }
 
 /// Rewrites the gateway's config file atomically and waits for the reload `result`.

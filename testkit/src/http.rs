@@ -168,8 +168,9 @@ mod tests {
 
     #[test]
     fn parse_response_table() {
-        // (raw bytes, Some((status, body)) or None for incomplete/garbage)
-        let cases: &[(&[u8], Option<(u16, &[u8])>)] = &[
+        /// (raw bytes, Some((status, body)) or None for incomplete/garbage)
+        type Case<'a> = (&'a [u8], Option<(u16, &'a [u8])>);
+        let cases: &[Case] = &[
             (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhi", Some((200, b"hi"))),
             (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", Some((404, b""))),
             (

@@ -276,10 +276,15 @@ pub async fn get_from(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
+    send_from(local, server, req.as_bytes()).await
+}
+
+/// Raw request bytes sent from `local` (a 127.x address); panics on no answer within 10 s.
+pub async fn send_from(local: &str, server: SocketAddr, request: &[u8]) -> Response {
     raw_request(
         local.parse().unwrap(),
         server,
-        req.as_bytes(),
+        request,
         Duration::from_secs(10),
     )
     .await
