@@ -513,19 +513,17 @@ async fn shadow_policy_counts_and_logs_but_never_rejects() {
 
     let lines = wait_access_logs(&gw, PATH, 5).await;
     assert_eq!(lines.len(), 5);
-    let would: Vec<_> = lines
-        .iter()
-        .filter(|l| l["policy_decision"] == "would_reject")
-        .collect();
+    let with_decision = |decision: &str| -> Vec<&serde_json::Value> {
+        let matches = |l: &&serde_json::Value| l["policy_decision"] == decision;
+        lines.iter().filter(matches).collect()
+    };
+    let would = with_decision("would_reject");
     assert_eq!(would.len(), 3, "{lines:?}");
     for l in &would {
         assert_eq!(l["status"], 200, "{l}");
         assert_eq!(l["shadow_rejected_by"], "shadow-ip", "{l}");
     }
-    let allowed: Vec<_> = lines
-        .iter()
-        .filter(|l| l["policy_decision"] == "allowed")
-        .collect();
+    let allowed = with_decision("allowed");
     assert_eq!(allowed.len(), 2, "{lines:?}");
     for l in &allowed {
         assert!(l.get("shadow_rejected_by").is_none(), "{l}");
