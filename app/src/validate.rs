@@ -137,12 +137,13 @@ mod tests {
         let good = new_document_id();
         assert!(is_valid_document_id(&good), "{good}");
         assert_ne!(good, new_document_id());
-        let user: fn(&str) -> bool = is_valid_user_id;
-        let doc: fn(&str) -> bool = is_valid_document_id;
+        type Rule = fn(&str) -> bool;
+        let user: Rule = is_valid_user_id;
+        let doc: Rule = is_valid_document_id;
         let long_ok = "a".repeat(64);
         let too_long = "a".repeat(65);
         // (rule, input, want)
-        let cases: &[(fn(&str) -> bool, &str, bool)] = &[
+        let cases: &[(Rule, &str, bool)] = &[
             (user, "u-alice", true),
             (user, "A_z-09", true),
             (user, &long_ok, true),
