@@ -7,6 +7,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::net::{canonical_ip, canonical_nets};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
@@ -40,14 +42,15 @@ pub struct Blocklist {
 impl Blocklist {
     pub fn new(config: &BlockConfig) -> Blocklist {
         Blocklist {
-            // Overlapping entries are harmless; aggregating keeps the per-request walk short.
-            clients: IpNet::aggregate(&config.clients),
+            // Canonical first, so `::ffff:a.b.c.d/128` matches the IPv4 client; overlapping
+            // entries are harmless, aggregating keeps the per-request walk short.
+            clients: IpNet::aggregate(&canonical_nets(&config.clients)),
             users: config.users.iter().cloned().collect(),
         }
     }
 
     pub fn client(&self, ip: IpAddr) -> Option<BlockReason> {
-        let ip = canonical(ip);
+        let ip = canonical_ip(ip);
         self.clients
             .iter()
             .any(|net| net.contains(&ip))
@@ -57,14 +60,6 @@ impl Blocklist {
     pub fn user(&self, user_id: Option<&str>) -> Option<BlockReason> {
         let id = user_id?;
         self.users.contains(id).then_some(BlockReason::User)
-    }
-}
-
-/// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client; an IPv4 entry must match it.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -113,6 +108,19 @@ mod tests {
         for (ip, blocked) in cases {
             let got = b.client(ip.parse().unwrap());
             assert_eq!(got.is_some(), blocked, "{ip}");
+        }
+        // Entries written IPv4-mapped are canonicalised at load and match either spelling.
+        let mapped = list(&["::ffff:203.0.113.7/128", "::ffff:198.51.100.0/120"], &[]);
+        let cases = [
+            ("203.0.113.7", true),
+            ("::ffff:203.0.113.7", true),
+            ("203.0.113.8", false),
+            ("198.51.100.200", true),
+            ("198.51.101.1", false),
+        ];
+        for (ip, blocked) in cases {
+            let got = mapped.client(ip.parse().unwrap());
+            assert_eq!(got.is_some(), blocked, "mapped entry, {ip}");
         }
         assert_eq!(list(&[], &[]).client("1.2.3.4".parse().unwrap()), None);
         assert_eq!(

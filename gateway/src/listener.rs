@@ -18,25 +18,22 @@ use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
 };
-use pingora::proxy::HttpProxy;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::access_log::AccessRecord;
-use crate::errors::{self, EdgeError};
+use crate::errors;
 use crate::forwarding;
 use crate::head::{read_head, HeadLimits, HeadOutcome};
-use crate::proxy::{raw_error_response, Gateway};
+use crate::request_log;
+use crate::respond::raw_error_response;
 use crate::state::Shared;
-
-pub type Proxy = HttpProxy<Gateway>;
 
 /// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
 /// so the caller can wait for all of them to come back to know it has drained.
-pub async fn serve(
+pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    proxy: Arc<P>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -76,53 +73,22 @@ async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let id = forwarding::new_request_id();
     let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
     let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
-    log_edge_answer(
-        shared,
+    let started = Instant::now();
+    let m = &shared.metrics;
+    request_log::edge_answer(
+        m,
         peer,
         id,
         errors::UNAVAILABLE,
         "over_connection_cap",
-        Instant::now(),
+        started,
     );
 }
 
-fn log_edge_answer(
-    shared: &Shared,
-    peer: SocketAddr,
-    request_id: String,
-    err: EdgeError,
-    reason: &'static str,
-    started: Instant,
-) {
-    let m = &shared.metrics;
-    m.head_rejections.with_label_values(&[reason]).inc();
-    m.requests_total
-        .with_label_values(&[
-            "OTHER",
-            crate::metrics::status_label(err.status),
-            "unmatched",
-        ])
-        .inc();
-    AccessRecord {
-        request_id,
-        method: String::new(),
-        path: String::new(),
-        route: "unmatched".into(),
-        status: err.status,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-        peer: Some(peer.ip().to_canonical()),
-        client_ip: Some(peer.ip().to_canonical()),
-        auth: "none",
-        error: Some(reason),
-        ..Default::default()
-    }
-    .emit();
-}
-
-async fn handle(
+async fn handle<P: HttpServerApp>(
     tcp: TcpStream,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
+    proxy: Arc<P>,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -177,7 +143,7 @@ async fn handle(
                 io.shutdown().await
             })
             .await;
-            log_edge_answer(shared, peer, id, err, outcome.reason(), started);
+            request_log::edge_answer(&shared.metrics, peer, id, err, outcome.reason(), started);
             return;
         }
         io.inner.rewind(&buf);
