@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod blocklist;
+pub mod buffered;
 pub mod client_ip;
 pub mod config;
 pub mod errors;
