@@ -1,6 +1,8 @@
 //! Edge gateway: a pipeline of small stages, each a module with a pure core.
 //! The pingora `ProxyHttp` impl in `proxy` only wires them together.
 
+#![forbid(unsafe_code)]
+
 pub mod access_log;
 pub mod admin;
 pub mod blocklist;
