@@ -35,6 +35,28 @@ pub struct Now {
     pub unix_secs: u64,
 }
 
+impl Now {
+    /// The process's clocks now.
+    pub fn read() -> Now {
+        let unix_secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Now {
+            mono_ns: Now::mono_ns(),
+            unix_secs,
+        }
+    }
+
+    /// Monotonic nanoseconds since the first call.
+    pub fn mono_ns() -> u64 {
+        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        ORIGIN
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+}
+
 /// What the pipeline established about a request (in a `Refusal`: as far as it got).
 #[derive(Debug)]
 pub struct Admission {
@@ -80,6 +102,9 @@ pub struct Refusal {
 }
 
 /// Runs the stages in order (module docs); `peer` is the socket peer.
+// Err is no larger than Ok (it carries the Admission so far); boxing it would cost an
+// allocation per refused request for nothing.
+#[allow(clippy::result_large_err)]
 pub fn admit(
     live: &Live,
     peer: IpAddr,

@@ -62,22 +62,6 @@ impl RequestCtx {
     }
 }
 
-/// Monotonic nanoseconds for the limiter (time is injected into its pure core).
-fn now_ns() -> u64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
-}
-
-fn now() -> Now {
-    let unix_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Now {
-        mono_ns: now_ns(),
-        unix_secs,
-    }
-}
-
 fn peer_ip(session: &Session) -> Option<IpAddr> {
     session
         .client_addr()
@@ -94,31 +78,6 @@ fn has_request_body(req: &RequestHeader) -> bool {
 }
 
 impl Gateway {
-    /// Counts what the pipeline decided: forwarded-header rejections, limit decisions,
-    /// block-list hits and auth failures.
-    fn count(&self, found: &Admission, refusal: Option<RefusalKind>) {
-        let m = &self.shared.metrics;
-        if let Some(r) = found.resolution.rejection {
-            m.forwarded_rejections
-                .with_label_values(&[r.as_str()])
-                .inc();
-        }
-        for outcome in found.verdict.iter().flat_map(|v| &v.outcomes) {
-            m.rate_limit_decisions
-                .with_label_values(&[&outcome.policy, outcome.decision.as_str()])
-                .inc();
-        }
-        match refusal {
-            Some(RefusalKind::Blocked(reason)) => {
-                m.blocked.with_label_values(&[reason.as_str()]).inc()
-            }
-            Some(RefusalKind::InvalidToken(reason)) => {
-                m.auth_failures.with_label_values(&[reason]).inc()
-            }
-            _ => {}
-        }
-    }
-
     /// Answers at the edge with a JSON error; `Ok(true)` tells pingora the response is sent.
     async fn refuse(
         &self,
@@ -139,7 +98,7 @@ impl Gateway {
             ctx.live(),
             &ctx.request_id,
             ctx.verdict.as_ref(),
-            now_ns() >> 10,
+            Now::mono_ns() >> 10,
         )?;
         // An unread request body would be parsed as the next request: close instead.
         if has_request_body(session.req_header()) || self.shared.is_draining() {
@@ -198,14 +157,14 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let live = ctx.live.clone().expect("live loaded");
         let peer = peer_ip(session).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        match pipeline::admit(&live, peer, session.req_header(), now()) {
+        match pipeline::admit(&live, peer, session.req_header(), Now::read()) {
             Ok(found) => {
-                self.count(&found, None);
+                request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);
                 Ok(false)
             }
             Err(refusal) => {
-                self.count(&refusal.so_far, Some(refusal.kind));
+                request_log::admission(&self.shared.metrics, &refusal.so_far, Some(refusal.kind));
                 ctx.record(refusal.so_far);
                 self.refuse(session, ctx, refusal.kind).await
             }

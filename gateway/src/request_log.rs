@@ -13,6 +13,29 @@ use crate::errors::EdgeError;
 use crate::identity::Identity;
 use crate::limits::Verdict;
 use crate::metrics::{method_label, status_label, Metrics};
+use crate::pipeline::{Admission, RefusalKind};
+
+/// Counts what the admission pipeline decided: forwarded-header rejections, limit
+/// decisions, block-list hits and auth failures.
+pub fn admission(m: &Metrics, found: &Admission, refusal: Option<RefusalKind>) {
+    if let Some(r) = found.resolution.rejection {
+        m.forwarded_rejections
+            .with_label_values(&[r.as_str()])
+            .inc();
+    }
+    for outcome in found.verdict.iter().flat_map(|v| &v.outcomes) {
+        m.rate_limit_decisions
+            .with_label_values(&[&outcome.policy, outcome.decision.as_str()])
+            .inc();
+    }
+    match refusal {
+        Some(RefusalKind::Blocked(reason)) => m.blocked.with_label_values(&[reason.as_str()]).inc(),
+        Some(RefusalKind::InvalidToken(reason)) => {
+            m.auth_failures.with_label_values(&[reason]).inc()
+        }
+        _ => {}
+    }
+}
 
 /// A request pingora handled, as the proxy saw it at the end.
 pub struct Finished<'a> {
