@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::invalid::Invalid;
 use crate::net::{canonical_ip, canonical_nets};
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -64,12 +65,12 @@ impl Blocklist {
 }
 
 /// Checks entries at load time: user ids must be non-empty and printable.
-pub fn validate(config: &BlockConfig) -> Result<(), (String, String)> {
+pub fn validate(config: &BlockConfig) -> Result<(), Invalid> {
     for (i, user) in config.users.iter().enumerate() {
         if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-            return Err((
+            return Err(Invalid::new(
                 format!("block.users[{i}]"),
-                "must be 1 to 256 printable characters".to_string(),
+                "must be 1 to 256 printable characters",
             ));
         }
     }
@@ -154,7 +155,7 @@ mod tests {
                 clients: vec![],
                 users: vec!["ok".into(), user.to_string()],
             };
-            let (field, _) = validate(&config).unwrap_err();
+            let Invalid { field, .. } = validate(&config).unwrap_err();
             assert_eq!(field, "block.users[1]");
         }
         assert!(validate(&BlockConfig {

@@ -1,5 +1,6 @@
 //! Edge gateway: a pipeline of small stages, each a module with a pure core.
-//! The pingora `ProxyHttp` impl in `proxy` only wires them together.
+//! `pipeline` decides, `respond` shapes answers, `request_log` records; the pingora
+//! `ProxyHttp` impl in `proxy` only wires them into pingora's phases.
 
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod forwarded;
 pub mod forwarding;
 pub mod head;
 pub mod identity;
+pub mod invalid;
 pub mod limits;
 pub mod listener;
 pub mod logging;

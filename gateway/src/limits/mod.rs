@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use crate::net::canonical_ip;
 
 use gcra::Gcra;
-pub use policy::{ConfigError, KeyKind, MatchConfig, Mode, PolicyConfig, RateLimitsConfig};
+pub use policy::{KeyKind, MatchConfig, Mode, PolicyConfig, RateLimitsConfig};
 pub use rate::Rate;
 use store::Store;
 
