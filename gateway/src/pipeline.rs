@@ -22,7 +22,7 @@ use crate::blocklist::BlockReason;
 use crate::client_ip::{self, Resolution, TrustDecision};
 use crate::errors::{self, EdgeError};
 use crate::forwarding;
-use crate::identity::{self, Identity};
+use crate::identity::{self, AuthFailure, Identity};
 use crate::limits::{RequestFacts, Verdict};
 use crate::state::Live;
 
@@ -77,8 +77,8 @@ pub enum RefusalKind {
     NoRoute,
     BodyTooLarge,
     RateLimited,
-    /// A presented credential did not verify; the reason is the auth-failure label.
-    InvalidToken(&'static str),
+    /// A presented credential did not verify.
+    InvalidToken(AuthFailure),
 }
 
 impl RefusalKind {

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use keyring::Keyring;
+use keyring::{Keyring, VerifyError};
 
 use super::*;
 use crate::config::Config;
@@ -57,6 +57,8 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader 
 }
 
 type Outcome = Result<(), RefusalKind>;
+
+const MALFORMED: AuthFailure = AuthFailure::Token(VerifyError::Malformed);
 
 fn run(live: &Live, peer: &str, req: &RequestHeader) -> (Outcome, Admission) {
     match admit(live, peer.parse().unwrap(), req, now()) {
@@ -159,13 +161,13 @@ fn refusal_kinds_and_their_order() {
             "refused token",
             "198.51.100.7",
             request("GET", "/v1/x", &[("authorization", "Bearer nope")]),
-            Err(K::InvalidToken("malformed")),
+            Err(K::InvalidToken(AuthFailure::Token(VerifyError::Malformed))),
         ),
         (
             "other scheme",
             "198.51.100.8",
             request("GET", "/v1/x", &[("authorization", "Basic YTpi")]),
-            Err(K::InvalidToken("unsupported_scheme")),
+            Err(K::InvalidToken(AuthFailure::UnsupportedScheme)),
         ),
     ];
     for (name, peer, req, want) in cases {
@@ -183,8 +185,8 @@ fn refused_tokens_are_charged_to_ip_limits_first() {
     assert_eq!(
         kinds,
         [
-            Err(RefusalKind::InvalidToken("malformed")),
-            Err(RefusalKind::InvalidToken("malformed")),
+            Err(RefusalKind::InvalidToken(MALFORMED)),
+            Err(RefusalKind::InvalidToken(MALFORMED)),
             // Over the per-IP limit: 429, not 401.
             Err(RefusalKind::RateLimited),
         ]
@@ -264,7 +266,10 @@ fn refusal_kinds_map_to_edge_errors() {
         (RefusalKind::NoRoute, 404),
         (RefusalKind::BodyTooLarge, 413),
         (RefusalKind::RateLimited, 429),
-        (RefusalKind::InvalidToken("expired"), 401),
+        (
+            RefusalKind::InvalidToken(AuthFailure::Token(VerifyError::Expired)),
+            401,
+        ),
     ];
     for (kind, status) in cases {
         assert_eq!(kind.edge_error().status, status, "{kind:?}");
