@@ -165,20 +165,7 @@ impl AccessRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::logging::tests::Sink;
 
     /// The line `emit` writes.
     fn emit_to_string(rec: &AccessRecord) -> String {
@@ -188,7 +175,7 @@ mod tests {
     /// The same record as an operational log event through the tracing JSON formatter:
     /// the shape the access line must keep.
     fn via_tracing_formatter(rec: &AccessRecord) -> String {
-        let buf = Buf::default();
+        let buf = Sink::default();
         let writer = buf.clone();
         let subscriber = crate::logging::json_subscriber(move || writer.clone());
         tracing::subscriber::with_default(subscriber, || {

@@ -238,64 +238,24 @@ mod tests {
 
     #[test]
     fn failures_are_classified_for_logs_and_metrics() {
-        use pingora::{Error, ErrorSource, ErrorType};
+        use pingora::{Error, ErrorSource as S, ErrorType as T};
         use ProxyError as P;
         use UpstreamFailure as U;
         let cases = [
+            (T::ConnectRefused, S::Upstream, P::Connect, Some(U::Connect)),
+            (T::ConnectNoRoute, S::Upstream, P::Connect, Some(U::Connect)),
             (
-                ErrorType::ConnectRefused,
-                ErrorSource::Upstream,
-                P::Connect,
-                Some(U::Connect),
-            ),
-            (
-                ErrorType::ConnectNoRoute,
-                ErrorSource::Upstream,
-                P::Connect,
-                Some(U::Connect),
-            ),
-            (
-                ErrorType::ConnectTimedout,
-                ErrorSource::Upstream,
+                T::ConnectTimedout,
+                S::Upstream,
                 P::Timeout,
                 Some(U::Timeout),
             ),
-            (
-                ErrorType::ReadTimedout,
-                ErrorSource::Upstream,
-                P::Timeout,
-                Some(U::Timeout),
-            ),
-            (
-                ErrorType::ConnectionClosed,
-                ErrorSource::Upstream,
-                P::Proxy,
-                Some(U::Other),
-            ),
-            (
-                ErrorType::ReadTimedout,
-                ErrorSource::Downstream,
-                P::Timeout,
-                None,
-            ),
-            (
-                ErrorType::ConnectionClosed,
-                ErrorSource::Downstream,
-                P::Proxy,
-                None,
-            ),
-            (
-                ErrorType::HTTPStatus(413),
-                ErrorSource::Internal,
-                P::Limit,
-                None,
-            ),
-            (
-                ErrorType::ConnectNoRoute,
-                ErrorSource::Internal,
-                P::Connect,
-                None,
-            ),
+            (T::ReadTimedout, S::Upstream, P::Timeout, Some(U::Timeout)),
+            (T::ConnectionClosed, S::Upstream, P::Proxy, Some(U::Other)),
+            (T::ReadTimedout, S::Downstream, P::Timeout, None),
+            (T::ConnectionClosed, S::Downstream, P::Proxy, None),
+            (T::HTTPStatus(413), S::Internal, P::Limit, None),
+            (T::ConnectNoRoute, S::Internal, P::Connect, None),
         ];
         for (etype, source, log, upstream) in cases {
             let mut e = Error::new(etype.clone());
