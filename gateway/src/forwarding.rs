@@ -127,7 +127,7 @@ pub fn headers_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
