@@ -82,10 +82,11 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(live: Live, config_path: PathBuf) -> Shared {
+        let upstream = Arc::new(UpstreamState::new(&live.config.upstream));
         Shared {
             live: ArcSwap::from_pointee(live),
             metrics: Metrics::new(),
-            upstream: Arc::new(UpstreamState::default()),
+            upstream,
             config_path,
             draining: AtomicBool::new(false),
         }

@@ -20,6 +20,16 @@ pub struct UpstreamState {
 }
 
 impl UpstreamState {
+    /// An IP-literal upstream is known before the background refresh first runs, so the
+    /// first requests after start-up are not refused as "not resolved yet"; a name waits.
+    pub fn new(upstream: &Upstream) -> UpstreamState {
+        let state = UpstreamState::default();
+        if let Some(addr) = literal(upstream) {
+            state.addrs.store(Arc::new(vec![addr]));
+        }
+        state
+    }
+
     /// Round-robin over the resolved addresses; None until the first resolution succeeds.
     pub fn pick(&self) -> Option<SocketAddr> {
         let addrs = self.addrs.load();
@@ -44,10 +54,15 @@ impl UpstreamState {
     }
 }
 
+fn literal(upstream: &Upstream) -> Option<SocketAddr> {
+    let ip = upstream.host.parse().ok()?;
+    Some(SocketAddr::new(ip, upstream.port))
+}
+
 async fn resolve(upstream: &Upstream) -> std::io::Result<Vec<SocketAddr>> {
     // An IP literal needs no lookup; a name goes through tokio's off-thread resolver.
-    if let Ok(ip) = upstream.host.parse() {
-        return Ok(vec![SocketAddr::new(ip, upstream.port)]);
+    if let Some(addr) = literal(upstream) {
+        return Ok(vec![addr]);
     }
     Ok(
         tokio::net::lookup_host((upstream.host.as_str(), upstream.port))
