@@ -47,13 +47,10 @@ impl Now {
         }
     }
 
-    /// Monotonic nanoseconds since the first call.
+    /// Monotonic nanoseconds: the shared-limits sync loop corrects the same TATs, so it
+    /// must be one clock with it.
     pub fn mono_ns() -> u64 {
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        ORIGIN
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos() as u64
+        crate::limits::shared::monotonic_ns()
     }
 }
 
