@@ -234,7 +234,7 @@ impl SharedPolicy {
                     out.confirm = true;
                 } else {
                     drop(guard);
-                    let fb = self.fallback(hash, now, d);
+                    let fb = self.fallback(hash, now, d, "down");
                     out.decision = fb;
                 }
             }
@@ -260,7 +260,8 @@ impl SharedPolicy {
                     shard.dirty.push(hash);
                 }
                 let used = u64::from(e.pending) * self.gcra.interval_ns();
-                if e.inflight == 0 && used * 2 >= e.share.max(1) {
+                // No share (bucket at its limit, admitting only by refill): the tick will do.
+                if e.inflight == 0 && e.share > 0 && used * 2 >= e.share {
                     out.flush_now = true;
                 }
             }
@@ -290,9 +291,13 @@ impl SharedPolicy {
         }
     }
 
-    /// `shared: exact` without Redis's word: decide per `on_unavailable`. `local` is the
-    /// pre-check's decision (already charged at the whole limit).
-    pub fn fallback(&self, hash: u64, now: u64, local: Decision) -> Decision {
+    /// `shared: exact` without Redis's word (`reason`: timeout, error, down): decide per
+    /// `on_unavailable`. `local` is the pre-check's decision (charged at the whole limit).
+    pub fn fallback(&self, hash: u64, now: u64, local: Decision, reason: &'static str) -> Decision {
+        SharedMetrics::get()
+            .exact_fallbacks
+            .with_label_values(&[&self.name, reason])
+            .inc();
         let d = match self.on_unavailable {
             OnUnavailable::Full => local,
             OnUnavailable::Deny => deny_decision(),
@@ -397,7 +402,7 @@ impl SharedPolicy {
         e.share = share;
         e.leased_at = t_exec.max(1);
         let used = u64::from(e.pending) * self.gcra.interval_ns();
-        e.pending > 0 && used * 2 >= share.max(1)
+        e.pending > 0 && share > 0 && used * 2 >= share
     }
 
     /// A flush failed after it was sent (timeout): its hits are not retried, since the

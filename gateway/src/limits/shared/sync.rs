@@ -18,7 +18,8 @@ use super::{keys, monotonic_ns, Engine};
 
 /// Budget of one flush or heartbeat round trip. A timed-out flush is not retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Includes the handshake (AUTH, HELLO): a SIGSTOP'd Redis accepts TCP but never answers.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica missing from the set for this long no longer counts.
 pub const REPLICA_WINDOW_MS: u64 = 5_000;
