@@ -236,6 +236,9 @@ impl Driver {
         match t {
             Transition::InSync => {
                 self.engine.set_healthy(true);
+                // A fleet started together must not flush in lockstep.
+                let t = self.engine.sync_interval().as_nanos() as u64;
+                self.next_flush = monotonic_ns() + jitter(t);
                 tracing::info!(
                     target: "shared_limits",
                     replicas = self.engine.replicas(),
@@ -342,6 +345,8 @@ impl Driver {
     }
 
     fn good(&mut self) {
+        // Redis answers again: `exact` calls may wait for it again.
+        self.engine.exact_succeeded();
         if let Some(t) = self.breaker.on_good(monotonic_ns()) {
             self.transition(t, &[]);
         }
