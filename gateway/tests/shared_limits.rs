@@ -267,13 +267,18 @@ async fn lua_scripts_against_real_redis() {
 const UP: &str = "gateway_shared_limits_up";
 
 fn fleet_yaml(redis_url: &str) -> String {
+    fleet_yaml_with(redis_url, "edge", 30)
+}
+
+fn fleet_yaml_with(redis_url: &str, prefix: &str, spread_burst: u32) -> String {
     format!(
         r#"shared_limits:
   redis: {redis_url}
+  key_prefix: {prefix}
   sync_interval: 250ms
 rate_limits:
   policies:
-    - {{name: spread, key: ip, rate: 60/min, burst: 30, match: {{path_prefix: /v1/sync}}}}
+    - {{name: spread, key: ip, rate: 60/min, burst: {spread_burst}, match: {{path_prefix: /v1/sync}}}}
     - {{name: login, key: ip, rate: 1/hour, burst: 5, match: {{path_prefix: /v1/exact}}, shared: exact}}
     - {{name: full, key: ip, rate: 1/hour, burst: 6, match: {{path_prefix: /v1/full}}, on_unavailable: full}}
     - {{name: closed, key: ip, rate: 1/hour, burst: 6, match: {{path_prefix: /v1/deny}}, on_unavailable: deny}}
@@ -366,6 +371,17 @@ async fn background_traffic(
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     (sent, slowest, bad)
+}
+
+fn wait_for(limit: Duration, ok: impl Fn() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    false
 }
 
 fn up_is(v: f64) -> impl Fn(&GatewayProc) -> bool {
@@ -549,4 +565,45 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         .map(|g| g.metric_sum("gateway_shared_limits_dropped_hits_total", &[]))
         .sum();
     eprintln!("hits dropped over the outages: {dropped}");
+
+    // 7. Hot reload: a new key_prefix reconnects (new engine), a new burst is a new
+    //    fingerprint: the client exhausted in step 1 starts fresh.
+    let yaml = fleet_yaml_with(&redis.url(), "edge2", 24);
+    for g in &gws {
+        let before = g.metric_sum("gateway_config_reloads_total", &[("result", "ok")]);
+        let text = gateway_yaml(g.addr, g.admin, stub.addr, &g.key_file(), &yaml);
+        let tmp = g.config_path.with_extension("yaml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &g.config_path).unwrap();
+        assert!(
+            wait_for(Duration::from_secs(5), || g
+                .metric_sum("gateway_config_reloads_total", &[("result", "ok")])
+                > before),
+            "reload not applied"
+        );
+    }
+    wait_all(&gws, "in sync after reload", Duration::from_secs(5), |g| {
+        g.metric_sum(UP, &[]) == 1.0 && g.metric_sum("gateway_shared_limits_replicas", &[]) == 3.0
+    });
+    let (admitted, _, bad) = round_robin(
+        &gws,
+        "127.0.0.11",
+        "/v1/sync/a",
+        60,
+        Duration::from_millis(8),
+    )
+    .await;
+    assert!(bad.is_empty(), "{bad:?}");
+    assert!(
+        (24..=34).contains(&admitted),
+        "{admitted} of 60 after the reload"
+    );
+    let mut c = redis.conn().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("edge2:rl:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "new prefix in use");
+    assert!(keys.iter().all(|k| !k.contains("127.0.0")), "{keys:?}");
 }

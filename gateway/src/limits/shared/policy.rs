@@ -43,8 +43,29 @@ struct Entry {
     fallback_tat: u64,
 }
 
+/// Keys are already keyed 64-bit hashes (`Store::hash_key`): hashing them again is waste.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else rather than panic.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Entries = HashMap<u64, Entry, std::hash::BuildHasherDefault<PreHashed>>;
+
 struct Shard {
-    entries: HashMap<u64, Entry>,
+    entries: Entries,
     dirty: Vec<u64>,
 }
 
@@ -109,7 +130,7 @@ impl SharedPolicy {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        entries: HashMap::new(),
+                        entries: Entries::default(),
                         dirty: Vec::new(),
                     })
                 })
@@ -133,7 +154,8 @@ impl SharedPolicy {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        &self.shards[(hash >> 60) as usize % SHARDS]
+        // Middle bits: the table itself uses the low bits (index) and the top 7 (tags).
+        &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
     pub fn key_id(&self, client: ClientId) -> u128 {
