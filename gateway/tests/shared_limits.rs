@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,9 +39,9 @@ macro_rules! require_redis {
     };
 }
 
-/// A throwaway redis-server: loopback only, no persistence.
+/// A throwaway redis-server: loopback only, no persistence, killed on drop.
 struct Redis {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -69,15 +69,12 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {}", self.port);
+        self.child = Some(ChildGuard::new(child));
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis-server did not start on port {}",
+            self.port
+        );
     }
 
     fn ping(&self) -> bool {
@@ -100,17 +97,12 @@ impl Redis {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        assert!(Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        self.child.as_ref().expect("running").signal(sig);
     }
 
+    /// `kill -9`, as a crash would.
     fn kill9(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.take().unwrap().wait();
+        self.child.take().expect("running").kill();
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -119,18 +111,6 @@ impl Redis {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -373,17 +353,6 @@ async fn background_traffic(
     (sent, slowest, bad)
 }
 
-fn wait_for(limit: Duration, ok: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
-}
-
 fn up_is(v: f64) -> impl Fn(&GatewayProc) -> bool {
     move |g| g.metric_sum(UP, &[]) == v
 }
@@ -576,7 +545,7 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &g.config_path).unwrap();
         assert!(
-            wait_for(Duration::from_secs(5), || g
+            wait_until(Duration::from_secs(5), || g
                 .metric_sum("gateway_config_reloads_total", &[("result", "ok")])
                 > before),
             "reload not applied"
