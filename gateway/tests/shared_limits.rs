@@ -548,3 +548,34 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
     assert!(!keys.is_empty(), "new prefix in use");
     assert!(keys.iter().all(|k| !k.contains("127.0.0")), "{keys:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
+    require_redis!();
+    let stub = Stub::start(StubMode::Echo).await;
+    let port = free_port();
+    let yaml = fleet_yaml(&format!("redis://127.0.0.1:{port}/0"));
+    let gws = vec![GatewayProc::start(stub.addr, &yaml)];
+    // No Redis: requests are served and limited locally, never failed or slowed.
+    let (admitted, _) = round_robin(&gws, "127.0.0.21", "/v1/share/a", 12, Duration::ZERO).await;
+    assert_eq!(
+        admitted, 9,
+        "share with the last known n = 1: the whole burst"
+    );
+    assert_eq!(gws[0].metric_sum(UP, &[]), 0.0);
+    assert!(wait_until(Duration::from_secs(3), || gws[0]
+        .proc
+        .log_text()
+        .contains("shared limits not in sync")));
+    assert_eq!(get_blocking(gws[0].admin, "/readyz").unwrap().status, 200);
+    // Redis appears: in sync within 3 s (probes run every ~1 s).
+    let mut redis = Redis {
+        child: None,
+        port,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    redis.spawn();
+    let took = wait_up(&gws, 1.0, "in sync once Redis is up");
+    eprintln!("first sync {took:?} after Redis started");
+    assert!(gws[0].proc.log_text().contains("shared limits in sync"));
+}
