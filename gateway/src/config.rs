@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use crate::blocklist::BlockConfig;
 use crate::client_ip::ForwardedHeader;
 use crate::invalid::Invalid;
+use crate::limits::shared::config::SharedLimitsConfig;
 use crate::limits::RateLimitsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +56,9 @@ pub struct Config {
     pub upstream_pool_size: usize,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Rate-limit state shared across replicas through Redis; absent = per-replica limits.
+    #[serde(default)]
+    pub shared_limits: Option<SharedLimitsConfig>,
     /// Client CIDRs and user ids refused with 403 (RUNBOOK.md "Block an abusive client").
     #[serde(default)]
     pub block: BlockConfig,
@@ -415,6 +419,10 @@ impl Config {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
         self.rate_limits.validate()?;
+        crate::limits::shared::config::validate_policies(
+            self.shared_limits.as_ref(),
+            &self.rate_limits.policies,
+        )?;
         crate::blocklist::validate(&self.block)?;
         Ok(())
     }

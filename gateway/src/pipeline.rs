@@ -13,6 +13,8 @@
 //!
 //! The pingora adapter (`proxy`) records metrics and answers from the result.
 
+pub mod exact;
+
 use std::net::IpAddr;
 
 use http::header::CONTENT_LENGTH;
@@ -47,13 +49,10 @@ impl Now {
         }
     }
 
-    /// Monotonic nanoseconds since the first call.
+    /// Monotonic nanoseconds: the shared-limits sync loop corrects the same TATs, so it
+    /// must be one clock with it.
     pub fn mono_ns() -> u64 {
-        static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        ORIGIN
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos() as u64
+        crate::limits::shared::monotonic_ns()
     }
 }
 

@@ -157,7 +157,9 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let live = ctx.live.clone().expect("live loaded");
         let peer = peer_ip(session).unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        match pipeline::admit(&live, peer, session.req_header(), Now::read()) {
+        let admitted = pipeline::admit(&live, peer, session.req_header(), Now::read());
+        // `shared: exact` policies: the one Redis round trip (bounded), else a no-op.
+        match pipeline::exact::confirm(admitted).await {
             Ok(found) => {
                 request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);
