@@ -14,6 +14,9 @@ cargo test --workspace --locked
 step "observability configs: promtool check/test rules, dashboards, RUNBOOK queries"
 bash scripts/check-observability.sh
 
+step "live alert delivery: real prometheus + alertmanager with the repo's configs, app killed and restarted"
+scripts/alert-delivery-test.sh
+
 step "container tests on the Docker engine (loud skip without one)"
 tests/containers/run.sh
 

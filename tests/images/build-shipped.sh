@@ -100,17 +100,20 @@ if [ "${REBUILD_BASES:-0}" = 1 ] || ! have_image "$runtime_image"; then
   rm -rf "$r" && mkdir -p "$r"/{etc,tmp,home/nonroot,root}
   chmod 1777 "$r/tmp"
   chown 65532:65532 "$r/home/nonroot"
+  # The merged-/usr links first (/lib64/ld-linux-x86-64.so.2 lives behind /lib64 → usr/lib64),
+  # so the package files below land behind them as in bookworm.
+  mkdir -p "$r/usr/lib" "$r/usr/lib64" "$r/usr/bin" "$r/usr/sbin"
+  for l in lib lib64 bin sbin; do [ -L "$bookworm/$l" ] && cp -a "$bookworm/$l" "$r/$l"; done
   # Every file the packages own (not their docs), copied with its path.
   for pkg in libc6 libgcc-s1 libstdc++6 libgomp1 ca-certificates netbase; do
     chroot "$bookworm" dpkg-query -L "$pkg:amd64" 2>/dev/null || chroot "$bookworm" dpkg-query -L "$pkg"
   done | sort -u | while read -r p; do
     case $p in /usr/share/doc* | /usr/share/man* | /usr/share/lintian* | /usr/share/locale*) continue ;; esac
+    [ -d "$bookworm$p" ] && continue   # directories (and links to them) come with their files
     [ -f "$bookworm$p" ] || [ -L "$bookworm$p" ] || continue
     mkdir -p "$r$(dirname "$p")"
     cp -a "$bookworm$p" "$r$p"
   done
-  # The merged-/usr links (/lib64/ld-linux-x86-64.so.2 lives behind /lib64 → usr/lib64).
-  for l in lib lib64 bin sbin; do [ -L "$bookworm/$l" ] && cp -a "$bookworm/$l" "$r/$l"; done
   cp -a "$bookworm/etc/ssl" "$r/etc/"   # the ca-certificates bundle update-ca-certificates made
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$r/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\nnonroot:x:65532:\n' >"$r/etc/group"
