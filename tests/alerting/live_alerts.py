@@ -11,7 +11,8 @@ What the test rewrites (and asserts each rewrite happened once, so none silently
 The runbook base URL (external label runbook_base_url) is left as shipped and read from the file.
 
 Checks: every alert rule loads; every Grafana dashboard query evaluates without error via
-/api/v1/query; killing the app delivers a firing UpstreamDown to the critical receiver with its
+/api/v1/query; RUNBOOK.md's `am …` commands ("Test an alert receiver", "Silence alerts during
+maintenance") run as written against this Alertmanager, with their effects checked; killing the app delivers a firing UpstreamDown to the critical receiver with its
 runbook link (shipped base + "#upstreamdown", a real RUNBOOK.md heading) and without the helper
 label; a symptom alert posted meanwhile is inhibited and never delivered; a warning is routed to
 the other receiver; restarting the app delivers the resolved UpstreamDown. Bounded: DEADLINE s.
@@ -111,8 +112,9 @@ class Receiver(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def notifications(path, alertname, status):
-    """Alerts named alertname with status among the notifications sent to path."""
+def notifications(path, alertname, status, synthetic=False):
+    """Alerts named alertname with status among the notifications sent to path; the ones the
+    test posted itself carry a `test` label and are told apart from Prometheus's."""
     with Receiver.lock:
         return [
             a
@@ -120,7 +122,27 @@ def notifications(path, alertname, status):
             if p == path
             for a in n.get("alerts", [])
             if a["labels"].get("alertname") == alertname and a["status"] == status
+            and ("test" in a["labels"]) == synthetic
         ]
+
+
+def runbook_commands(section):
+    """The `am …` lines (with their continuation lines) of a RUNBOOK.md section's sh blocks."""
+    text = read("RUNBOOK.md")
+    body = text.split(f"### {section}\n", 1)[1].split("\n### ", 1)[0]
+    cmds = []
+    for block in re.findall(r"```sh\n(.*?)```", body, re.S):
+        for cmd in re.sub(r"\\\n\s*", " ", block).splitlines():
+            if cmd.startswith("am "):
+                cmds.append(re.sub(r"\s+#.*$", "", cmd))
+    return cmds
+
+
+def amtool(am_url, cmd):
+    """Runs one RUNBOOK `am …` command line in bash with am() pointed at the test's Alertmanager."""
+    script = f'am() {{ amtool --alertmanager.url={am_url} "$@"; }}\nUSER=live-test\n{cmd}'
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=20)
+    return r.returncode, (r.stdout + r.stderr).strip()
 
 
 def main():
@@ -286,6 +308,56 @@ def main():
             else:
                 ok(f"{fname}: all {len(exprs)} queries evaluate without error ({with_data} return series now)")
 
+        # ---- RUNBOOK "Test an alert receiver" and "Silence alerts during maintenance", as written
+        receiver_cmds = [c for c in runbook_commands("Test an alert receiver") if c.startswith("am alert add")]
+        silence_cmds = runbook_commands("Silence alerts during maintenance")
+        if len(receiver_cmds) != 1 or not any(c.startswith("am silence add") for c in silence_cmds):
+            fail(f"RUNBOOK amtool commands not found: {receiver_cmds} {silence_cmds}")
+        else:
+            rc, out = amtool(am_url, receiver_cmds[0].replace("ReceiverTest", "ReceiverTest test=runbook"))
+            if rc == 0 and wait_for("the RUNBOOK's test alert on /page",
+                                    lambda: notifications("/page", "ReceiverTest", "firing", synthetic=True), 20):
+                ok("RUNBOOK 'Test an alert receiver': amtool alert add reaches the critical receiver")
+            elif rc != 0:
+                fail(f"amtool alert add: {out}")
+            add = next(c for c in silence_cmds if c.startswith("am silence add"))
+            rc, sid = amtool(am_url, add)
+            if rc == 0 and re.fullmatch(r"[0-9a-f-]{36}", sid):
+                ok(f"RUNBOOK 'Silence alerts during maintenance': silence {sid[:8]}… added")
+                # A TargetDown arriving during the maintenance is silenced, not delivered.
+                rc, out = amtool(am_url, "am alert add TargetDown severity=critical test=silence")
+                def silenced():
+                    st, body = call("GET", f"{am_url}/api/v2/alerts?" + urllib.parse.urlencode(
+                        {"filter": ['alertname="TargetDown"', 'test="silence"']}, doseq=True))
+                    alerts = json.loads(body) if st == 200 else []
+                    return alerts and alerts[0]["status"]["state"] == "suppressed" and sid in alerts[0]["status"]["silencedBy"]
+                if wait_for("the TargetDown to be silenced", silenced, 10):
+                    time.sleep(2)  # > group_wait + group_interval: it would have been sent by now
+                    if notifications("/page", "TargetDown", "firing", synthetic=True):
+                        fail("a silenced alert was delivered")
+                    else:
+                        ok("an alert matching the silence is suppressed and not delivered")
+                q = [c for c in silence_cmds if c.startswith("am silence query")]
+                rc, out = amtool(am_url, q[0] if q else "am silence query")
+                if sid[:8] in out:
+                    ok("'am silence query' lists it")
+                else:
+                    fail(f"silence query: {out}")
+                exp = [c for c in silence_cmds if c.startswith("am silence expire")]
+                rc, out = amtool(am_url, exp[0].replace("ID", sid) if exp else f"am silence expire {sid}")
+                if rc == 0 and wait_for("the TargetDown after expiry",
+                                        lambda: notifications("/page", "TargetDown", "firing", synthetic=True), 10):
+                    ok("after 'am silence expire ID' the held-back alert is delivered")
+                else:
+                    fail(f"silence expire: rc {rc} {out}")
+            else:
+                fail(f"amtool silence add: rc {rc} {sid}")
+        # Resolve the test's own alerts so they don't interleave with what follows.
+        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+        for name, test in (("ReceiverTest", "runbook"), ("TargetDown", "silence")):
+            call("POST", f"{am_url}/api/v2/alerts", [{"labels": {"alertname": name, "severity": "critical", "test": test},
+                                                      "startsAt": stamp(time.time() - 60), "endsAt": stamp(time.time())}])
+
         # ---- kill the app: UpstreamDown reaches the critical receiver ------------------------
         t_kill = time.monotonic()
         procs["app"].kill()
@@ -318,7 +390,6 @@ def main():
 
         # A symptom posted while UpstreamDown fires is inhibited; a warning goes to /ticket.
         now = time.time()
-        stamp = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
         synthetic = [
             {"labels": {"alertname": "GatewayHighErrorRate", "severity": "critical", "test": "live"},
              "annotations": {"summary": "synthetic symptom"}, "startsAt": stamp(now), "endsAt": stamp(now + 300)},
@@ -338,9 +409,9 @@ def main():
         if wait_for("GatewayHighErrorRate to be inhibited by UpstreamDown", inhibited, 15):
             ok("a GatewayHighErrorRate posted while UpstreamDown fires is inhibited")
         if wait_for("the warning on /ticket",
-                    lambda: notifications("/ticket", "ForwardedHeaderSpoofSpike", "firing"), 15):
+                    lambda: notifications("/ticket", "ForwardedHeaderSpoofSpike", "firing", synthetic=True), 15):
             ok("a warning is routed to the other receiver (/ticket)")
-        if notifications("/page", "GatewayHighErrorRate", "firing"):
+        if notifications("/page", "GatewayHighErrorRate", "firing", synthetic=True):
             fail("the inhibited GatewayHighErrorRate was delivered")
         else:
             ok("the inhibited symptom was not delivered")
@@ -355,7 +426,7 @@ def main():
         if wait_for("a resolved UpstreamDown notification on /page",
                     lambda: notifications("/page", "UpstreamDown", "resolved"), 60):
             ok(f"resolved UpstreamDown delivered {time.monotonic() - t_up:.1f} s after the app restarted")
-        if notifications("/page", "GatewayHighErrorRate", "firing"):
+        if notifications("/page", "GatewayHighErrorRate", "firing", synthetic=True):
             fail("GatewayHighErrorRate was delivered after the inhibition ended")
     finally:
         for name, p in procs.items():

@@ -24,6 +24,10 @@ fi
 if [ -z "${skip_reason:-}" ] && ! docker info >/dev/null 2>&1; then
   skip_reason="no Docker engine"
 fi
+busybox=${BUSYBOX:-/bin/busybox}
+if [ -z "${skip_reason:-}" ] && [ ! -x "$busybox" ]; then
+  skip_reason="no static busybox at $busybox for the in-container probes (as root, or prefix sudo: apt-get install -y busybox-static)"
+fi
 if [ -n "${skip_reason:-}" ]; then
   printf '\n%s\n#  SKIPPED: container tests — %s here.\n%s\n\n' \
     '########################################################' "$skip_reason" \
@@ -40,8 +44,6 @@ fail() { printf 'FAIL %s\n' "$*"; failures=$((failures + 1)); }
 # check, check_not, wait_healthy, hardening_checks (shared with tests/images/build-shipped.sh)
 . tests/containers/hardening.sh
 
-busybox=${BUSYBOX:-/bin/busybox}
-[ -x "$busybox" ] || { echo "need a static busybox at $busybox (apt-get install busybox-static)" >&2; exit 1; }
 
 # ---- images -------------------------------------------------------------------------
 cargo build --locked -p gateway -p app

@@ -5,7 +5,8 @@
 # 1. Local stand-ins for the pinned base images, tagged with the exact pinned names:
 #    - rust:1.95-bookworm: Debian bookworm from `debootstrap` (build-essential, ca-certificates,
 #      curl, git, pkg-config) with this machine's Rust toolchain copied to /usr/local/rustup,
-#      cargo/rustc on PATH from /usr/local/cargo/bin (the official image's layout);
+#      cargo/rustc on PATH from /usr/local/cargo/bin (the official image's layout), and this
+#      machine's local CA certificates (/usr/local/share/ca-certificates) for its egress;
 #    - gcr.io/distroless/cc-debian12:nonroot: the files of libc6, libgcc-s1, libstdc++6,
 #      libgomp1, ca-certificates and netbase from the same bookworm root, distroless's
 #      /etc/passwd + group (root, nonroot 65532), USER 65532:65532, no shell.
@@ -82,6 +83,12 @@ if [ "${REBUILD_BASES:-0}" = 1 ] || ! have_image "$builder_image"; then
   # The toolchain without its docs (half its size); cargo/rustc/… linked onto PATH.
   (cd "$toolchain" && tar --exclude=./share/doc -cf - .) | tar -C "$tc" -xf -
   for bin in "$tc"/bin/*; do ln -sf "../../rustup/toolchains/$(basename "$tc")/bin/$(basename "$bin")" "$b/usr/local/cargo/bin/"; done
+  # This machine's local CAs (its egress to crates.io may be intercepted by one), so cargo in
+  # the build trusts what cargo on the host trusts. The real image has Debian's bundle only.
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "$b/usr/local/share/ca-certificates/"
+    chroot "$b" update-ca-certificates >/dev/null 2>&1
+  fi
   rm -rf "$b/var/cache/apt/archives"/*.deb "$b/var/lib/apt/lists"/*
   tar -C "$b" -c . | nice_run docker import \
     --change 'ENV PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
