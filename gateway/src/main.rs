@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Validate a config file (and the key file it names); exit 1 with file:line: field on error.
     CheckConfig { file: PathBuf },
+    /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
+    Schema,
     /// GET the admin /healthz; exit 0 when it answers 200 (for container HEALTHCHECK).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
@@ -45,6 +47,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::Schema) => {
+            print!("{}", gateway::config_schema::generate_json());
+            ExitCode::SUCCESS
+        }
         Some(Command::Healthcheck { url }) => healthcheck(&url),
         None => run(&cli.config),
     }
