@@ -272,6 +272,12 @@ async fn per_ip_limit_is_exact_and_per_address() {
     let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
     // One 12 s interval, rounded up, plus at most 1 s of jitter.
     assert!((1..=13).contains(&retry), "Retry-After {retry}");
+    // draft-10's `t` is the time until more quota is available: Retry-After without its
+    // jitter, never the ~60 s until the whole bucket has refilled (README's example).
+    let (_, r, t) = parse_ratelimit(resp.header("ratelimit").unwrap());
+    assert_eq!(r, 0);
+    assert!((1..=12).contains(&t), "t={t} on the 429");
+    assert!(retry == t || retry == t + 1, "Retry-After {retry} vs t={t}");
     assert_eq!(stub.count(), 5, "the 429 never reached the upstream");
 
     // Still limited: rejections do not move the bucket.
