@@ -738,3 +738,45 @@ async fn block_list_refuses_clients_behind_a_trusted_proxy_and_users_with_valid_
     }
     assert_eq!((count("blocked_client"), count("blocked_user")), (2, 1));
 }
+
+#[tokio::test]
+async fn a_refused_upload_logs_its_declared_length_and_durations_in_microseconds() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let gw = GatewayProc::start(stub.addr, &per_ip_yaml("1/hour", 1));
+    let upload = |body: &str| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ok = send_from("127.0.0.70", gw.addr, upload("first").as_bytes()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let refused = send_from("127.0.0.70", gw.addr, upload("second upload").as_bytes()).await;
+    assert_rate_limited(&refused, "per-ip");
+    let mut lines = Vec::new();
+    for _ in 0..40 {
+        lines = gw.proc.access_logs();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses: Vec<u64> = lines
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 429], "{lines:?}");
+    assert_eq!(lines[0]["bytes_in"], 5, "proxied: the body bytes read");
+    assert_eq!(
+        lines[1]["bytes_in"], 13,
+        "429 before the body: its declared length"
+    );
+    for l in &lines {
+        let ms = l["duration_ms"].as_f64().unwrap();
+        assert_eq!(
+            (ms * 1e3).round() / 1e3,
+            ms,
+            "duration_ms {ms} has more than µs digits"
+        );
+    }
+}
