@@ -447,6 +447,22 @@ impl Config {
         Ok(())
     }
 
+    /// The files the config names (today `token_key_file`) must load; an error is located at
+    /// the field's line like any other: `config/gateway.yaml:6: field \`token_key_file\`: …`.
+    pub fn check_referenced_files(&self, path: &Path) -> Result<(), ConfigError> {
+        keyring::Keyring::load(&self.token_key_file).map_err(|e| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            ConfigError {
+                file: path.display().to_string(),
+                line: locate_field(&text, "token_key_file"),
+                column: None,
+                field: "token_key_file".into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(())
+    }
+
     pub fn route_for(&self, path: &str) -> Option<&RoutePrefix> {
         self.routes.iter().find(|r| r.matches(path))
     }
