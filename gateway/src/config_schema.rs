@@ -8,6 +8,7 @@ use schemars::{generate::SchemaSettings, json_schema, JsonSchema, Schema, Schema
 use crate::config::{Config, RoutePrefix, Upstream};
 use crate::limits::policy::KNOWN_METHODS;
 use crate::limits::rate::Rate;
+use crate::limits::shared::config::RedisUrl;
 
 /// humantime's grammar: one or more `<number><unit>` (decimals too), spaces allowed between.
 pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$";
@@ -78,6 +79,25 @@ impl JsonSchema for Rate {
             "pattern": RATE_PATTERN,
             "description": "Requests per period: N/s, N/min, N/h or N/d (also sec/second, m/minute, hour, day); 1 <= N <= 1000000000.",
             "examples": ["100/min", "10/s"]
+        })
+    }
+}
+
+/// `redis://` or `rediss://`, printable ASCII, no `user:password@` (the password goes in a file).
+pub const REDIS_URL_PATTERN: &str = r"^rediss?://([^:@/\s]+@)?[!-~]+$";
+pub const REDIS_URL_FORBIDDEN: &str = r"^rediss?://[^/@]*:[^/@]*@";
+
+impl JsonSchema for RedisUrl {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "RedisUrl".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": REDIS_URL_PATTERN,
+            "not": { "pattern": REDIS_URL_FORBIDDEN },
+            "description": "redis://host:port/db or rediss://… without a password in it (shared_limits.password_file).",
+            "examples": ["redis://redis:6379/0"]
         })
     }
 }
@@ -227,6 +247,30 @@ mod tests {
         for (input, schema_ok, parser_ok) in cases {
             assert_eq!(matches(RATE_PATTERN, input), schema_ok, "pattern {input:?}");
             assert_eq!(input.parse::<Rate>().is_ok(), parser_ok, "parser {input:?}");
+        }
+    }
+
+    #[test]
+    fn redis_url_pattern_agrees_with_the_parser() {
+        let cases = [
+            ("redis://redis:6379/0", true),
+            ("rediss://cache.example:6380", true),
+            ("redis://127.0.0.1:6379", true),
+            ("http://redis:6379", false),
+            ("redis://", false),
+            ("redis://user:secret@redis:6379", false),
+            ("redis://:secret@redis:6379", false),
+            ("redis://red is:6379", false),
+        ];
+        for (input, ok) in cases {
+            let schema_ok =
+                matches(REDIS_URL_PATTERN, input) && !matches(REDIS_URL_FORBIDDEN, input);
+            assert_eq!(schema_ok, ok, "pattern {input:?}");
+            assert_eq!(
+                crate::limits::shared::config::parse_redis_url(input).is_ok(),
+                ok,
+                "parser {input:?}"
+            );
         }
     }
 

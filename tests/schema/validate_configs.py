@@ -65,6 +65,10 @@ BROKEN = [
     ("an upstream without a port", lambda d: set_path(d, ["upstream"], "app")),
     ("an unknown forwarded header", lambda d: set_path(d, ["forwarded_headers"], ["x-client-ip"])),
     ("a string where a number goes", lambda d: set_path(d, ["limits", "max_request_headers"], "many")),
+    ("a Redis URL with a password", lambda d: set_path(d, ["shared_limits"], {"redis": "redis://:pw@redis:6379"})),
+    ("an unknown shared_limits key", lambda d: set_path(d, ["shared_limits"], {"redis": "redis://r:6379", "pool": 4})),
+    ("a policy shared mode that does not exist", lambda d: first_policy(d).update(shared="global") or d),
+    ("an on_unavailable that does not exist", lambda d: first_policy(d).update(on_unavailable="panic") or d),
 ]
 
 

@@ -119,7 +119,7 @@ impl Gcra {
     }
 
     /// Time until `remaining(ahead)` goes up by one; zero when the bucket is full.
-    fn next_after(&self, ahead: u64) -> Duration {
+    pub fn next_after(&self, ahead: u64) -> Duration {
         let remaining = self.remaining(ahead);
         if remaining >= self.burst {
             return Duration::ZERO;
