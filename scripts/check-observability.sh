@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Offline checks of the observability configs: Prometheus config and alert rules
-# (promtool check + unit tests) and every Grafana dashboard JSON.
-# Installs promtool from Debian's `prometheus` package when it is missing.
+# (promtool check + unit tests), the Alertmanager config (amtool check-config) and every
+# Grafana dashboard JSON. Installs promtool / amtool from Debian's `prometheus` /
+# `prometheus-alertmanager` packages when they are missing.
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -13,14 +14,15 @@ as_root() {
     elif command -v sudo >/dev/null 2>&1; then
         sudo "$@"
     else
-        echo "check-observability: need root (or sudo) to install promtool" >&2
+        echo "check-observability: need root (or sudo) to install $*" >&2
         return 1
     fi
 }
 
-install_promtool() {
-    echo "check-observability: installing promtool (Debian package prometheus)"
-    # The package would start a Prometheus server: forbid service starts while it installs.
+install_pkg() { # install_pkg DEBIAN_PACKAGE — its service is never left running
+    local pkg=$1
+    echo "check-observability: installing Debian package $pkg"
+    # The package would start its server: forbid service starts while it installs.
     local policy=/usr/sbin/policy-rc.d created=0
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
@@ -29,21 +31,23 @@ install_promtool() {
     fi
     local rc=0
     export DEBIAN_FRONTEND=noninteractive
-    as_root apt-get install -y --no-install-recommends prometheus >/dev/null ||
-        { as_root apt-get update -qq && as_root apt-get install -y --no-install-recommends prometheus >/dev/null; } ||
+    as_root apt-get install -y --no-install-recommends "$pkg" >/dev/null ||
+        { as_root apt-get update -qq && as_root apt-get install -y --no-install-recommends "$pkg" >/dev/null; } ||
         rc=$?
     if [ "$created" -eq 1 ]; then
         as_root rm -f "$policy"
     fi
     # Where systemd runs, the unit may still have been started: stop and disable it.
     if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
-        as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+        as_root systemctl disable --now "$pkg" >/dev/null 2>&1 || true
     fi
     return "$rc"
 }
 
-command -v promtool >/dev/null 2>&1 || install_promtool
+command -v promtool >/dev/null 2>&1 || install_pkg prometheus
+command -v amtool >/dev/null 2>&1 || install_pkg prometheus-alertmanager
 promtool --version 2>&1 | head -1
+amtool --version 2>&1 | head -1
 
 echo "== promtool check config prometheus/prometheus.yml"
 promtool check config prometheus/prometheus.yml
@@ -51,6 +55,16 @@ echo "== promtool check rules prometheus/alerts.yml"
 promtool check rules prometheus/alerts.yml
 echo "== promtool test rules prometheus/alerts.test.yml"
 promtool test rules prometheus/alerts.test.yml
+
+echo "== amtool check-config alertmanager/alertmanager.yml"
+amtool check-config alertmanager/alertmanager.yml
+# The routing tree sends each severity where the file's comments say.
+for case in "severity=critical:page" "severity=warning:ticket" "severity=info:ticket"; do
+    got=$(amtool config routes test --config.file=alertmanager/alertmanager.yml "${case%%:*}" alertname=X 2>/dev/null)
+    [ "$got" = "${case##*:}" ] ||
+        { echo "check-observability: ${case%%:*} routes to '$got', want ${case##*:}" >&2; exit 1; }
+done
+echo "  routes: critical → page, warning/info → ticket"
 
 echo "== dashboards"
 shopt -s nullglob

@@ -22,6 +22,36 @@ sed -e 's|^listen: .*|listen: 127.0.0.1:8081|' \
 app_pid=$!
 ./target/release/gateway --config target/local/gateway.yaml &
 gw_pid=$!
-trap 'kill -TERM $gw_pid $app_pid 2>/dev/null; wait' INT TERM EXIT
-echo "gateway on http://127.0.0.1:8080 — Ctrl-C to stop" >&2
-wait -n $app_pid $gw_pid
+stopping=0
+stop() { # Ctrl-C / TERM: both drain and exit; that is a normal end, so exit 0.
+  stopping=1
+  trap - INT TERM
+  kill -TERM "$gw_pid" "$app_pid" 2>/dev/null || true
+  wait "$gw_pid" "$app_pid" 2>/dev/null || true
+  echo "run-local: stopped" >&2
+  exit 0
+}
+trap stop INT TERM
+trap 'kill -TERM $gw_pid $app_pid 2>/dev/null || true' EXIT
+# The URL only once both listeners answer (the gateway's /readyz is 200 only when it reaches
+# the app), so a copy-pasted curl never meets "connection refused".
+ready=0
+for _ in $(seq 150); do
+  if curl -fsS -m 1 -o /dev/null http://127.0.0.1:9901/readyz 2>/dev/null &&
+    curl -sS -m 1 -o /dev/null http://127.0.0.1:8080/ 2>/dev/null; then
+    ready=1 && break
+  fi
+  kill -0 "$gw_pid" 2>/dev/null && kill -0 "$app_pid" 2>/dev/null || break
+  sleep 0.2
+done
+if [ "$ready" = 1 ]; then
+  echo "gateway on http://127.0.0.1:8080 (admin http://127.0.0.1:9901) — Ctrl-C to stop" >&2
+else
+  echo "run-local: gateway/app did not come up within 30 s (see their output above)" >&2
+  exit 1
+fi
+rc=0
+wait -n "$app_pid" "$gw_pid" || rc=$?
+# Reached only when a process ended on its own (Ctrl-C goes through stop()).
+[ "$stopping" = 1 ] || echo "run-local: a process exited (rc $rc); stopping the other" >&2
+exit "$rc"

@@ -21,8 +21,51 @@ if [ ! -s secrets/grafana_admin_password ]; then
   echo "created secrets/grafana_admin_password" >&2
 fi
 
-if docker compose version >/dev/null 2>&1; then
-  exec docker compose up -d --build "$@"
-else
-  exec docker-compose up -d --build "$@"
+compose() { COMPOSE_QUIET=1 scripts/compose.sh "$@"; }
+compose version >/dev/null || exit 1
+docker info >/dev/null 2>&1 || { echo "stack-up: no Docker engine reachable (is dockerd running? are you in the docker group?)" >&2; exit 1; }
+
+# What exists before, so a failed first start can remove exactly what it created.
+project=${COMPOSE_PROJECT_NAME:-$(basename "$PWD")}
+ours() { # ours volume|network — names of this project's resources (v1 and v2 spell the project differently)
+  local v1 v2
+  v2=$(echo "$project" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_-')
+  v1=$(echo "$project" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9')
+  { docker "$1" ls --format '{{.Name}}' --filter "label=com.docker.compose.project=$v2"
+    docker "$1" ls --format '{{.Name}}' --filter "label=com.docker.compose.project=$v1"; } 2>/dev/null | sort -u
+}
+before_volumes=$(ours volume) before_networks=$(ours network)
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if compose up -d --build "$@" 2>&1 | tee "$log"; then
+  exit 0
 fi
+echo >&2
+if grep -qiE 'registry-1\.docker\.io|gcr\.io|no such host|pull access denied|manifest unknown|TLS handshake timeout|i/o timeout|connection refused|failed to resolve source metadata|not found: manifest' "$log"; then
+  echo "stack-up: Docker could not pull an image. The stack needs these from Docker Hub / gcr.io:" >&2
+  { grep -h '^FROM ' gateway/Dockerfile app/Dockerfile | awk '{print $2}'
+    grep -E '^\s+image: ' compose.yaml | grep -v 'edge-' | awk '{print $2}'; } | sort -u | sed 's/^/  /' >&2
+  echo "  Give this host registry access (or a mirror in /etc/docker/daemon.json \"registry-mirrors\"), or" >&2
+  echo "  load them with 'docker load' from a machine that has them; tests/images/build-shipped.sh makes" >&2
+  echo "  local stand-ins for the two build bases (rust, distroless) but not the telemetry images." >&2
+else
+  echo "stack-up: '$(basename "$0")' failed (compose output above)." >&2
+fi
+# Remove the networks and volumes this attempt created (never ones that existed before:
+# the documents volume of a running stack is not touched). secrets/ stays for the next try.
+new_volumes=$(comm -13 <(echo "$before_volumes") <(ours volume))
+new_networks=$(comm -13 <(echo "$before_networks") <(ours network))
+compose down --remove-orphans >/dev/null 2>&1 || true   # containers and the project's networks
+removed=()
+for n in $new_networks; do
+  docker network rm "$n" >/dev/null 2>&1 || true
+  removed+=("network $n")
+done
+for v in $new_volumes; do docker volume rm "$v" >/dev/null 2>&1 && removed+=("volume $v"); done
+if [ ${#removed[@]} -gt 0 ]; then
+  echo "stack-up: cleaned up what this attempt created: ${removed[*]}" >&2
+else
+  echo "stack-up: nothing new to clean up" >&2
+fi
+echo "stack-up: secrets/ is kept for the next attempt; remove everything with: scripts/compose.sh down -v" >&2
+exit 1

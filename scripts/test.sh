@@ -6,19 +6,38 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n==== %s\n' "$*"; }
 
+# Leave nothing behind: the container stage's test images (~235 MB) and the smoke run's
+# report directory (perf/smoke.sh writes to $OUT).
+smoke_out=$(mktemp -d /tmp/perf-smoke.XXXXXX)
+config_dump=$(mktemp -d /tmp/gateway-configs.XXXXXX)
+cleanup() {
+  rm -rf "$smoke_out" "$config_dump"
+  if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    docker rmi edge-gateway:test edge-app:test >/dev/null 2>&1 || true
+  fi
+}
+trap cleanup EXIT
+
 step "unit + integration tests, hostile-input and failure suite (real processes on loopback)"
 # Slowloris holds ~2000 sockets.
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-cargo test --workspace --locked
+# Every config a test starts a gateway with is kept for the schema check below.
+GATEWAY_CONFIG_DUMP=$config_dump cargo test --workspace --locked
+
+step "config schema: shipped and test configs validate with Python jsonschema, broken ones fail"
+scripts/check-schema.sh "$config_dump"/*.yaml
 
 step "observability configs: promtool check/test rules, dashboards, RUNBOOK queries"
 bash scripts/check-observability.sh
+
+step "live alert delivery: real prometheus + alertmanager with the repo's configs, app killed and restarted"
+scripts/alert-delivery-test.sh
 
 step "container tests on the Docker engine (loud skip without one)"
 tests/containers/run.sh
 
 step "load-test smoke: goose scenarios through gateway + app, SLO thresholds, reports"
-perf/smoke.sh
+OUT=$smoke_out perf/smoke.sh
 
 step "bounded fuzzing (stable toolchain; 20 s per target)"
 FUZZ_DEV=1 scripts/fuzz.sh 20

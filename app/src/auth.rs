@@ -15,16 +15,16 @@ pub fn authenticate(keyring: &Keyring, headers: &HeaderMap) -> Result<String, Ap
             reason = "missing_or_malformed_header",
             "authentication failed"
         );
-        ApiError::unauthorized()
+        ApiError::missing_token()
     })?;
     let claims = keyring.verify(token).map_err(|e| {
         tracing::info!(reason = e.as_str(), "authentication failed");
-        ApiError::unauthorized()
+        ApiError::invalid_token()
     })?;
     // The id names a directory: re-check it even though we signed it ourselves.
     if !is_valid_user_id(&claims.sub) {
         tracing::warn!(reason = "bad_subject", "authentication failed");
-        return Err(ApiError::unauthorized());
+        return Err(ApiError::invalid_token());
     }
     Ok(claims.sub)
 }

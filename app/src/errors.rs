@@ -40,11 +40,24 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", "resource not found")
     }
 
-    pub fn unauthorized() -> ApiError {
+    /// No bearer token at all (or no usable `Authorization: Bearer` header). The gateway
+    /// passes such requests through, so this is the 401 clients see for them.
+    pub fn missing_token() -> ApiError {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "a valid bearer token is required",
+            "missing_token",
+            "A bearer token is required.",
+        )
+        .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
+    }
+
+    /// A token was presented but is malformed, expired, forged or names a bad subject:
+    /// the same code and text as the gateway's own 401 (gateway/src/errors.rs).
+    pub fn invalid_token() -> ApiError {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "The bearer token is malformed, expired or not valid.",
         )
         .with_header(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))
     }

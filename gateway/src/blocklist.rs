@@ -10,10 +10,11 @@ use serde::Deserialize;
 use crate::invalid::Invalid;
 use crate::net::{canonical_ip, canonical_nets};
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
     /// Client addresses (as resolved by the client-IP stage) to refuse.
+    #[schemars(schema_with = "crate::config_schema::cidr_list")]
     pub clients: Vec<IpNet>,
     /// User ids (the token's `sub`) to refuse, even with a valid token.
     pub users: Vec<String>,

@@ -26,7 +26,7 @@ pub const DEFAULT_MAX_HOPS: usize = 20;
 
 /// A forwarding header we know how to read. YAML: `x-forwarded-for`,
 /// `forwarded`, `x-real-ip`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ForwardedHeader {
     XForwardedFor,

@@ -7,16 +7,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer};
 
 use crate::blocklist::BlockConfig;
 use crate::client_ip::ForwardedHeader;
+use crate::config_schema as schema;
 use crate::invalid::Invalid;
 use crate::limits::shared::config::SharedLimitsConfig;
 use crate::limits::RateLimitsConfig;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "Edge gateway config (config/gateway.yaml)")]
 pub struct Config {
     /// Public listener.
     #[serde(default = "defaults::listen")]
@@ -28,15 +31,18 @@ pub struct Config {
     pub upstream: Upstream,
     /// Peers whose forwarded headers are believed. Empty = trust no one.
     #[serde(default)]
+    #[schemars(schema_with = "schema::cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
     /// Which forwarded headers to read from a trusted peer, in order of preference.
     #[serde(default = "defaults::forwarded_headers")]
     pub forwarded_headers: Vec<ForwardedHeader>,
     /// Cap on forwarded-header entries walked per request.
     #[serde(default = "defaults::max_forwarded_hops")]
+    #[schemars(range(min = 1, max = 64))]
     pub max_forwarded_hops: usize,
     /// Path prefixes forwarded to the app; everything else is a 404 at the edge.
     #[serde(default = "defaults::routes")]
+    #[schemars(length(min = 1))]
     pub routes: Vec<RoutePrefix>,
     /// Key file shared with the app (HS256 keys by `kid`) for verifying bearer tokens.
     pub token_key_file: PathBuf,
@@ -50,6 +56,7 @@ pub struct Config {
     pub access_log: AccessLogConfig,
     /// Worker threads for the proxy runtime (default: one per core).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 256))]
     pub threads: Option<usize>,
     /// Idle upstream connections kept for reuse.
     #[serde(default = "defaults::upstream_pool_size")]
@@ -64,37 +71,47 @@ pub struct Config {
     pub block: BlockConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// Whole request head (line + headers) must arrive within this; else 408.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub request_header: Duration,
     /// Longest gap between two reads of a request body; else 408.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub downstream_read: Duration,
     /// Longest a write to the client may stall.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub downstream_write: Duration,
     /// Idle time allowed between requests on a keep-alive connection.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub keepalive_idle: Duration,
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub upstream_connect: Duration,
     /// Longest gap between two reads from the app; else 504.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub upstream_read: Duration,
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub upstream_write: Duration,
     /// Idle pooled upstream connections are closed after this.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub upstream_idle: Duration,
     /// After SIGTERM: time for in-flight requests to finish before exit.
     /// Keep it below the container's stop grace period (compose: 20 s).
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub shutdown_grace: Duration,
     /// How often the upstream name is re-resolved and probed.
     #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
     pub upstream_refresh: Duration,
 }
 
@@ -115,16 +132,19 @@ impl Default for Timeouts {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SizeLimits {
     /// Request bodies above this get 413.
     pub max_request_body_bytes: u64,
     /// Request heads (request line + headers) above this get 431.
+    #[schemars(range(min = 1024, max = 1048576))]
     pub max_request_header_bytes: usize,
     /// More header fields than this get 431.
+    #[schemars(range(min = 8, max = 256))]
     pub max_request_headers: usize,
     /// Concurrent client connections; more are closed at accept.
+    #[schemars(range(min = 1))]
     pub max_connections: usize,
 }
 
@@ -140,7 +160,7 @@ impl Default for SizeLimits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityHeaders {
     /// `Strict-Transport-Security` value; off by default because this listener is plain HTTP
@@ -161,7 +181,7 @@ impl Default for SecurityHeaders {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct AccessLogConfig {
     /// Log the query string too. Off by default: queries may carry personal data.
@@ -424,6 +444,22 @@ impl Config {
             &self.rate_limits.policies,
         )?;
         crate::blocklist::validate(&self.block)?;
+        Ok(())
+    }
+
+    /// The files the config names (today `token_key_file`) must load; an error is located at
+    /// the field's line like any other: `config/gateway.yaml:6: field \`token_key_file\`: …`.
+    pub fn check_referenced_files(&self, path: &Path) -> Result<(), ConfigError> {
+        keyring::Keyring::load(&self.token_key_file).map_err(|e| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            ConfigError {
+                file: path.display().to_string(),
+                line: locate_field(&text, "token_key_file"),
+                column: None,
+                field: "token_key_file".into(),
+                message: e.to_string(),
+            }
+        })?;
         Ok(())
     }
 

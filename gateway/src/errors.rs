@@ -18,7 +18,7 @@ macro_rules! edge_errors {
 
 edge_errors! {
     BAD_REQUEST = 400, "bad_request", "The request could not be parsed.";
-    UNAUTHORIZED = 401, "invalid_token", "The bearer token is missing, malformed, expired or not valid.";
+    UNAUTHORIZED = 401, "invalid_token", "The bearer token is malformed, expired or not valid.";
     FORBIDDEN = 403, "blocked", "Access denied.";
     NOT_FOUND = 404, "not_found", "No such route.";
     REQUEST_TIMEOUT = 408, "request_timeout", "The request was not received in time.";

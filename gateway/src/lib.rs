@@ -10,6 +10,7 @@ pub mod blocklist;
 pub mod buffered;
 pub mod client_ip;
 pub mod config;
+pub mod config_schema;
 pub mod errors;
 pub mod forwarded;
 pub mod forwarding;

@@ -33,7 +33,15 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Validate a config file (and the key file it names); exit 1 with file:line: field on error.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        file: PathBuf,
+        /// Check the file itself only, not the files it names: for checking the stack's
+        /// config/gateway.yaml on a host where /run/secrets/token_keys does not exist.
+        #[arg(long)]
+        skip_files: bool,
+    },
+    /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
+    Schema,
     /// GET the admin /healthz; exit 0 when it answers 200 (for container HEALTHCHECK).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
@@ -44,18 +52,33 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { file }) => check_config(&file),
+        Some(Command::CheckConfig { file, skip_files }) => check_config(&file, skip_files),
+        Some(Command::Schema) => {
+            print!("{}", gateway::config_schema::generate_json());
+            ExitCode::SUCCESS
+        }
         Some(Command::Healthcheck { url }) => healthcheck(&url),
         None => run(&cli.config),
     }
 }
 
-fn check_config(file: &Path) -> ExitCode {
-    match Config::load(file)
+fn check_config(file: &Path, skip_files: bool) -> ExitCode {
+    let checked = Config::load(file).and_then(|c| {
+        if skip_files {
+            return Ok(None);
+        }
+        c.check_referenced_files(file)?;
+        Ok(Some(c))
+    });
+    match checked
         .map_err(|e| e.to_string())
-        .and_then(|c| Live::build(c, None))
+        .and_then(|c| c.map_or(Ok(()), |c| Live::build(c, None).map(drop)))
     {
-        Ok(_) => {
+        Ok(()) if skip_files => {
+            println!("{}: ok (referenced files not checked)", file.display());
+            ExitCode::SUCCESS
+        }
+        Ok(()) => {
             println!("{}: ok", file.display());
             ExitCode::SUCCESS
         }
@@ -77,7 +100,9 @@ fn healthcheck(url: &str) -> ExitCode {
 
 fn run(config_path: &Path) -> ExitCode {
     let log = logging::init();
-    let config = match Config::load(config_path) {
+    let config = match Config::load(config_path)
+        .and_then(|c| c.check_referenced_files(config_path).map(|()| c))
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "invalid config");

@@ -177,7 +177,7 @@ fn request_id(req: &RequestHeader, trust: TrustDecision) -> String {
 }
 
 /// `Content-Length` when present and a number; a malformed one is pingora's to refuse.
-fn declared_body_len(req: &RequestHeader) -> Option<u64> {
+pub fn declared_body_len(req: &RequestHeader) -> Option<u64> {
     req.headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

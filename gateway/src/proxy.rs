@@ -322,7 +322,11 @@ impl ProxyHttp for Gateway {
             route,
             started: ctx.started,
             upstream_elapsed: ctx.upstream_elapsed,
-            bytes_in: ctx.body_bytes,
+            bytes_in: request_log::bytes_in(
+                ctx.body_bytes,
+                ctx.answered.is_some(),
+                crate::pipeline::declared_body_len(session.req_header()),
+            ),
             bytes_out: session.body_bytes_sent() as u64,
             peer: peer_ip(session),
             resolution: ctx.resolution.as_ref(),

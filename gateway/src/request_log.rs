@@ -46,6 +46,7 @@ pub struct Finished<'a> {
     pub route: &'a str,
     pub started: Instant,
     pub upstream_elapsed: Option<Duration>,
+    /// See `bytes_in`.
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub peer: Option<IpAddr>,
@@ -53,6 +54,22 @@ pub struct Finished<'a> {
     pub identity: &'a Identity,
     pub verdict: Option<&'a Verdict>,
     pub error: Option<&'static str>,
+}
+
+/// The access log's `bytes_in`: request body bytes read; for a request the gateway refused
+/// before reading its body (401, 403, 404, 413 by Content-Length, 429…) the declared
+/// Content-Length, so a refused upload still shows its size (0 without one).
+pub fn bytes_in(read: u64, refused_by_gateway: bool, declared: Option<u64>) -> u64 {
+    if refused_by_gateway && read == 0 {
+        declared.unwrap_or(0)
+    } else {
+        read
+    }
+}
+
+/// Milliseconds rounded to the microsecond (`32.225`, not `32.225173000000005`).
+pub fn millis(d: Duration) -> f64 {
+    ((d.as_nanos() + 500) / 1_000) as f64 / 1e3
 }
 
 /// Request count and durations, then the access line.
@@ -84,8 +101,8 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         status: f.status,
         bytes_in: f.bytes_in,
         bytes_out: f.bytes_out,
-        duration_ms: elapsed.as_secs_f64() * 1e3,
-        upstream_ms: f.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+        duration_ms: millis(elapsed),
+        upstream_ms: f.upstream_elapsed.map(millis),
         peer: f.peer,
         client_ip: f.resolution.map(|r| r.client),
         trust: f.resolution.map(|r| r.decision),
@@ -129,7 +146,7 @@ pub fn edge_answer(
         path: String::new(),
         route: "unmatched".into(),
         status: err.status,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        duration_ms: millis(started.elapsed()),
         peer: Some(peer.ip().to_canonical()),
         client_ip: Some(peer.ip().to_canonical()),
         auth: "none",
@@ -137,4 +154,42 @@ pub fn edge_answer(
         ..Default::default()
     }
     .emit();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_rounds_to_the_microsecond() {
+        let cases = [
+            (Duration::from_nanos(32_225_173), 32.225, "32.225"),
+            (Duration::from_nanos(32_225_500), 32.226, "32.226"),
+            (Duration::from_nanos(499), 0.0, "0.0"),
+            (Duration::from_micros(1), 0.001, "0.001"),
+            (Duration::from_secs(3), 3000.0, "3000.0"),
+        ];
+        for (d, want, json) in cases {
+            assert_eq!(millis(d), want, "{d:?}");
+            assert_eq!(serde_json::to_string(&millis(d)).unwrap(), json, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn bytes_in_is_read_bytes_or_the_declared_length_of_a_refused_request() {
+        let cases = [
+            ((512, false, Some(512)), 512), // proxied: what was read
+            ((0, false, None), 0),          // proxied GET
+            ((0, true, Some(4096)), 4096),  // 429/401 before the body: declared length
+            ((0, true, None), 0),           // refused, chunked or no body
+            ((70_000, true, None), 70_000), // 413 while streaming: what was read
+        ];
+        for ((read, refused, declared), want) in cases {
+            assert_eq!(
+                bytes_in(read, refused, declared),
+                want,
+                "{read} {refused} {declared:?}"
+            );
+        }
+    }
 }

@@ -142,3 +142,23 @@ async fn app_stopped_gives_502_and_recovers_when_it_returns() {
     let resp = send(gw.addr, "GET", "/v1/documents", None, "text/plain", b"").await;
     assert_eq!(resp.status, 401, "app answers again (no token)");
 }
+
+#[tokio::test]
+async fn one_401_vocabulary_whether_the_gateway_or_the_app_answers() {
+    let (_keys_dir, keys) = dev_key_file();
+    let app = AppProc::start(&keys);
+    let gw = GatewayProc::start(app.addr, "");
+    gw.wait_ready(200);
+    // No token: the gateway forwards the anonymous request and the app answers.
+    let missing = send(gw.addr, "GET", "/v1/documents", None, "text/plain", b"").await;
+    // A token that does not verify: the gateway answers itself.
+    let bad = authed(gw.addr, "GET", "/v1/documents", "not.a.token").await;
+    for (what, resp, code) in [
+        ("no token", &missing, "missing_token"),
+        ("bad token", &bad, "invalid_token"),
+    ] {
+        assert_eq!(resp.status, 401, "{what}: {}", resp.text());
+        assert_eq!(resp.header("www-authenticate"), Some("Bearer"), "{what}");
+        assert_eq!(resp.json()["error"]["code"], code, "{what}");
+    }
+}

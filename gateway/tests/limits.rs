@@ -272,6 +272,12 @@ async fn per_ip_limit_is_exact_and_per_address() {
     let retry: u64 = resp.header("retry-after").unwrap().parse().unwrap();
     // One 12 s interval, rounded up, plus at most 1 s of jitter.
     assert!((1..=13).contains(&retry), "Retry-After {retry}");
+    // draft-10's `t` is the time until more quota is available: Retry-After without its
+    // jitter, never the ~60 s until the whole bucket has refilled (README's example).
+    let (_, r, t) = parse_ratelimit(resp.header("ratelimit").unwrap());
+    assert_eq!(r, 0);
+    assert!((1..=12).contains(&t), "t={t} on the 429");
+    assert!(retry == t || retry == t + 1, "Retry-After {retry} vs t={t}");
     assert_eq!(stub.count(), 5, "the 429 never reached the upstream");
 
     // Still limited: rejections do not move the bucket.
@@ -731,4 +737,46 @@ async fn block_list_refuses_clients_behind_a_trusted_proxy_and_users_with_valid_
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!((count("blocked_client"), count("blocked_user")), (2, 1));
+}
+
+#[tokio::test]
+async fn a_refused_upload_logs_its_declared_length_and_durations_in_microseconds() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let gw = GatewayProc::start(stub.addr, &per_ip_yaml("1/hour", 1));
+    let upload = |body: &str| {
+        format!(
+            "POST {PATH} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let ok = send_from("127.0.0.70", gw.addr, upload("first").as_bytes()).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let refused = send_from("127.0.0.70", gw.addr, upload("second upload").as_bytes()).await;
+    assert_rate_limited(&refused, "per-ip");
+    let mut lines = Vec::new();
+    for _ in 0..40 {
+        lines = gw.proc.access_logs();
+        if lines.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses: Vec<u64> = lines
+        .iter()
+        .map(|l| l["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [200, 429], "{lines:?}");
+    assert_eq!(lines[0]["bytes_in"], 5, "proxied: the body bytes read");
+    assert_eq!(
+        lines[1]["bytes_in"], 13,
+        "429 before the body: its declared length"
+    );
+    for l in &lines {
+        let ms = l["duration_ms"].as_f64().unwrap();
+        assert_eq!(
+            (ms * 1e3).round() / 1e3,
+            ms,
+            "duration_ms {ms} has more than µs digits"
+        );
+    }
 }

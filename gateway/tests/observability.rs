@@ -823,9 +823,17 @@ fn every_alert_has_severity_and_annotations_with_its_runbook_anchor() {
             let text = ann[key].as_str().unwrap_or("");
             assert!(!text.trim().is_empty(), "{name}: annotation {key} missing");
         }
+        // The base is prometheus.yml's external label runbook_base_url (the operator's copy of
+        // RUNBOOK.md); without it, as in promtool's unit tests, the relative RUNBOOK.md.
         assert_eq!(
             ann["runbook_url"].as_str(),
-            Some(format!("RUNBOOK.md#{}", name.to_lowercase()).as_str()),
+            Some(
+                format!(
+                    "{{{{ with $externalLabels.runbook_base_url }}}}{{{{ . }}}}{{{{ else }}}}RUNBOOK.md{{{{ end }}}}#{}",
+                    name.to_lowercase()
+                )
+                .as_str()
+            ),
             "{name}: runbook_url"
         );
     }

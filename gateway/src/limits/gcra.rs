@@ -27,6 +27,10 @@ pub struct Decision {
     pub retry_after: Duration,
     /// Wait until the bucket is full again.
     pub reset_after: Duration,
+    /// Wait until one more request fits than `remaining` says (zero when the bucket is full):
+    /// the RateLimit header's `t` (draft-10: "seconds until additional quota … is made
+    /// available"). For a rejected request it equals `retry_after`.
+    pub next_after: Duration,
 }
 
 impl Gcra {
@@ -94,6 +98,7 @@ impl Gcra {
                 remaining: self.remaining(ahead),
                 retry_after: Duration::ZERO,
                 reset_after: Duration::from_nanos(ahead),
+                next_after: self.next_after(ahead),
             };
             (decision, Some(new_tat))
         } else {
@@ -107,9 +112,21 @@ impl Gcra {
                 },
                 retry_after: Duration::from_nanos(allow_at - now),
                 reset_after: Duration::from_nanos(ahead),
+                next_after: self.next_after(ahead),
             };
             (decision, None)
         }
+    }
+
+    /// Time until `remaining(ahead)` goes up by one; zero when the bucket is full.
+    pub fn next_after(&self, ahead: u64) -> Duration {
+        let remaining = self.remaining(ahead);
+        if remaining >= self.burst {
+            return Duration::ZERO;
+        }
+        let free = self.tolerance.saturating_sub(ahead);
+        let want = (u64::from(remaining) + 1).saturating_mul(self.interval);
+        Duration::from_nanos(want.saturating_sub(free))
     }
 
     /// Whole requests that still fit when the TAT is `ahead` ns past now.
@@ -136,6 +153,46 @@ mod tests {
             *tat = t;
         }
         d
+    }
+
+    #[test]
+    fn next_after_is_the_wait_for_one_more_request() {
+        // 10/min burst 10: one request every 6 s. (requests spent at `now`, then one more
+        // request `at` seconds later) → that request's (remaining, next_after seconds).
+        let g = gcra("10/min", 10);
+        let now = 1_000 * SEC;
+        let cases: [(u32, u64, u32, u64); 5] = [
+            (1, 0, 8, 6),  // two spent: the first is back after one interval
+            (10, 0, 0, 6), // empty: rejected, the next fits in 6 s (not 60 s to full)
+            (10, 4, 0, 2), // 4 s later: 2 s to go
+            (10, 6, 0, 6), // exactly one back: allowed; r=0 again, next in 6 s
+            (3, 60, 9, 6), // long after: full before this request, this one spends one
+        ];
+        for (spent, at, want_r, want_t) in cases {
+            let mut tat = 0;
+            for _ in 0..spent {
+                assert!(hit(&g, &mut tat, now).allowed);
+            }
+            let d = hit(&g, &mut tat, now + at * SEC);
+            assert_eq!(
+                (d.remaining, d.next_after),
+                (want_r, Duration::from_secs(want_t)),
+                "{spent} spent, checked {at} s later"
+            );
+            if !d.allowed {
+                assert_eq!(
+                    d.next_after, d.retry_after,
+                    "on a rejection t is the retry wait"
+                );
+            }
+        }
+        // A full bucket has nothing more to make available.
+        let g = gcra("1/s", 1);
+        let (d, _) = g.check(0, now);
+        assert!(d.allowed);
+        let (d, _) = g.check(0, now); // state not stored: still full before, spends one
+        assert_eq!(d.next_after, Duration::from_secs(1));
+        assert_eq!(g.next_after(0), Duration::ZERO);
     }
 
     #[test]

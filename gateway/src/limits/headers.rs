@@ -24,9 +24,12 @@ pub fn policy_value(name: &str, quota: u32, window_secs: u64) -> String {
     format!("\"{name}\";q={quota};w={window_secs}")
 }
 
-/// `"per-ip";r=0;t=12`: remaining requests and seconds until the quota is full again.
-pub fn ratelimit_value(name: &str, remaining: u32, reset_after: Duration) -> String {
-    format!("\"{name}\";r={remaining};t={}", ceil_secs(reset_after))
+/// `"per-ip";r=0;t=6`: remaining requests and `t`, draft-10's "seconds until additional
+/// quota … is made available": for GCRA the time until one more request fits, rounded up
+/// (0 when the bucket is full). On a 429 that is Retry-After without its jitter; it is not
+/// the time until the bucket is full again (which would tell a client to wait far too long).
+pub fn ratelimit_value(name: &str, remaining: u32, next_after: Duration) -> String {
+    format!("\"{name}\";r={remaining};t={}", ceil_secs(next_after))
 }
 
 /// Retry-After in whole seconds: rounded up, plus 0 or 1 s of jitter picked by
@@ -42,7 +45,7 @@ impl PolicyOutcome {
     }
 
     pub fn ratelimit_header(&self) -> String {
-        ratelimit_value(&self.policy, self.remaining, self.reset_after)
+        ratelimit_value(&self.policy, self.remaining, self.next_after)
     }
 }
 

@@ -91,6 +91,8 @@ pub struct PolicyOutcome {
     /// Seconds for an empty bucket to refill (headers' `w`).
     pub window_secs: u64,
     pub reset_after: Duration,
+    /// Until one more request fits (the RateLimit header's `t`).
+    pub next_after: Duration,
     /// Zero unless this policy said no.
     pub retry_after: Duration,
 }
@@ -388,6 +390,7 @@ impl Limiter {
                 limit: p.gcra.burst(),
                 window_secs: p.window_secs,
                 reset_after: d.reset_after,
+                next_after: d.next_after,
                 retry_after: d.retry_after,
             });
         }

@@ -1,5 +1,6 @@
 //! Rate-limit config as operators write it (YAML), its validation, and route matching.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::rate::Rate;
@@ -13,14 +14,17 @@ pub const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DE
 /// Field paths in errors are relative to this (where the lead mounts the section).
 const ROOT: &str = "rate_limits";
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RateLimitsConfig {
     /// IPv6 clients are grouped by this prefix length (one subscriber is usually a /64).
+    #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: u8,
     /// Clients in these networks skip per-IP policies (not user or global ones).
+    #[schemars(schema_with = "crate::config_schema::cidr_list")]
     pub exempt: Vec<ipnet::IpNet>,
     /// Per-policy cap on tracked keys.
+    #[schemars(range(min = 1))]
     pub max_keys: usize,
     pub policies: Vec<PolicyConfig>,
 }
@@ -36,12 +40,16 @@ impl Default for RateLimitsConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
+    /// Metric label and RateLimit header token.
+    #[schemars(regex(pattern = r"^[a-z0-9_-]{1,64}$"))]
     pub name: String,
     pub key: KeyKind,
     pub rate: Rate,
+    /// Requests a new key may make at once.
+    #[schemars(range(min = 1, max = 1000000))]
     pub burst: u32,
     #[serde(rename = "match", default)]
     pub matcher: MatchConfig,
@@ -55,7 +63,7 @@ pub struct PolicyConfig {
     pub on_unavailable: Option<OnUnavailable>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyKind {
     /// Client IP (IPv6 grouped by `ipv6_prefix`).
@@ -66,7 +74,7 @@ pub enum KeyKind {
     Global,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -75,14 +83,16 @@ pub enum Mode {
     Shadow,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MatchConfig {
     /// Empty = any method.
     #[serde(default)]
+    #[schemars(schema_with = "crate::config_schema::methods")]
     pub methods: Vec<String>,
     /// None = any path.
     #[serde(default)]
+    #[schemars(regex(pattern = r#"^/[!"$->@-~]*$"#))]
     pub path_prefix: Option<String>,
 }
 

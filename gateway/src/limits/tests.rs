@@ -64,7 +64,9 @@ fn outcome_fields_and_report() {
     let o = v.rejection().unwrap();
     assert_eq!(o.decision, Decision::Rejected);
     assert_eq!(o.retry_after, Duration::from_secs(1));
-    assert_eq!(o.ratelimit_header(), "\"per-ip\";r=0;t=3");
+    // t = until one more request fits (= retry_after), not until the bucket is full (3 s).
+    assert_eq!(o.reset_after, Duration::from_secs(3));
+    assert_eq!(o.ratelimit_header(), "\"per-ip\";r=0;t=1");
     assert_eq!(v.report, v.rejected_by);
 }
 

@@ -95,11 +95,17 @@ impl GatewayProc {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config_path = dir.path().join("gateway.yaml");
-        std::fs::write(
-            &config_path,
-            gateway_yaml(addr, admin, upstream, &key_file, extra),
-        )
-        .unwrap();
+        let yaml = gateway_yaml(addr, admin, upstream, &key_file, extra);
+        std::fs::write(&config_path, &yaml).unwrap();
+        // scripts/test.sh collects every config a test runs a gateway with, for the schema
+        // check (scripts/check-schema.sh validates them with Python's jsonschema).
+        if let Some(dump) = std::env::var_os("GATEWAY_CONFIG_DUMP") {
+            let _ = std::fs::create_dir_all(&dump);
+            let _ = std::fs::write(
+                Path::new(&dump).join(format!("gateway-{}.yaml", addr.port())),
+                &yaml,
+            );
+        }
         let log = dir.path().join("gateway.log");
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .arg("--config")

@@ -13,7 +13,7 @@ pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
 pub const MIN_SYNC_INTERVAL: Duration = Duration::from_millis(50);
 pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SharedLimitsConfig {
     /// `redis://host:port/db` or `rediss://…`; never with a password in it.
@@ -24,7 +24,9 @@ pub struct SharedLimitsConfig {
     /// Every Redis key starts with `{key_prefix}:`; one prefix per fleet.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
+    /// How often local hits are flushed to Redis: 50ms to 5s (default 250ms).
     #[serde(default = "default_sync_interval", deserialize_with = "sync_interval")]
+    #[schemars(schema_with = "crate::config_schema::duration")]
     pub sync_interval: Duration,
     /// Fleet default while Redis is unavailable; a policy may override it.
     #[serde(default)]
@@ -32,7 +34,7 @@ pub struct SharedLimitsConfig {
 }
 
 /// How a policy's state is shared across replicas.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SharedMode {
     /// Decide locally, report hits to Redis every `sync_interval` (the default).
@@ -44,7 +46,7 @@ pub enum SharedMode {
 }
 
 /// What a shared policy enforces while Redis is unavailable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnUnavailable {
     /// Rate and burst divided by the last known replica count.

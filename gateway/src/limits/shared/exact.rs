@@ -136,13 +136,16 @@ pub fn decision(g: &crate::limits::gcra::Gcra, allowed: bool, ahead: u64) -> Buc
             remaining: (tau.saturating_sub(ahead) / t_e).min(u64::from(g.burst())) as u32,
             retry_after: Duration::ZERO,
             reset_after: Duration::from_nanos(ahead),
+            next_after: g.next_after(ahead),
         }
     } else {
+        let retry_after = Duration::from_nanos((ahead + t_e).saturating_sub(tau).max(1));
         BucketDecision {
             allowed: false,
             remaining: 0,
-            retry_after: Duration::from_nanos((ahead + t_e).saturating_sub(tau).max(1)),
+            retry_after,
             reset_after: Duration::from_nanos(ahead),
+            next_after: retry_after,
         }
     }
 }

@@ -242,6 +242,7 @@ impl SharedPolicy {
                 remaining: 0,
                 retry_after: Duration::ZERO,
                 reset_after: Duration::ZERO,
+                next_after: Duration::ZERO,
             },
             confirm: false,
             flush_now: false,
@@ -504,6 +505,7 @@ fn deny_decision() -> Decision {
         remaining: 0,
         retry_after: Duration::from_secs(1),
         reset_after: Duration::from_secs(1),
+        next_after: Duration::from_secs(1),
     }
 }
 
