@@ -5,7 +5,8 @@
 //! /metrics, with the label values the query selects. The test starts the real app
 //! and two real gateways (one in front of the app, one in front of a dead port),
 //! drives the traffic that makes each labeled series appear, scrapes both, and
-//! checks every selector. A panel querying a renamed or invented metric fails here.
+//! checks every selector. The `gateway_shared_limits_*` series come from a third gateway
+//! with `shared_limits` against a real redis-server (skipped loudly without one). A panel querying a renamed or invented metric fails here.
 //! It also checks the alert annotations, the dashboard datasources, Loki's config
 //! and the labels Alloy ships.
 
@@ -32,6 +33,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "RateLimitRejectionsSpike",
     "ForwardedHeaderSpoofSpike",
     "ConfigReloadFailed",
+    "SharedLimitsDegraded",
     "TargetDown",
 ];
 
@@ -610,6 +612,114 @@ async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &st
     wait_metric_above(gw, "gateway_config_reloads_total", &labels, before).await;
 }
 
+const SHARED_SYNC: &str = "obs-shared";
+const SHARED_EXACT: &str = "obs-exact";
+
+/// A redis-server on a free loopback port, killed on drop.
+struct RedisProc {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisProc {
+    /// None when Debian's `redis-server` is not installed (.ci/run installs it).
+    fn start() -> Option<RedisProc> {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let r = RedisProc { child, port };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis-server did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Some(r)
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `gateway_shared_limits_*` series exist only on a gateway with `shared_limits`: one in
+/// front of the app against a real redis-server, driven through a sync flush and an exact
+/// check, then Redis killed so the degraded decisions and exact fallbacks appear.
+/// None, loudly, without redis-server; the caller then skips only those metrics.
+async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
+    let Some(mut redis) = RedisProc::start() else {
+        eprintln!(
+            "\n########################################################\n\
+             #  SKIPPED: gateway_shared_limits_* queries — no redis-server here\n\
+             #  (apt-get install redis-server; .ci/run installs it).\n\
+             ########################################################\n"
+        );
+        return None;
+    };
+    let extra = format!(
+        "shared_limits:\n  redis: redis://127.0.0.1:{}/0\n  sync_interval: 50ms\n\
+         rate_limits:\n  policies:\n    \
+         - {{name: {SHARED_SYNC}, key: ip, rate: 1/hour, burst: 2, match: {{path_prefix: /v1/documents}}}}\n    \
+         - {{name: {SHARED_EXACT}, key: ip, rate: 1/hour, burst: 5, shared: exact, match: {{path_prefix: /v1/auth}}}}\n",
+        redis.port
+    );
+    let gw = GatewayProc::start(upstream, &extra);
+    let up = |gw: &GatewayProc| gw.metric_sum("gateway_shared_limits_up", &[]);
+    let wait_up = |want: f64| {
+        let start = Instant::now();
+        while up(&gw) != want {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "gateway_shared_limits_up never {want}; log:\n{}",
+                tail(&gw.proc.log, 20)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_up(1.0);
+    let login = "POST /v1/auth/token HTTP/1.1\r\nContent-Type: application/json";
+    let wrong = r#"{"username":"alice","password":"wrong"}"#;
+    // In sync: a flushed key (synced_keys, sync round trips) and one exact check.
+    send(gw.addr, "127.0.0.31", "GET /v1/documents HTTP/1.1", "").await;
+    send(gw.addr, "127.0.0.31", login, wrong).await;
+    wait_metric_above(&gw, "gateway_shared_limits_synced_keys_total", &[], 0.0).await;
+    // Redis gone: the replica degrades and decides alone, sync and exact policies alike.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    wait_up(0.0);
+    for _ in 0..3 {
+        send(gw.addr, "127.0.0.32", "GET /v1/documents HTTP/1.1", "").await;
+    }
+    send(gw.addr, "127.0.0.32", login, wrong).await;
+    let decisions = "gateway_shared_limits_degraded_decisions_total";
+    for decision in ["allowed", "rejected"] {
+        wait_metric_above(
+            &gw,
+            decisions,
+            &[("policy", SHARED_SYNC), ("decision", decision)],
+            0.0,
+        )
+        .await;
+    }
+    wait_metric_above(
+        &gw,
+        "gateway_shared_limits_exact_fallbacks_total",
+        &[("policy", SHARED_EXACT)],
+        0.0,
+    )
+    .await;
+    Some(parse_exposition(&gw.metrics()))
+}
+
 /// Starts the app and gateways, drives traffic that makes every labeled series the
 /// configs select appear, and returns job name → exposition, as Prometheus would see it.
 async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
@@ -695,11 +805,16 @@ async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert!(gw_dead.metric_sum("gateway_upstream_errors_total", &[("kind", "connect")]) >= 1.0);
 
+    // A third gateway with shared_limits against a real Redis (when there is one).
+    let shared = scrape_shared_gateway(app.addr).await;
+
     let app_text = get_blocking(app.addr, "/metrics").unwrap().text();
-    let gateway = Exposition::merge(&[
-        &parse_exposition(&gw.metrics()),
-        &parse_exposition(&gw_dead.metrics()),
-    ]);
+    let mut parts = vec![
+        parse_exposition(&gw.metrics()),
+        parse_exposition(&gw_dead.metrics()),
+    ];
+    parts.extend(shared);
+    let gateway = Exposition::merge(&parts.iter().collect::<Vec<_>>());
     BTreeMap::from([
         ("gateway".to_string(), gateway),
         ("app".to_string(), parse_exposition(&app_text)),
@@ -724,9 +839,22 @@ async fn every_queried_metric_exists_on_the_live_services() {
     assert!(used.len() > 20, "too few selectors found: {used:?}");
 
     let scraped = scrape_live_stack().await;
+    // Without redis-server (skipped loudly above) only the shared-limits metrics go unchecked.
+    let shared_scraped = scraped["gateway"].has_series_name("gateway_shared_limits_up");
+    assert!(
+        shared_scraped
+            || std::process::Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_err(),
+        "redis-server is installed but no gateway_shared_limits_up was scraped"
+    );
     let mut problems = BTreeSet::new();
     for (origin, s) in &used {
         if PROMETHEUS_GENERATED.contains(&s.metric.as_str()) {
+            continue;
+        }
+        if !shared_scraped && s.metric.starts_with("gateway_shared_limits_") {
             continue;
         }
         let wanted: Vec<&str> = match s.equal("job") {
