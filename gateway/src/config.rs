@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::blocklist::BlockConfig;
 use crate::client_ip::ForwardedHeader;
+use crate::limits::shared::config::SharedLimitsConfig;
 use crate::limits::RateLimitsConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +55,9 @@ pub struct Config {
     pub upstream_pool_size: usize,
     #[serde(default)]
     pub rate_limits: RateLimitsConfig,
+    /// Rate-limit state shared across replicas through Redis; absent = per-replica limits.
+    #[serde(default)]
+    pub shared_limits: Option<SharedLimitsConfig>,
     /// Client CIDRs and user ids refused with 403 (RUNBOOK.md "Block an abusive client").
     #[serde(default)]
     pub block: BlockConfig,
@@ -414,6 +418,10 @@ impl Config {
         self.rate_limits
             .validate()
             .map_err(|e| (e.field, e.message))?;
+        crate::limits::shared::config::validate_policies(
+            self.shared_limits.as_ref(),
+            &self.rate_limits.policies,
+        )?;
         crate::blocklist::validate(&self.block)?;
         Ok(())
     }

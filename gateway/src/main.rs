@@ -163,6 +163,18 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         Arc::new(move || dropped.dropped_lines()),
     ));
     tokio::spawn(reload::watch(shared.clone()));
+    let (source, export) = (shared.clone(), shared.clone());
+    tokio::spawn(gateway::limits::shared::sync::run(
+        move || {
+            let live = source.live.load();
+            let engine = live.shared_limits.clone()?;
+            Some(gateway::limits::shared::sync::Snapshot {
+                engine,
+                policies: live.limiter.shared_policies(),
+            })
+        },
+        move |on| export.metrics.export_shared_limits(on),
+    ));
     let permits = Arc::new(Semaphore::new(c.limits.max_connections));
     tokio::spawn(listener::serve(
         public,

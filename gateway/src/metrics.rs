@@ -191,6 +191,12 @@ impl Metrics {
         }
     }
 
+    /// Adds (or removes) the `gateway_shared_limits_*` metrics: exported only while
+    /// `shared_limits` is configured.
+    pub fn export_shared_limits(&self, on: bool) {
+        crate::limits::shared::metrics::SharedMetrics::get().export(&self.registry, on);
+    }
+
     /// The exposition text for `/metrics`.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

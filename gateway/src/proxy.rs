@@ -46,8 +46,8 @@ pub struct RequestCtx {
 
 /// Monotonic nanoseconds for the limiter (time is injected into its pure core).
 fn now_ns() -> u64 {
-    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+    // One clock with the shared-limits sync loop, which corrects the same TATs.
+    crate::limits::shared::monotonic_ns()
 }
 
 /// Paths with dot segments, encoded slashes/dots or backslashes could be
@@ -311,7 +311,11 @@ impl ProxyHttp for Gateway {
             client_ip: client,
             user: ctx.identity.user_id(),
         };
-        let verdict = live.limiter.check(&facts, now_ns());
+        let mut verdict = live.limiter.check(&facts, now_ns());
+        if !verdict.confirm.is_empty() {
+            // `shared: exact`: the one Redis round trip, bounded at 20 ms.
+            crate::limits::shared::exact::confirm(&mut verdict).await;
+        }
         self.record_limits(&verdict);
         let rejected = verdict.is_rejected();
         ctx.verdict = Some(verdict);

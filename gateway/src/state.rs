@@ -12,6 +12,7 @@ use crate::blocklist::Blocklist;
 use crate::client_ip::ClientIpPolicy;
 use crate::config::Config;
 use crate::identity::TokenCache;
+use crate::limits::shared::Engine;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamState;
@@ -25,6 +26,8 @@ pub struct Live {
     /// Tokens already verified with `keys`; new on every reload.
     pub tokens: TokenCache,
     pub limiter: Limiter,
+    /// Set with `shared_limits:`; kept across reloads unless Redis settings change.
+    pub shared_limits: Option<Arc<Engine>>,
     pub blocklist: Blocklist,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
@@ -39,10 +42,18 @@ impl Live {
             headers: config.forwarded_headers.clone(),
             max_hops: config.max_forwarded_hops,
         };
-        let limiter = match previous {
-            Some(prev) => prev.limiter.reconfigure(&config.rate_limits),
-            None => Limiter::new(&config.rate_limits),
+        let shared_limits = match &config.shared_limits {
+            Some(c) => Some(Engine::for_reload(
+                c,
+                previous.and_then(|p| p.shared_limits.as_ref()),
+            )?),
+            None => None,
         };
+        let limiter = Limiter::with_shared(
+            &config.rate_limits,
+            shared_limits.as_ref(),
+            previous.map(|p| &p.limiter),
+        );
         // Validated at load, so these conversions cannot fail.
         let csp = HeaderValue::from_str(&config.security_headers.content_security_policy)
             .map_err(|e| e.to_string())?;
@@ -57,6 +68,7 @@ impl Live {
             keys,
             tokens: TokenCache::default(),
             limiter,
+            shared_limits,
             csp,
             hsts,
         })

@@ -822,7 +822,7 @@ async fn hundred_reloads_valid_and_broken_under_load_fail_no_request() {
 /// Distinct client addresses: IPv4 from 11.0.0.0/8 and IPv6 /64s from
 /// 2001:db8::/32 (one key each with `ipv6_prefix: 64`), none repeated.
 fn client_ip(i: usize) -> String {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         let n = (i / 2) as u32 + 1;
         format!("11.{}.{}.{}", (n >> 16) & 255, (n >> 8) & 255, n & 255)
     } else {

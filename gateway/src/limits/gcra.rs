@@ -41,6 +41,26 @@ impl Gcra {
         }
     }
 
+    /// A bucket from an emission interval in ns (degraded shares divide the rate).
+    pub fn from_interval(interval_ns: u64, burst: u32) -> Gcra {
+        let interval = interval_ns.max(1);
+        let burst = burst.max(1);
+        Gcra {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)),
+            burst,
+        }
+    }
+
+    pub fn interval_ns(&self) -> u64 {
+        self.interval
+    }
+
+    /// burst × T in ns.
+    pub fn tolerance_ns(&self) -> u64 {
+        self.tolerance
+    }
+
     pub fn emission_interval(&self) -> Duration {
         Duration::from_nanos(self.interval)
     }
@@ -58,9 +78,15 @@ impl Gcra {
     /// Returns the TAT to store, or `None` when rejected: rejections never change state.
     /// Time going backwards only makes the check stricter (`now` earlier ⇒ TAT further ahead).
     pub fn check(&self, tat: u64, now: u64) -> (Decision, Option<u64>) {
+        self.check_within(tat, now, self.tolerance)
+    }
+
+    /// `check` against a smaller tolerance (a shared policy's lease, `<= tolerance_ns()`);
+    /// `remaining` still counts against the whole burst, and is 0 on a rejection.
+    pub fn check_within(&self, tat: u64, now: u64, tolerance: u64) -> (Decision, Option<u64>) {
         let new_tat = tat.max(now).saturating_add(self.interval);
         // Earliest instant at which this request fits within the tolerance.
-        let allow_at = new_tat.saturating_sub(self.tolerance);
+        let allow_at = new_tat.saturating_sub(tolerance);
         if now >= allow_at {
             let ahead = new_tat - now;
             let decision = Decision {
@@ -74,7 +100,11 @@ impl Gcra {
             let ahead = tat.saturating_sub(now);
             let decision = Decision {
                 allowed: false,
-                remaining: self.remaining(ahead),
+                remaining: if tolerance < self.tolerance {
+                    0
+                } else {
+                    self.remaining(ahead)
+                },
                 retry_after: Duration::from_nanos(allow_at - now),
                 reset_after: Duration::from_nanos(ahead),
             };

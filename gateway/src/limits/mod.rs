@@ -10,6 +10,7 @@ pub mod gcra;
 pub mod headers;
 pub mod policy;
 pub mod rate;
+pub mod shared;
 pub mod store;
 
 use std::net::IpAddr;
@@ -21,6 +22,9 @@ use ipnet::IpNet;
 use gcra::Gcra;
 pub use policy::{ConfigError, KeyKind, MatchConfig, Mode, PolicyConfig, RateLimitsConfig};
 pub use rate::Rate;
+use shared::keys::ClientId;
+use shared::policy::SharedPolicy;
+use shared::Engine;
 use store::Store;
 
 /// What the limiter needs to know about a request.
@@ -71,9 +75,22 @@ pub struct Verdict {
     /// else the enforcing one with the least `remaining`. Shadow policies are never shown
     /// to clients.
     pub report: Option<usize>,
+    /// `shared: exact` policies that allowed locally and need Redis's word: the caller
+    /// awaits `shared::exact::confirm` (the only await a limit decision ever needs).
+    pub confirm: Vec<shared::exact::Confirm>,
 }
 
 impl Verdict {
+    /// Sets `report`: the rejecting policy, else the enforcing one with the least `remaining`.
+    pub fn recompute_report(&mut self) {
+        self.report = self.rejected_by.or_else(|| {
+            (self.outcomes.iter().enumerate())
+                .filter(|(_, o)| o.mode == Mode::Enforce)
+                .min_by_key(|(_, o)| o.remaining)
+                .map(|(i, _)| i)
+        });
+    }
+
     pub fn is_rejected(&self) -> bool {
         self.rejected_by.is_some()
     }
@@ -114,6 +131,8 @@ struct Compiled {
     gcra: Gcra,
     window_secs: u64,
     store: Arc<Store>,
+    /// Set when the policy's state is shared through Redis (`shared: sync|exact`).
+    shared: Option<Arc<SharedPolicy>>,
 }
 
 impl Compiled {
@@ -125,12 +144,23 @@ impl Compiled {
 }
 
 /// Client identity within one policy's store.
-#[derive(Hash)]
+#[derive(Hash, Clone, Copy)]
 enum ClientKey<'a> {
     V4(u32),
     V6(u128),
     User(&'a str),
     Global,
+}
+
+impl ClientKey<'_> {
+    fn id(&self) -> ClientId<'_> {
+        match *self {
+            ClientKey::V4(a) => ClientId::V4(a),
+            ClientKey::V6(a) => ClientId::V6(a),
+            ClientKey::User(u) => ClientId::User(u),
+            ClientKey::Global => ClientId::Global,
+        }
+    }
 }
 
 pub struct Limiter {
@@ -142,7 +172,41 @@ pub struct Limiter {
 impl Limiter {
     /// Expects a validated config; out-of-range numbers are clamped rather than panicking.
     pub fn new(cfg: &RateLimitsConfig) -> Limiter {
-        Limiter::build(cfg, |_| None)
+        Limiter::build(cfg, None, |_| None)
+    }
+
+    /// Like `new`/`reconfigure`, with policies shared through `engine` when it is set
+    /// (every policy not marked `shared: local`). Shared state carries over a reload when
+    /// the engine and the policy's fingerprint and mode are unchanged.
+    pub fn with_shared(
+        cfg: &RateLimitsConfig,
+        engine: Option<&Arc<Engine>>,
+        previous: Option<&Limiter>,
+    ) -> Limiter {
+        let Some(prev) = previous else {
+            return Limiter::build(cfg, engine, |_| None);
+        };
+        let mut limiter = prev.reconfigure(cfg);
+        let carried = |p: &PolicyConfig| {
+            let engine = engine?;
+            prev.policies
+                .iter()
+                .filter_map(|o| o.shared.as_ref())
+                .find(|sp| sp.same_as(p, engine))
+                .cloned()
+        };
+        for (c, p) in limiter.policies.iter_mut().zip(&cfg.policies) {
+            c.shared = shared_for(p, engine, cfg.max_keys, carried);
+        }
+        limiter
+    }
+
+    /// The policies whose state is shared, for the sync loop.
+    pub fn shared_policies(&self) -> Vec<Arc<SharedPolicy>> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.shared.clone())
+            .collect()
     }
 
     /// Rebuild for a new config, carrying over the stores of policies whose name, key,
@@ -150,7 +214,7 @@ impl Limiter {
     /// changed, carried state is copied into a store of the new size; requests that land
     /// in the old store during that copy are forgotten (fail open).
     pub fn reconfigure(&self, cfg: &RateLimitsConfig) -> Limiter {
-        Limiter::build(cfg, |p| {
+        Limiter::build(cfg, None, |p| {
             let old = self.policies.iter().find(|o| o.same_buckets(p))?;
             Some(if old.store.max_keys() == cfg.max_keys.max(1) {
                 Arc::clone(&old.store)
@@ -162,6 +226,7 @@ impl Limiter {
 
     fn build(
         cfg: &RateLimitsConfig,
+        engine: Option<&Arc<Engine>>,
         mut carry: impl FnMut(&PolicyConfig) -> Option<Arc<Store>>,
     ) -> Limiter {
         let policies = cfg
@@ -175,6 +240,7 @@ impl Limiter {
                     gcra,
                     window_secs: headers::window_secs(gcra.burst(), gcra.emission_interval()),
                     store: carry(p).unwrap_or_else(|| Arc::new(Store::new(cfg.max_keys))),
+                    shared: shared_for(p, engine, cfg.max_keys, |_| None),
                 }
             })
             .collect();
@@ -193,7 +259,7 @@ impl Limiter {
         let ip = canonical_ip(req.client_ip);
         // Computed lazily: most configs have few policies and exempt lists are short.
         let mut ip_key: Option<Option<ClientKey>> = None;
-        let mut matched: Vec<(&Compiled, u64)> = Vec::new();
+        let mut matched: Vec<(&Compiled, u64, ClientKey)> = Vec::new();
         for p in &self.policies {
             if !p.config.matcher.matches(req.method, req.path) {
                 continue;
@@ -213,25 +279,51 @@ impl Limiter {
             // The policy name is hashed in too, so no two policies ever share a bucket
             // even if they were to share a store.
             let hash = p.store.hash_key(&(&*p.name, key));
-            matched.push((p, hash));
+            matched.push((p, hash, key));
         }
 
         // With several policies, look before charging: if an enforcing one would reject,
         // charge none of them.
         let mut dry_run = matched.len() > 1
-            && matched.iter().any(|(p, k)| {
-                p.config.mode == Mode::Enforce && !p.gcra.check(p.store.peek(*k), now_ns).0.allowed
+            && matched.iter().any(|(p, k, _)| {
+                p.config.mode == Mode::Enforce
+                    && !match &p.shared {
+                        Some(sp) => sp.peek(*k, now_ns),
+                        None => p.gcra.check(p.store.peek(*k), now_ns).0.allowed,
+                    }
             });
 
         let mut verdict = Verdict {
             outcomes: Vec::with_capacity(matched.len()),
             ..Verdict::default()
         };
-        for (p, key) in matched {
-            let d = if dry_run {
-                p.gcra.check(p.store.peek(key), now_ns).0
-            } else {
-                p.store.update(key, now_ns, |tat| p.gcra.check(tat, now_ns))
+        for (p, key, client) in matched {
+            let d = match (&p.shared, dry_run) {
+                (Some(sp), true) => {
+                    let allowed = sp.peek(key, now_ns);
+                    let mut d = p.gcra.check(sp.local_tat(key), now_ns).0;
+                    d.allowed = allowed;
+                    d
+                }
+                (Some(sp), false) => {
+                    let local = sp.check(key, now_ns, || sp.key_id(client.id()));
+                    if local.flush_now {
+                        sp.engine.flush_signal.notify_one();
+                    }
+                    if local.confirm {
+                        verdict.confirm.push(shared::exact::Confirm {
+                            outcome: verdict.outcomes.len(),
+                            policy: Arc::clone(sp),
+                            mode: p.config.mode,
+                            hash: key,
+                            id: sp.key_id(client.id()),
+                            local: local.decision,
+                        });
+                    }
+                    local.decision
+                }
+                (None, true) => p.gcra.check(p.store.peek(key), now_ns).0,
+                (None, false) => p.store.update(key, now_ns, |tat| p.gcra.check(tat, now_ns)),
             };
             let decision = match (d.allowed, p.config.mode) {
                 (true, _) => Decision::Allowed,
@@ -254,12 +346,11 @@ impl Limiter {
                 retry_after: d.retry_after,
             });
         }
-        verdict.report = verdict.rejected_by.or_else(|| {
-            (verdict.outcomes.iter().enumerate())
-                .filter(|(_, o)| o.mode == Mode::Enforce)
-                .min_by_key(|(_, o)| o.remaining)
-                .map(|(i, _)| i)
-        });
+        if verdict.rejected_by.is_some() {
+            // Rejected locally: nothing to confirm.
+            verdict.confirm.clear();
+        }
+        verdict.recompute_report();
         verdict
     }
 
@@ -268,7 +359,7 @@ impl Limiter {
             name: Arc::clone(&p.name),
             mode: p.config.mode,
             key: p.config.key,
-            active_keys: p.store.len(),
+            active_keys: p.shared.as_ref().map_or_else(|| p.store.len(), |s| s.len()),
             max_keys: p.store.max_keys(),
             evictions: p.store.evictions(),
         })
@@ -289,6 +380,21 @@ impl Limiter {
             }
         })
     }
+}
+
+/// The shared state for policy `p`: none without an engine or for `shared: local`; else
+/// the carried one when `carry` has it, or a fresh one.
+fn shared_for(
+    p: &PolicyConfig,
+    engine: Option<&Arc<Engine>>,
+    max_keys: usize,
+    carry: impl FnOnce(&PolicyConfig) -> Option<Arc<SharedPolicy>>,
+) -> Option<Arc<SharedPolicy>> {
+    let engine = engine?;
+    if p.shared == Some(shared::config::SharedMode::Local) {
+        return None;
+    }
+    Some(carry(p).unwrap_or_else(|| Arc::new(SharedPolicy::new(p, Arc::clone(engine), max_keys))))
 }
 
 /// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as seen on dual-stack sockets) is the IPv4 client.

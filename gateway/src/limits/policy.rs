@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::rate::Rate;
+use super::shared::config::{OnUnavailable, SharedMode};
 
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -45,6 +46,12 @@ pub struct PolicyConfig {
     pub matcher: MatchConfig,
     #[serde(default)]
     pub mode: Mode,
+    /// `sync` (default with `shared_limits`), `exact` or `local`.
+    #[serde(default)]
+    pub shared: Option<SharedMode>,
+    /// Overrides `shared_limits.on_unavailable` for this policy.
+    #[serde(default)]
+    pub on_unavailable: Option<OnUnavailable>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]

@@ -1,0 +1,196 @@
+//! Rate limits shared across gateway replicas through Redis, with no Redis round trip on
+//! the hot path (issue 12; design in `shared/research/shared-limits.md` §4).
+//!
+//! - `policy`: the local state of one shared policy (pure, time injected). The local GCRA
+//!   always decides; each replica may spend only 1/n of the free shared burst between
+//!   replies (its lease) and queues the hits it admitted.
+//! - `sync`: the background loop that flushes queued hits to Redis (one batch in flight,
+//!   ≤ 64 keys per EVALSHA), corrects local state from the reply, counts live replicas and
+//!   runs the breaker (degraded after 3 failed calls or 1 s without a good reply).
+//! - `exact`: the one awaited call, for `shared: exact` policies.
+//! - `script`, `keys`, `config`, `metrics`: the Lua, the Redis key names, the YAML, the
+//!   `gateway_shared_limits_*` metrics.
+
+pub mod breaker;
+pub mod config;
+pub mod exact;
+pub mod keys;
+pub mod metrics;
+pub mod policy;
+pub mod script;
+pub mod sync;
+
+#[cfg(test)]
+mod model_tests;
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use config::{OnUnavailable, SharedLimitsConfig};
+use keys::ClusterSecret;
+
+/// What identifies one Redis deployment; a reload that changes it reconnects.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub url: String,
+    pub password: Option<String>,
+    pub key_prefix: String,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("url", &self.url)
+            .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+/// Process-wide shared-limits state read by the hot path and written by the sync loop.
+pub struct Engine {
+    pub connection: Connection,
+    pub key_prefix: String,
+    pub secret: ClusterSecret,
+    pub on_unavailable: OnUnavailable,
+    sync_interval_ns: AtomicU64,
+    healthy: AtomicBool,
+    replicas: AtomicU32,
+    /// Consecutive failed `exact` calls; at 3 they stop waiting until the loop resyncs.
+    exact_failures: AtomicU32,
+    /// Wakes the sync loop early (a key used half its lease). Never blocks.
+    pub flush_signal: Notify,
+    /// The live connection, for `exact` calls; `None` while degraded or connecting.
+    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// This replica's member name in the replicas set.
+    pub replica_id: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("connection", &self.connection)
+            .field("healthy", &self.is_healthy())
+            .field("replicas", &self.replicas())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Failed exact calls after which they stop waiting for Redis.
+pub const EXACT_TRIP: u32 = 3;
+/// Budget of one `exact` round trip.
+pub const EXACT_TIMEOUT: Duration = Duration::from_millis(20);
+
+impl Engine {
+    /// Reads the password file (blocking: config load only).
+    pub fn from_config(cfg: &SharedLimitsConfig) -> Result<Engine, String> {
+        let password = cfg.read_password()?;
+        Ok(Engine::new(
+            Connection {
+                url: cfg.redis.url.clone(),
+                password,
+                key_prefix: cfg.key_prefix.clone(),
+            },
+            cfg.sync_interval,
+            cfg.on_unavailable,
+        ))
+    }
+
+    pub fn new(connection: Connection, sync_interval: Duration, on: OnUnavailable) -> Engine {
+        let secret = ClusterSecret::derive(connection.password.as_deref(), &connection.key_prefix);
+        Engine {
+            key_prefix: connection.key_prefix.clone(),
+            connection,
+            secret,
+            on_unavailable: on,
+            sync_interval_ns: AtomicU64::new(sync_interval.as_nanos() as u64),
+            healthy: AtomicBool::new(false),
+            replicas: AtomicU32::new(1),
+            exact_failures: AtomicU32::new(0),
+            flush_signal: Notify::new(),
+            conn: Mutex::new(None),
+            replica_id: format!("{:016x}", rand::random::<u64>()),
+        }
+    }
+
+    /// The engine to use after a reload: the previous one when Redis and the fleet-wide
+    /// defaults are the same (state, connection and counters carry over), else a new one.
+    pub fn for_reload(
+        cfg: &SharedLimitsConfig,
+        previous: Option<&std::sync::Arc<Engine>>,
+    ) -> Result<std::sync::Arc<Engine>, String> {
+        let fresh = Engine::from_config(cfg)?;
+        if let Some(prev) = previous {
+            if prev.connection == fresh.connection && prev.on_unavailable == fresh.on_unavailable {
+                prev.set_sync_interval(cfg.sync_interval);
+                return Ok(prev.clone());
+            }
+        }
+        Ok(std::sync::Arc::new(fresh))
+    }
+
+    pub fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed).max(1)
+    }
+
+    pub fn set_replicas(&self, n: u32) {
+        self.replicas.store(n.max(1), Ordering::Relaxed);
+    }
+
+    pub fn set_healthy(&self, up: bool) {
+        self.healthy.store(up, Ordering::Relaxed);
+        if up {
+            self.exact_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn sync_interval(&self) -> Duration {
+        Duration::from_nanos(self.sync_interval_ns.load(Ordering::Relaxed))
+    }
+
+    pub fn set_sync_interval(&self, d: Duration) {
+        self.sync_interval_ns
+            .store(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A lease older than two sync intervals (plus a flush timeout) is stale: the replica
+    /// takes a new 1/n share from its own view instead.
+    pub fn lease_ttl_ns(&self) -> u64 {
+        2 * self.sync_interval_ns.load(Ordering::Relaxed) + 100_000_000
+    }
+
+    pub fn exact_tripped(&self) -> bool {
+        self.exact_failures.load(Ordering::Relaxed) >= EXACT_TRIP
+    }
+
+    pub fn exact_failed(&self) {
+        self.exact_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn exact_succeeded(&self) {
+        self.exact_failures.store(0, Ordering::Relaxed);
+    }
+
+    pub fn connection_handle(&self) -> Option<redis::aio::MultiplexedConnection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_connection_handle(&self, c: Option<redis::aio::MultiplexedConnection>) {
+        *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
+    }
+}
+
+/// Monotonic nanoseconds: the clock of every limiter decision and of the sync loop's
+/// corrections (they must agree).
+pub fn monotonic_ns() -> u64 {
+    static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    // Starts at 1 s so that 0 can keep meaning "never".
+    ORIGIN
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_nanos() as u64
+        + 1_000_000_000
+}

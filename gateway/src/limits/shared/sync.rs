@@ -1,0 +1,536 @@
+//! The background sync loop: one per process, never on the request path. Flushes queued
+//! hits (one flush in flight, ≤ 64 keys per EVALSHA, all batches in one pipeline),
+//! corrects local state from the replies, heartbeats the replica count every second and
+//! runs the breaker. While degraded it drops unsent hits (never replayed) and probes Redis
+//! once a second on a fresh connection: redis-rs keeps a hung socket after a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
+
+use super::breaker::{Breaker, Transition};
+use super::metrics::SharedMetrics;
+use super::policy::{FlushItem, SharedPolicy};
+use super::script::{self, MAX_KEYS_PER_CALL};
+use super::{keys, monotonic_ns, Engine};
+
+/// Budget of one flush or heartbeat round trip. A timed-out flush is not retried.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// A replica missing from the set for this long no longer counts.
+pub const REPLICA_WINDOW_MS: u64 = 5_000;
+/// Most keys in one flush (16 calls of 64); the rest stay queued for the next one.
+const MAX_KEYS_PER_FLUSH: usize = 16 * MAX_KEYS_PER_CALL;
+const PURGE_EVERY_NS: u64 = 1_000_000_000;
+
+/// What the loop syncs right now: the live engine and its shared policies.
+pub struct Snapshot {
+    pub engine: Arc<Engine>,
+    pub policies: Vec<Arc<SharedPolicy>>,
+}
+
+/// Runs forever. `source` returns the current config's engine and policies (it changes
+/// on reload); `export` adds or removes the metrics from `/metrics`.
+pub async fn run(source: impl Fn() -> Option<Snapshot>, export: impl Fn(bool)) {
+    let mut driver: Option<Driver> = None;
+    loop {
+        let Some(snap) = source() else {
+            if let Some(d) = driver.take() {
+                d.shutdown();
+            }
+            export(false);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        };
+        if driver
+            .as_ref()
+            .is_none_or(|d| !Arc::ptr_eq(&d.engine, &snap.engine))
+        {
+            if let Some(d) = driver.take() {
+                tracing::info!(target: "shared_limits", "shared_limits changed; reconnecting");
+                d.shutdown();
+            }
+            match Driver::new(snap.engine.clone()) {
+                Ok(d) => driver = Some(d),
+                Err(e) => {
+                    // Validated at load, so this is unexpected; keep enforcing locally.
+                    tracing::error!(target: "shared_limits", error = %e, "cannot use the Redis URL");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            }
+        }
+        export(true);
+        let d = driver.as_mut().expect("set above");
+        d.step(&snap.policies).await;
+    }
+}
+
+struct Driver {
+    engine: Arc<Engine>,
+    client: Client,
+    conn: Option<MultiplexedConnection>,
+    breaker: Breaker,
+    next_flush: u64,
+    next_heartbeat: u64,
+    next_probe: u64,
+    next_purge: u64,
+    replicas_key: String,
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    e.code() == Some("NOSCRIPT")
+}
+
+fn error_kind(e: &redis::RedisError) -> &'static str {
+    if is_noscript(e) {
+        "noscript"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_connection_refusal() || e.is_connection_dropped() || e.is_io_error() {
+        "connect"
+    } else {
+        "other"
+    }
+}
+
+/// Spreads probes and first flushes so a fleet does not hit Redis in lockstep.
+fn jitter(max_ns: u64) -> u64 {
+    if max_ns == 0 {
+        0
+    } else {
+        rand::random::<u64>() % max_ns
+    }
+}
+
+impl Driver {
+    fn new(engine: Arc<Engine>) -> Result<Driver, String> {
+        let info = engine
+            .connection
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| e.to_string())?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(pw) = &engine.connection.password {
+            redis_settings = redis_settings.set_password(pw);
+        }
+        let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(5))
+            .with_interval(Duration::from_secs(1));
+        let tcp = redis::io::tcp::TcpSettings::default()
+            .set_nodelay(true)
+            .set_keepalive(keepalive)
+            .set_user_timeout(Duration::from_secs(2));
+        let info = info
+            .set_redis_settings(redis_settings)
+            .set_tcp_settings(tcp);
+        if engine.connection.url.starts_with("rediss://") {
+            // rustls needs a process-wide provider; a second install is a harmless no-op.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = Client::open(info).map_err(|e| e.to_string())?;
+        let now = monotonic_ns();
+        Ok(Driver {
+            replicas_key: keys::replicas_key(&engine.key_prefix),
+            engine,
+            client,
+            conn: None,
+            breaker: Breaker::new(now),
+            next_flush: now,
+            next_heartbeat: now,
+            next_probe: now,
+            next_purge: now,
+        })
+    }
+
+    fn shutdown(self) {
+        self.engine.set_healthy(false);
+        self.engine.set_connection_handle(None);
+    }
+
+    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+        let cfg = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(CALL_TIMEOUT));
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT + Duration::from_millis(100),
+            self.client
+                .get_multiplexed_async_connection_with_config(&cfg),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connect timed out",
+            ))),
+        }
+    }
+
+    async fn step(&mut self, policies: &[Arc<SharedPolicy>]) {
+        let now = monotonic_ns();
+        let wake = if self.breaker.is_up() {
+            self.next_flush.min(self.next_heartbeat)
+        } else {
+            self.next_probe
+        };
+        let wait = Duration::from_nanos(wake.saturating_sub(now)).min(Duration::from_millis(250));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.engine.flush_signal.notified(), if self.breaker.is_up() => {
+                self.next_flush = self.next_flush.min(monotonic_ns());
+            }
+        }
+        let now = monotonic_ns();
+        if self.breaker.is_up() {
+            if now >= self.next_heartbeat {
+                self.heartbeat().await;
+            }
+            let now = monotonic_ns();
+            if self.breaker.is_up() && now >= self.next_flush {
+                self.next_flush = now + self.engine.sync_interval().as_nanos() as u64;
+                self.flush(policies).await;
+            }
+        } else {
+            // Degraded: drop what accumulated (never replayed), probe now and then.
+            let dropped: u64 = policies.iter().map(|p| p.drop_pending()).sum();
+            self.breaker.dropped_in_outage += dropped;
+            SharedMetrics::get().dropped("down", dropped);
+            if now >= self.next_probe {
+                self.next_probe = now + 900_000_000 + jitter(200_000_000);
+                self.probe().await;
+            }
+        }
+        let now = monotonic_ns();
+        if let Some(t) = self.breaker.on_tick(now) {
+            self.transition(t, policies);
+        }
+        if self.breaker.reminder_due(now) {
+            tracing::warn!(
+                target: "shared_limits",
+                down_for_s = self.breaker.down_for(now) / 1_000_000_000,
+                dropped_hits = self.breaker.dropped_in_outage,
+                "shared limits still degraded: Redis unavailable, enforcing locally"
+            );
+        }
+        if now >= self.next_purge {
+            self.next_purge = now + PURGE_EVERY_NS;
+            for p in policies {
+                p.purge(now);
+            }
+        }
+        let m = SharedMetrics::get();
+        m.up.set(i64::from(self.breaker.is_up()));
+        m.replicas.set(i64::from(self.engine.replicas()));
+        if let Some(g) = self.breaker.last_good() {
+            m.lag_seconds.set(now.saturating_sub(g) as f64 / 1e9);
+        }
+    }
+
+    fn transition(&mut self, t: Transition, policies: &[Arc<SharedPolicy>]) {
+        match t {
+            Transition::InSync => {
+                self.engine.set_healthy(true);
+                tracing::info!(
+                    target: "shared_limits",
+                    replicas = self.engine.replicas(),
+                    "shared limits in sync with Redis"
+                );
+            }
+            Transition::Recovered {
+                outage_ns,
+                dropped_hits,
+            } => {
+                self.engine.set_healthy(true);
+                // Stagger the first flush over one interval.
+                let t = self.engine.sync_interval().as_nanos() as u64;
+                self.next_flush = monotonic_ns() + jitter(t);
+                tracing::info!(
+                    target: "shared_limits",
+                    outage_ms = outage_ns / 1_000_000,
+                    dropped_hits,
+                    replicas = self.engine.replicas(),
+                    "shared limits back in sync with Redis"
+                );
+            }
+            Transition::Degraded { reason } => {
+                self.engine.set_healthy(false);
+                self.engine.set_connection_handle(None);
+                self.conn = None;
+                let dropped: u64 = policies.iter().map(|p| p.drop_pending()).sum();
+                self.breaker.dropped_in_outage += dropped;
+                SharedMetrics::get().dropped("down", dropped);
+                self.next_probe = monotonic_ns() + 900_000_000 + jitter(200_000_000);
+                tracing::warn!(
+                    target: "shared_limits",
+                    %reason,
+                    replicas = self.engine.replicas(),
+                    "shared limits degraded: Redis unavailable, enforcing locally per on_unavailable"
+                );
+            }
+        }
+    }
+
+    fn fail(&mut self, kind: &'static str, error: &str, policies: &[Arc<SharedPolicy>]) {
+        SharedMetrics::get().sync_error(kind);
+        tracing::debug!(target: "shared_limits", kind, error, "Redis call failed");
+        if kind != "noscript" {
+            // A timed-out socket may be hung (SIGSTOP, blackhole): never reuse it.
+            self.conn = None;
+            self.engine.set_connection_handle(None);
+        }
+        if let Some(t) = self
+            .breaker
+            .on_failure(monotonic_ns(), &format!("{kind}: {error}"))
+        {
+            self.transition(t, policies);
+        }
+    }
+
+    async fn ensure_conn(&mut self) -> Option<MultiplexedConnection> {
+        if let Some(c) = &self.conn {
+            return Some(c.clone());
+        }
+        self.breaker.trouble(monotonic_ns());
+        match self.connect().await {
+            Ok(c) => {
+                self.conn = Some(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                self.fail("connect", &e.to_string(), &[]);
+                None
+            }
+        }
+    }
+
+    /// One heartbeat: this replica is alive, and how many are.
+    async fn heartbeat(&mut self) {
+        self.next_heartbeat = monotonic_ns() + HEARTBEAT_EVERY.as_nanos() as u64;
+        let Some(mut conn) = self.ensure_conn().await else {
+            return;
+        };
+        match self.heartbeat_call(&mut conn).await {
+            Ok(n) => {
+                self.engine.set_replicas(n);
+                self.engine.set_connection_handle(Some(conn));
+                self.good();
+            }
+            Err(e) => self.fail(error_kind(&e), &e.to_string(), &[]),
+        }
+    }
+
+    async fn heartbeat_call(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<u32> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(script::HEARTBEAT.get_hash())
+            .arg(1)
+            .arg(&self.replicas_key)
+            .arg(&self.engine.replica_id)
+            .arg(REPLICA_WINDOW_MS);
+        let started = std::time::Instant::now();
+        let r = call_reloading(conn, &cmd, CALL_TIMEOUT).await;
+        SharedMetrics::get()
+            .sync_duration
+            .observe(started.elapsed().as_secs_f64());
+        let n: i64 = redis::from_redis_value(r?)?;
+        Ok(n.clamp(1, i64::from(u32::MAX)) as u32)
+    }
+
+    fn good(&mut self) {
+        if let Some(t) = self.breaker.on_good(monotonic_ns()) {
+            self.transition(t, &[]);
+        }
+    }
+
+    /// Degraded: try a fresh connection; healthy again on the first good reply.
+    async fn probe(&mut self) {
+        self.conn = None;
+        let conn = match self.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                SharedMetrics::get().sync_error("connect");
+                tracing::debug!(target: "shared_limits", error = %e, "probe failed");
+                return;
+            }
+        };
+        let mut c = conn.clone();
+        match self.heartbeat_call(&mut c).await {
+            Ok(n) => {
+                self.engine.set_replicas(n);
+                self.conn = Some(conn.clone());
+                self.engine.set_connection_handle(Some(conn));
+                self.next_heartbeat = monotonic_ns() + HEARTBEAT_EVERY.as_nanos() as u64;
+                self.good();
+            }
+            Err(e) => {
+                SharedMetrics::get().sync_error(error_kind(&e));
+                tracing::debug!(target: "shared_limits", error = %e, "probe failed");
+            }
+        }
+    }
+
+    async fn flush(&mut self, policies: &[Arc<SharedPolicy>]) {
+        // (policy, item) pairs, at most MAX_KEYS_PER_FLUSH.
+        let mut batch: Vec<(&Arc<SharedPolicy>, FlushItem)> = Vec::new();
+        for p in policies {
+            let room = MAX_KEYS_PER_FLUSH - batch.len();
+            if room == 0 {
+                break;
+            }
+            batch.extend(p.take_dirty(room).into_iter().map(|i| (p, i)));
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let Some(mut conn) = self.ensure_conn().await else {
+            for (p, i) in &batch {
+                p.requeue(i);
+            }
+            return;
+        };
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for chunk in batch.chunks(MAX_KEYS_PER_CALL) {
+            pipe.add_command(flush_cmd(chunk));
+        }
+        let m = SharedMetrics::get();
+        let sent = std::time::Instant::now();
+        let t_send = monotonic_ns();
+        let mut result =
+            tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<Value>>(&mut conn))
+                .await
+                .map_err(|_| timeout_error());
+        // NOSCRIPT (Redis restarted or SCRIPT FLUSH): load and retry once. Nothing ran.
+        if let Ok(Ok(values)) = &result {
+            if values
+                .iter()
+                .any(|v| matches!(v, Value::ServerError(e) if e.code() == "NOSCRIPT"))
+            {
+                m.sync_error("noscript");
+                if load_scripts(&mut conn).await.is_ok() {
+                    result = tokio::time::timeout(
+                        CALL_TIMEOUT,
+                        pipe.query_async::<Vec<Value>>(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| timeout_error());
+                }
+            }
+        }
+        let t_reply = monotonic_ns();
+        m.sync_duration.observe(sent.elapsed().as_secs_f64());
+        let values = match result {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) | Err(e) => {
+                let kind = error_kind(&e);
+                if kind == "timeout" {
+                    // Probably ran: charging again would count the hits twice.
+                    let hits: u64 = batch.iter().map(|(_, i)| u64::from(i.hits)).sum();
+                    m.dropped("timeout", hits);
+                    for (p, i) in &batch {
+                        p.forget_inflight(i);
+                    }
+                } else {
+                    for (p, i) in &batch {
+                        p.requeue(i);
+                    }
+                }
+                self.fail(kind, &e.to_string(), policies);
+                return;
+            }
+        };
+        let t_exec = t_send + (t_reply - t_send) / 2;
+        let mut again = false;
+        let mut failed: Option<String> = None;
+        for (chunk, value) in batch.chunks(MAX_KEYS_PER_CALL).zip(values) {
+            match redis::from_redis_value::<Vec<i64>>(value) {
+                Ok(aheads) if aheads.len() == chunk.len() => {
+                    m.synced_keys.inc_by(chunk.len() as u64);
+                    for ((p, item), ahead_us) in chunk.iter().zip(aheads) {
+                        let ahead = (ahead_us.max(0) as u64).saturating_mul(1_000);
+                        again |= p.apply_reply(item, ahead, t_exec);
+                    }
+                }
+                other => {
+                    let hits: u64 = chunk.iter().map(|(_, i)| u64::from(i.hits)).sum();
+                    m.dropped("down", hits);
+                    for (p, i) in chunk {
+                        p.forget_inflight(i);
+                    }
+                    failed = Some(match other {
+                        Err(e) => e.to_string(),
+                        Ok(v) => format!("{} replies for {} keys", v.len(), chunk.len()),
+                    });
+                }
+            }
+        }
+        match failed {
+            Some(e) => self.fail("other", &e, policies),
+            None => {
+                self.engine.set_connection_handle(Some(conn));
+                self.good();
+            }
+        }
+        if again {
+            // A lease already half used by hits that arrived during the round trip.
+            self.next_flush = monotonic_ns();
+        }
+    }
+}
+
+fn timeout_error() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "Redis call timed out",
+    ))
+}
+
+fn flush_cmd(chunk: &[(&Arc<SharedPolicy>, FlushItem)]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script::FLUSH.get_hash()).arg(chunk.len());
+    for (p, item) in chunk {
+        cmd.arg(p.redis_key(item.id));
+    }
+    for (p, item) in chunk {
+        cmd.arg(script::interval_us_arg(p.gcra.interval_ns()))
+            .arg(item.hits);
+    }
+    cmd
+}
+
+/// Loads every script (after NOSCRIPT: Redis restarted, failed over or `SCRIPT FLUSH`).
+pub async fn load_scripts(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    let mut pipe = redis::pipe();
+    for code in [script::FLUSH_LUA, script::EXACT_LUA, script::HEARTBEAT_LUA] {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+    }
+    tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<Vec<String>>(conn))
+        .await
+        .map_err(|_| timeout_error())?
+        .map(|_| ())
+}
+
+/// One EVALSHA within `budget`; on NOSCRIPT, `SCRIPT LOAD` and one retry.
+pub async fn call_reloading(
+    conn: &mut MultiplexedConnection,
+    cmd: &redis::Cmd,
+    budget: Duration,
+) -> redis::RedisResult<Value> {
+    let first = tokio::time::timeout(budget, cmd.query_async::<Value>(conn))
+        .await
+        .map_err(|_| timeout_error())?;
+    match first {
+        Err(e) if is_noscript(&e) => {
+            SharedMetrics::get().sync_error("noscript");
+            load_scripts(conn).await?;
+            tokio::time::timeout(budget, cmd.query_async::<Value>(conn))
+                .await
+                .map_err(|_| timeout_error())?
+        }
+        r => r,
+    }
+}
