@@ -644,6 +644,16 @@ impl RedisProc {
     }
 }
 
+impl RedisProc {
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} redis-server");
+    }
+}
+
 impl Drop for RedisProc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -653,10 +663,10 @@ impl Drop for RedisProc {
 
 /// The `gateway_shared_limits_*` series exist only on a gateway with `shared_limits`: one in
 /// front of the app against a real redis-server, driven through a sync flush and an exact
-/// check, then Redis killed so the degraded decisions and exact fallbacks appear.
+/// check, then Redis stopped (SIGSTOP) so an exact fallback and degraded decisions appear.
 /// None, loudly, without redis-server; the caller then skips only those metrics.
 async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
-    let Some(mut redis) = RedisProc::start() else {
+    let Some(redis) = RedisProc::start() else {
         eprintln!(
             "\n########################################################\n\
              #  SKIPPED: gateway_shared_limits_* queries — no redis-server here\n\
@@ -686,20 +696,34 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
         }
     };
     wait_up(1.0);
-    let login = "POST /v1/auth/token HTTP/1.1\r\nContent-Type: application/json";
-    let wrong = r#"{"username":"alice","password":"wrong"}"#;
+    // The exact policy covers /v1/auth: a GET there is cheap for the app (no password hash).
+    let exact = "GET /v1/auth/probe HTTP/1.1";
     // In sync: a flushed key (synced_keys, sync round trips) and one exact check.
     send(gw.addr, "127.0.0.31", "GET /v1/documents HTTP/1.1", "").await;
-    send(gw.addr, "127.0.0.31", login, wrong).await;
+    send(gw.addr, "127.0.0.31", exact, "").await;
     wait_metric_above(&gw, "gateway_shared_limits_synced_keys_total", &[], 0.0).await;
-    // Redis gone: the replica degrades and decides alone, sync and exact policies alike.
-    let _ = redis.child.kill();
-    let _ = redis.child.wait();
+    // Redis hung (SIGSTOP): an exact check times out (20 ms) and falls back before the
+    // breaker opens (~1 s); a fresh client each round, bounded rounds.
+    let fallbacks = "gateway_shared_limits_exact_fallbacks_total";
+    for round in 0..5u8 {
+        redis.signal("-STOP");
+        send(gw.addr, &format!("127.0.1.{round}"), exact, "").await;
+        if gw.metric_sum(fallbacks, &[("policy", SHARED_EXACT)]) > 0.0 {
+            break;
+        }
+        redis.signal("-CONT");
+        wait_up(1.0);
+    }
+    assert!(
+        gw.metric_sum(fallbacks, &[("policy", SHARED_EXACT)]) > 0.0,
+        "no exact fallback while Redis was stopped; log:\n{}",
+        tail(&gw.proc.log, 20)
+    );
+    // Degraded: the replica decides alone (burst 2 → allowed, allowed, rejected).
     wait_up(0.0);
     for _ in 0..3 {
         send(gw.addr, "127.0.0.32", "GET /v1/documents HTTP/1.1", "").await;
     }
-    send(gw.addr, "127.0.0.32", login, wrong).await;
     let decisions = "gateway_shared_limits_degraded_decisions_total";
     for decision in ["allowed", "rejected"] {
         wait_metric_above(
@@ -710,13 +734,6 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
         )
         .await;
     }
-    wait_metric_above(
-        &gw,
-        "gateway_shared_limits_exact_fallbacks_total",
-        &[("policy", SHARED_EXACT)],
-        0.0,
-    )
-    .await;
     Some(parse_exposition(&gw.metrics()))
 }
 
