@@ -38,4 +38,6 @@ for r in r1 r2 r3; do
   echo "$r: up $(metric "${!a}" gateway_shared_limits_up), replicas $(metric "${!a}" gateway_shared_limits_replicas)," \
     "key updates $(metric "${!a}" gateway_shared_limits_synced_keys_total), sync errors $(metric "${!a}" gateway_shared_limits_sync_errors_total)," \
     "dropped hits $(metric "${!a}" gateway_shared_limits_dropped_hits_total), EVALSHA round trips $(metric "${!a}" gateway_shared_limits_sync_duration_seconds_count)"
+  curl -sS -m 5 "http://127.0.0.1:${!a}/metrics" | grep -E '^gateway_shared_limits_(sync_errors|dropped_hits)_total' | awk '$2 > 0 {print "    " $0}'
+  grep '"target":"shared_limits"' "$run/$r.log" | grep -v '"message":"access"' | cut -c1-300 | sed 's/^/    /' || true
 done

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Hot-path cost of shared limits and Redis's own cost (perf/RESULTS.md "Shared limits").
 #   1. instructions per request, sharing off vs on (callgrind: counters zeroed after a warm-up,
-#      a fixed wrk run, instructions / requests the gateway served) — 1000 clients in XFF;
+#      a fixed wrk run, instructions / requests the gateway served) — 1000 and 10 clients in
+#      XFF (under valgrind 1000 clients make every request its own key update: the worst case);
 #   2. latency (wrk --latency, closed loop -c8) with sharing off, and on with Redis healthy,
 #      200 ms slow (perf/delay_proxy.py in between) and down (redis-server killed);
 #   3. Redis cost at 10^5 active keys: key updates/s and EVALSHA/s of one replica, Redis CPU
@@ -45,30 +46,32 @@ restart_redis() { # same port and password, empty
 # ---- 1. instructions per request ---------------------------------------------------------------
 if [[ " $parts " == *" callgrind "* ]]; then
   echo
-  echo "| sharing | requests measured | instructions / request | key updates sent during the run |"
-  echo "|---|---|---|---|"
+  echo "| clients (keys) | sharing | requests measured | instructions / request | key updates sent per request |"
+  echo "|---|---|---|---|---|"
+  for keys in ${CG_KEYS:-1000 10}; do
   for mode in ${CG_MODES:-off on}; do
     shared=no; [ "$mode" = on ] && shared=yes
-    START_WAIT=180 start_gateway "cg_$mode" "$shared" "$policy" "$xff_extra" \
-      valgrind --tool=callgrind --callgrind-out-file="$run/callgrind.$mode.%p" --dump-instr=no --compress-strings=no
-    p=port_cg_$mode a=admin_cg_$mode pid=pid_cg_$mode
+    START_WAIT=180 start_gateway "cg_${mode}_$keys" "$shared" "$policy" "$xff_extra" \
+      valgrind --tool=callgrind --callgrind-out-file="$run/callgrind.$mode.$keys.%p" --dump-instr=no --compress-strings=no
+    p=port_cg_${mode}_$keys a=admin_cg_${mode}_$keys pid=pid_cg_${mode}_$keys
     [ "$mode" = on ] && wait_in_sync "${!a}" 1 60
     url="http://127.0.0.1:${!p}/v1/ping"
-    "${pin_load[@]}" wrk -t1 -c8 -d4s -s "$root/perf/wrk-xff.lua" "$url" >/dev/null   # warm-up
+    KEYS=$keys "${pin_load[@]}" wrk -t1 -c8 -d4s -s "$root/perf/wrk-keys.lua" "$url" >/dev/null   # warm-up
     callgrind_control -z "${!pid}" >/dev/null 2>&1
     r0=$(metric "${!a}" http_requests_total)
     k0=$(metric "${!a}" gateway_shared_limits_synced_keys_total)
-    "${pin_load[@]}" wrk -t1 -c8 -d8s -s "$root/perf/wrk-xff.lua" "$url" >"$run/wrk.cg.$mode"
+    KEYS=$keys "${pin_load[@]}" wrk -t1 -c8 -d8s -s "$root/perf/wrk-keys.lua" "$url" >"$run/wrk.cg.$mode"
     callgrind_control -d "${!pid}" >/dev/null 2>&1
     r1=$(metric "${!a}" http_requests_total)
     k1=$(metric "${!a}" gateway_shared_limits_synced_keys_total)
     sleep 1
-    dump=$(ls -t "$run"/callgrind."$mode".* | head -1)
+    dump=$(ls -t "$run"/callgrind."$mode"."$keys".* | head -1)
     total=$(awk '/^(summary|totals):/ {print $2; exit}' "$dump")
     # The scrapes in between are admin requests, not in http_requests_total; they are in
     # the count of instructions, a few per run (noise of well under 0.1 %).
-    python3 -c "import sys; r=$r1-$r0; print(f'| $mode | {r:.0f} | {$total/r:,.0f} | {$k1-$k0:.0f} |')"
+    python3 -c "import sys; r=$r1-$r0; print(f'| $keys | $mode | {r:.0f} | {$total/r:,.0f} | {($k1-$k0)/r:.2f} |')"
     stop_pid "${!pid}"
+  done
   done
 fi
 
