@@ -1,4 +1,5 @@
-//! Response body type: in-memory bytes or a file streamed from disk.
+//! HTTP bodies: the response type (in-memory bytes or a file streamed from disk) and the
+//! request-body side that turns HTTP frames into the plain chunks storage consumes.
 
 use std::io;
 use std::pin::Pin;
@@ -9,7 +10,46 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Empty, Full};
 use hyper::body::{Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::store::ChunkSource;
+
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// What the service accepts as a request body: hyper's `Incoming` on a socket, any
+/// in-memory body (`Full`, `Empty`) in in-process tests.
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+/// A request body as data chunks; trailers are skipped.
+pub struct BodyChunks<B>(pub B);
+
+impl<B: RequestBody> ChunkSource for BodyChunks<B> {
+    type Error = String;
+
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.0.frame().await? {
+                Err(e) => return Some(Err(e.into().to_string())),
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => return Some(Ok(data)),
+                    Err(_trailers) => continue,
+                },
+            }
+        }
+    }
+}
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

@@ -5,16 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid config file {path}: {message}")]
-    Invalid { path: String, message: String },
-}
+/// Why the config file could not be loaded (shared wording: `edgekit::FileError`).
+pub type ConfigError = edgekit::FileError;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -48,14 +40,7 @@ fn default_grace() -> u64 {
 impl Config {
     /// Relative paths inside the file stay relative to the process working directory.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Config::from_yaml(&text).map_err(|message| ConfigError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        edgekit::load_file(path, "config file", Config::from_yaml)
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, String> {

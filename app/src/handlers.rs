@@ -9,13 +9,12 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use keyring::Keyring;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::auth::authenticate;
-use crate::body::{empty, full, Body, FileBody};
+use crate::body::{empty, full, Body, BodyChunks, FileBody, RequestBody};
 use crate::cursor::{self, Cursor};
 use crate::errors::{json_response, ApiError};
 use crate::metrics::Metrics;
@@ -42,10 +41,31 @@ pub struct AppState {
     pub hash_permits: Semaphore,
 }
 
-pub async fn dispatch(
+impl AppState {
+    pub fn new(
+        users: Users,
+        keyring: Keyring,
+        store: Store,
+        token_ttl: Duration,
+        max_upload_bytes: u64,
+    ) -> AppState {
+        let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
+        AppState {
+            users: Arc::new(users),
+            keyring,
+            store,
+            metrics: Metrics::new(),
+            token_ttl,
+            max_upload_bytes,
+            hash_permits: Semaphore::new(parallelism.max(2)),
+        }
+    }
+}
+
+pub async fn dispatch<B: RequestBody>(
     state: &AppState,
     route: Route,
-    req: Request<Incoming>,
+    req: Request<B>,
     user: &mut Option<String>,
 ) -> Result<Response<Body>, ApiError> {
     match route {
@@ -120,7 +140,10 @@ struct TokenResponse {
     expires_in: u64,
 }
 
-async fn login(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn login<B: RequestBody>(
+    state: &AppState,
+    req: Request<B>,
+) -> Result<Response<Body>, ApiError> {
     if content_length(req.headers()).is_some_and(|n| n > MAX_LOGIN_BODY as u64) {
         return Err(ApiError::payload_too_large());
     }
@@ -238,10 +261,10 @@ fn list(state: &AppState, user_id: &str, query: Option<&str>) -> Result<Response
     ))
 }
 
-async fn upload(
+async fn upload<B: RequestBody>(
     state: &AppState,
     user_id: &str,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<Body>, ApiError> {
     let bad_name = || {
         ApiError::bad_request(
@@ -264,7 +287,7 @@ async fn upload(
             user_id,
             name,
             content_type,
-            req.into_body(),
+            BodyChunks(req.into_body()),
             state.max_upload_bytes,
             UPLOAD_IDLE_TIMEOUT,
         )

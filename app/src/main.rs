@@ -1,17 +1,6 @@
-//! `app`: CLI entry point — runs the document service or hashes a password.
+//! `app`: CLI entry point — runs the document service (the `app` library) or hashes a password.
 
-mod auth;
-mod body;
-mod config;
-mod cursor;
-mod errors;
-mod handlers;
-mod metrics;
-mod routes;
-mod server;
-mod store;
-mod users;
-mod validate;
+#![forbid(unsafe_code)]
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -21,10 +10,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
-use crate::handlers::AppState;
-use crate::store::Store;
-use crate::users::Users;
+use app::config::Config;
+use app::store::Store;
+use app::users::{self, Users};
+use app::{server, AppState};
 
 #[derive(Parser)]
 #[command(
@@ -116,7 +105,7 @@ fn serve(config_path: PathBuf) -> ExitCode {
     };
     let keyring = match keyring::Keyring::load(&config.token_key_file) {
         Ok(k) => k,
-        Err(e) => return fail(format!("invalid token key file: {e}")),
+        Err(e) => return fail(e.to_string()),
     };
     init_logging();
     let (store, recovery) = match Store::open(&config.data_dir) {
@@ -141,16 +130,13 @@ fn serve(config_path: PathBuf) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start runtime: {e}")),
     };
-    let parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let state = Arc::new(AppState {
-        users: Arc::new(users),
+    let state = Arc::new(AppState::new(
+        users,
         keyring,
         store,
-        metrics: metrics::Metrics::new(),
-        token_ttl: Duration::from_secs(config.token_ttl_seconds),
-        max_upload_bytes: config.max_upload_bytes,
-        hash_permits: tokio::sync::Semaphore::new(parallelism.max(2)),
-    });
+        Duration::from_secs(config.token_ttl_seconds),
+        config.max_upload_bytes,
+    ));
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let result = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind(config.listen).await?;

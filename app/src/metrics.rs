@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use edgekit::method_label;
+
 use http::{Method, StatusCode};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
@@ -13,6 +15,12 @@ pub struct Metrics {
     duration: HistogramVec,
     documents: IntGauge,
     bytes: IntGauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
 }
 
 impl Metrics {
@@ -81,19 +89,5 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding into a Vec");
         out
-    }
-}
-
-/// Bounded label set: arbitrary client methods must not create new series.
-pub fn method_label(method: &Method) -> &'static str {
-    match *method {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::HEAD => "HEAD",
-        Method::OPTIONS => "OPTIONS",
-        Method::PATCH => "PATCH",
-        _ => "OTHER",
     }
 }

@@ -78,96 +78,66 @@ mod tests {
         let id = "0123456789abcdef0123456789abcdef";
         let doc = format!("/v1/documents/{id}");
         let long = format!("/{}", "a".repeat(10_000));
-        let cases: Vec<(Method, &str, &str, Result<Route, RouteError>)> = vec![
-            (Method::GET, "/healthz", "/healthz", Ok(Route::Healthz)),
-            (Method::GET, "/readyz", "/readyz", Ok(Route::Readyz)),
-            (Method::GET, "/metrics", "/metrics", Ok(Route::Metrics)),
+        const TOKEN: &str = "/v1/auth/token";
+        const DOCS: &str = "/v1/documents";
+        const DOC: &str = "/v1/documents/{id}";
+        // (method, path, template, route)
+        let cases: Vec<(&str, &str, &str, Result<Route, RouteError>)> = vec![
+            ("GET", "/healthz", "/healthz", Ok(Route::Healthz)),
+            ("GET", "/readyz", "/readyz", Ok(Route::Readyz)),
+            ("GET", "/metrics", "/metrics", Ok(Route::Metrics)),
+            ("POST", "/healthz", "/healthz", Err(MethodNotAllowed("GET"))),
+            ("POST", "/v1/auth/token", TOKEN, Ok(Route::Token)),
             (
-                Method::POST,
-                "/healthz",
-                "/healthz",
-                Err(MethodNotAllowed("GET")),
-            ),
-            (
-                Method::POST,
+                "GET",
                 "/v1/auth/token",
-                "/v1/auth/token",
-                Ok(Route::Token),
-            ),
-            (
-                Method::GET,
-                "/v1/auth/token",
-                "/v1/auth/token",
+                TOKEN,
                 Err(MethodNotAllowed("POST")),
             ),
+            ("GET", "/v1/documents", DOCS, Ok(Route::ListDocuments)),
+            ("POST", "/v1/documents", DOCS, Ok(Route::UploadDocument)),
             (
-                Method::GET,
+                "PUT",
                 "/v1/documents",
-                "/v1/documents",
-                Ok(Route::ListDocuments),
-            ),
-            (
-                Method::POST,
-                "/v1/documents",
-                "/v1/documents",
-                Ok(Route::UploadDocument),
-            ),
-            (
-                Method::PUT,
-                "/v1/documents",
-                "/v1/documents",
+                DOCS,
                 Err(MethodNotAllowed("GET, POST")),
             ),
-            (
-                Method::GET,
-                &doc,
-                "/v1/documents/{id}",
-                Ok(Route::GetDocument(id.into())),
-            ),
-            (
-                Method::DELETE,
-                &doc,
-                "/v1/documents/{id}",
-                Ok(Route::DeleteDocument(id.into())),
-            ),
-            (
-                Method::PATCH,
-                &doc,
-                "/v1/documents/{id}",
-                Err(MethodNotAllowed("GET, DELETE")),
-            ),
+            ("GET", &doc, DOC, Ok(Route::GetDocument(id.into()))),
+            ("DELETE", &doc, DOC, Ok(Route::DeleteDocument(id.into()))),
+            ("PATCH", &doc, DOC, Err(MethodNotAllowed("GET, DELETE"))),
             // Malformed ids still reach the handler, which answers 404 like a missing document.
             (
-                Method::GET,
+                "GET",
                 "/v1/documents/..",
-                "/v1/documents/{id}",
+                DOC,
                 Ok(Route::GetDocument("..".into())),
             ),
             (
-                Method::GET,
+                "GET",
                 "/v1/documents/%2e%2e",
-                "/v1/documents/{id}",
+                DOC,
                 Ok(Route::GetDocument("%2e%2e".into())),
             ),
-            (Method::GET, "/v1/documents/", UNMATCHED, Err(NotFound)),
+            ("GET", "/v1/documents/", UNMATCHED, Err(NotFound)),
             (
-                Method::GET,
+                "GET",
                 "/v1/documents/../etc/passwd",
                 UNMATCHED,
                 Err(NotFound),
             ),
-            (Method::GET, "/v1/documents/a/b", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/v1/documents//", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/healthz/", UNMATCHED, Err(NotFound)),
-            (Method::GET, "//healthz", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/HEALTHZ", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/", UNMATCHED, Err(NotFound)),
-            (Method::GET, "", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/healthz\0", UNMATCHED, Err(NotFound)),
-            (Method::GET, "/v1/döcuments", UNMATCHED, Err(NotFound)),
-            (Method::GET, &long, UNMATCHED, Err(NotFound)),
+            ("GET", "/v1/documents/a/b", UNMATCHED, Err(NotFound)),
+            ("GET", "/v1/documents//", UNMATCHED, Err(NotFound)),
+            ("GET", "/healthz/", UNMATCHED, Err(NotFound)),
+            ("GET", "//healthz", UNMATCHED, Err(NotFound)),
+            ("GET", "/HEALTHZ", UNMATCHED, Err(NotFound)),
+            ("GET", "/", UNMATCHED, Err(NotFound)),
+            ("GET", "", UNMATCHED, Err(NotFound)),
+            ("GET", "/healthz\0", UNMATCHED, Err(NotFound)),
+            ("GET", "/v1/döcuments", UNMATCHED, Err(NotFound)),
+            ("GET", &long, UNMATCHED, Err(NotFound)),
         ];
         for (method, path, template, want) in cases {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
             assert_eq!(route(&method, path), (template, want), "{method} {path:?}");
         }
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use http::header::X_CONTENT_TYPE_OPTIONS;
 use http::{HeaderName, HeaderValue, Request, Response};
-use hyper::body::{Body as _, Incoming};
+use hyper::body::Body as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -14,12 +14,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
-use crate::body::Body;
+use crate::body::{Body, RequestBody};
 use crate::errors::ApiError;
 use crate::handlers::{dispatch, AppState};
-use crate::metrics::method_label;
 use crate::routes::{route, RouteError};
-use crate::validate::{is_valid_request_id, new_request_id};
+use edgekit::{is_valid_request_id, method_label, new_request_id};
 
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_LOGGED_PATH: usize = 256;
@@ -85,16 +84,18 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn handle(
+/// The whole service for one request: a `Request` in, a `Response` out, no socket, so
+/// routes can be tested in-process.
+pub async fn handle<B: RequestBody>(
     state: Arc<AppState>,
-    req: Request<Incoming>,
+    req: Request<B>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let request_id = req
         .headers()
         .get(&X_REQUEST_ID)
+        .filter(|v| is_valid_request_id(v.as_bytes()))
         .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
         .map(str::to_owned)
         .unwrap_or_else(new_request_id);
     let method = req.method().clone();

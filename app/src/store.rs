@@ -6,14 +6,14 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, HashMap};
 use std::fs;
+use std::future::Future;
 use std::io::{self, Write};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Buf;
-use http_body_util::BodyExt;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
@@ -79,6 +79,22 @@ impl Index {
         self.count -= 1;
         self.bytes -= meta.size;
         Some(meta)
+    }
+}
+
+/// Where upload bytes come from. Storage sees chunks, never HTTP framing
+/// (`body::BodyChunks` adapts a request body).
+pub trait ChunkSource {
+    type Error: std::fmt::Display;
+    /// The next chunk, `None` at the end.
+    fn next_chunk(&mut self) -> impl Future<Output = Option<Result<Bytes, Self::Error>>> + Send;
+}
+
+/// In-memory chunks (tests, small internal writes).
+impl ChunkSource for std::collections::VecDeque<Bytes> {
+    type Error = std::convert::Infallible;
+    async fn next_chunk(&mut self) -> Option<Result<Bytes, Self::Error>> {
+        self.pop_front().map(Ok)
     }
 }
 
@@ -208,21 +224,17 @@ impl Store {
         }
     }
 
-    /// Streams `body` to a temp file (aborting once it passes `max_bytes` or stalls for
+    /// Streams `chunks` to a temp file (aborting once it passes `max_bytes` or stalls for
     /// `idle`), then commits it as a new document.
-    pub async fn put<B>(
+    pub async fn put<S: ChunkSource + Send>(
         &self,
         user_id: &str,
         name: String,
         content_type: String,
-        mut body: B,
+        mut chunks: S,
         max_bytes: u64,
         idle: Duration,
-    ) -> Result<DocMeta, PutError>
-    where
-        B: hyper::body::Body + Unpin,
-        B::Error: std::fmt::Display,
-    {
+    ) -> Result<DocMeta, PutError> {
         let dir = self.user_dir(user_id);
         ensure_dir(&self.root, &dir).await?;
         let tmp_path = dir.join(format!("{TMP_PREFIX}{:032x}", rand::random::<u128>()));
@@ -235,25 +247,17 @@ impl Store {
             .await?;
         let mut size: u64 = 0;
         loop {
-            let frame = match tokio::time::timeout(idle, body.frame()).await {
+            let chunk = match tokio::time::timeout(idle, chunks.next_chunk()).await {
                 Err(_) => return Err(PutError::Timeout),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(PutError::Body(e.to_string())),
-                Ok(Some(Ok(frame))) => frame,
+                Ok(Some(Ok(chunk))) => chunk,
             };
-            let Ok(mut data) = frame.into_data() else {
-                continue; // trailers
-            };
-            size += data.remaining() as u64;
+            size += chunk.len() as u64;
             if size > max_bytes {
                 return Err(PutError::TooLarge);
             }
-            while data.has_remaining() {
-                let chunk = data.chunk();
-                file.write_all(chunk).await?;
-                let n = chunk.len();
-                data.advance(n);
-            }
+            file.write_all(&chunk).await?;
         }
         file.flush().await?;
         let file = file.into_std().await;
@@ -480,10 +484,12 @@ fn scan_user_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::Full;
+    use std::collections::VecDeque;
 
-    fn body(bytes: &'static [u8]) -> Full<bytes::Bytes> {
-        Full::new(bytes::Bytes::from_static(bytes))
+    /// The bytes in two chunks, so writes span chunk boundaries.
+    fn body(bytes: &'static [u8]) -> VecDeque<Bytes> {
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        VecDeque::from([Bytes::from_static(a), Bytes::from_static(b)])
     }
 
     const IDLE: Duration = Duration::from_secs(5);

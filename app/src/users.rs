@@ -9,16 +9,8 @@ use serde::Deserialize;
 
 use crate::validate::is_valid_user_id;
 
-#[derive(Debug, thiserror::Error)]
-pub enum UsersError {
-    #[error("cannot read users file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("invalid users file {path}: {message}")]
-    Invalid { path: String, message: String },
-}
+/// Why the users file could not be loaded (shared wording: `edgekit::FileError`).
+pub type UsersError = edgekit::FileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -56,14 +48,7 @@ impl std::fmt::Debug for Users {
 
 impl Users {
     pub fn load(path: &Path) -> Result<Users, UsersError> {
-        let text = std::fs::read_to_string(path).map_err(|source| UsersError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Users::from_yaml(&text).map_err(|message| UsersError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        edgekit::load_file(path, "users file", Users::from_yaml)
     }
 
     pub fn from_yaml(text: &str) -> Result<Users, String> {
@@ -124,6 +109,10 @@ impl Users {
 
     pub fn len(&self) -> usize {
         self.by_name.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Returns the user id when the credentials match. CPU-heavy (argon2): call it from

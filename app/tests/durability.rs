@@ -7,59 +7,25 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHasher, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
 use serde_json::Value;
+use testkit::{files_in, free_port, get_blocking, users_yaml, wait_until, ChildGuard, TEST_KEYS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const KEYS: &str = "signing_kid: d-1\nkeys:\n  - kid: d-1\n    secret: \"durability-test-secret-0123456789abcdef\"\n";
 const USERS: [(&str, &str, &str); 2] =
     [("alice", "u-alice", "alice-pw"), ("bob", "u-bob", "bob-pw")];
 /// Kill/restart rounds (times `FAULTS_SCALE`); each starts a fresh batch of uploads.
 const ROUNDS: usize = 3;
 const UPLOADS_PER_ROUND: usize = 24;
 
-fn users_yaml() -> String {
-    // Cheap argon2 params: the PHC string carries them, the app verifies any.
-    let argon = Argon2::new(
-        Algorithm::Argon2id,
-        Version::V0x13,
-        Params::new(1024, 1, 1, None).unwrap(),
-    );
-    let mut out = String::from("users:\n");
-    for (i, (name, id, pw)) in USERS.iter().enumerate() {
-        let salt = SaltString::encode_b64(&[i as u8 + 7; 16]).unwrap();
-        let hash = argon.hash_password(pw.as_bytes(), &salt).unwrap();
-        out.push_str(&format!(
-            "  - username: {name}\n    user_id: {id}\n    password_hash: \"{hash}\"\n"
-        ));
-    }
-    out
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct App {
-    child: Child,
+    /// Killed on drop, so a failing test leaves no process behind.
+    guard: ChildGuard,
     addr: SocketAddr,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start_app(dir: &Path) -> App {
@@ -89,30 +55,23 @@ fn start_app(dir: &Path) -> App {
         .spawn()
         .unwrap();
     let mut app = App {
-        child,
+        guard: ChildGuard::new(child),
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = app.child.try_wait().unwrap() {
+    let healthy = || {
+        if let Some(status) = app.guard.exited() {
             panic!(
                 "app exited early ({status}): {}",
                 std::fs::read_to_string(dir.join("app.log")).unwrap_or_default()
             );
         }
-        if let Ok(mut s) = std::net::TcpStream::connect(app.addr) {
-            use std::io::{Read, Write};
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
-            let mut buf = Vec::new();
-            let _ = s.read_to_end(&mut buf);
-            if buf.starts_with(b"HTTP/1.1 200") {
-                return app;
-            }
-        }
-        assert!(Instant::now() < deadline, "app not healthy within 10 s");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+        get_blocking(app.addr, "/healthz").is_ok_and(|r| r.status == 200)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), healthy),
+        "app not healthy within 10 s"
+    );
+    app
 }
 
 /// One request on a fresh connection; returns (status, body). Bounded.
@@ -278,17 +237,6 @@ async fn fetch(addr: SocketAddr, token: &str, id: &str) -> (u16, Vec<u8>) {
     request(addr, &head, b"").await.unwrap()
 }
 
-fn files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// After a restart: the listing holds every acked upload, only complete ones, and
 /// disk holds exactly one .bin + .json pair per listed document.
 async fn verify(
@@ -333,7 +281,7 @@ async fn verify(
             .collect();
         want_files.sort();
         let dir = data.join(USERS[u].1);
-        assert_eq!(files(&dir), want_files, "files in {}", dir.display());
+        assert_eq!(files_in(&dir), want_files, "files in {}", dir.display());
         listed_total += docs.len();
     }
     listed_total
@@ -342,8 +290,8 @@ async fn verify(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_concurrent_uploads_leaves_only_complete_documents() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("users.yaml"), users_yaml()).unwrap();
-    std::fs::write(dir.path().join("keys.yaml"), KEYS).unwrap();
+    std::fs::write(dir.path().join("users.yaml"), users_yaml(&USERS)).unwrap();
+    std::fs::write(dir.path().join("keys.yaml"), TEST_KEYS).unwrap();
     let data = dir.path().join("data");
     let mut acked: HashMap<String, String> = HashMap::new();
     let mut unknown = 0;
@@ -383,8 +331,7 @@ async fn kill_9_during_concurrent_uploads_leaves_only_complete_documents() {
             assert!(Instant::now() < deadline, "uploads did not progress");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        app.child.kill().unwrap();
-        app.child.wait().unwrap();
+        app.guard.kill();
         let mut round_unacked = Vec::new();
         for t in tasks {
             let (name, out) = t.await.unwrap();

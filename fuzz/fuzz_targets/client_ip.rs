@@ -43,20 +43,21 @@ fn policy(order: u8) -> ClientIpPolicy {
         &[XRealIp],
         &[XForwardedFor, Forwarded, XRealIp],
     ];
-    ClientIpPolicy {
-        trusted_proxies: [
-            "10.0.0.0/8",
-            "127.0.0.2/32",
-            "2001:db8:1::/48",
-            "::ffff:192.168.0.0/112",
-        ]
-        .iter()
-        .map(|c| c.parse().unwrap())
-        .collect(),
-        headers: orders[usize::from(order & 3)].to_vec(),
+    let trusted: Vec<ipnet::IpNet> = [
+        "10.0.0.0/8",
+        "127.0.0.2/32",
+        "2001:db8:1::/48",
+        "::ffff:192.168.0.0/112",
+    ]
+    .iter()
+    .map(|c| c.parse().unwrap())
+    .collect();
+    ClientIpPolicy::new(
+        &trusted,
+        orders[usize::from(order & 3)].to_vec(),
         // 1..=64 as config validation allows.
-        max_hops: 1 + usize::from((order >> 2) % 64),
-    }
+        1 + usize::from((order >> 2) % 64),
+    )
 }
 
 fuzz_target!(|data: &[u8]| {

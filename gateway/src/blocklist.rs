@@ -7,6 +7,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::invalid::Invalid;
+use crate::net::{canonical_ip, canonical_nets};
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
@@ -40,14 +43,15 @@ pub struct Blocklist {
 impl Blocklist {
     pub fn new(config: &BlockConfig) -> Blocklist {
         Blocklist {
-            // Overlapping entries are harmless; aggregating keeps the per-request walk short.
-            clients: IpNet::aggregate(&config.clients),
+            // Canonical first, so `::ffff:a.b.c.d/128` matches the IPv4 client; overlapping
+            // entries are harmless, aggregating keeps the per-request walk short.
+            clients: IpNet::aggregate(&canonical_nets(&config.clients)),
             users: config.users.iter().cloned().collect(),
         }
     }
 
     pub fn client(&self, ip: IpAddr) -> Option<BlockReason> {
-        let ip = canonical(ip);
+        let ip = canonical_ip(ip);
         self.clients
             .iter()
             .any(|net| net.contains(&ip))
@@ -60,21 +64,13 @@ impl Blocklist {
     }
 }
 
-/// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 client; an IPv4 entry must match it.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 /// Checks entries at load time: user ids must be non-empty and printable.
-pub fn validate(config: &BlockConfig) -> Result<(), (String, String)> {
+pub fn validate(config: &BlockConfig) -> Result<(), Invalid> {
     for (i, user) in config.users.iter().enumerate() {
         if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-            return Err((
+            return Err(Invalid::new(
                 format!("block.users[{i}]"),
-                "must be 1 to 256 printable characters".to_string(),
+                "must be 1 to 256 printable characters",
             ));
         }
     }
@@ -98,21 +94,29 @@ mod tests {
             &["203.0.113.7/32", "198.51.100.0/24", "2001:db8:bad::/48"],
             &[],
         );
+        let mapped = list(&["::ffff:203.0.113.7/128", "::ffff:198.51.100.0/120"], &[]);
+        // (list, address, blocked?)
         let cases = [
-            ("203.0.113.7", true),
-            ("203.0.113.8", false),
-            ("198.51.100.255", true),
-            ("198.51.101.0", false),
-            ("::ffff:203.0.113.7", true), // mapped form of a blocked IPv4 client
-            ("::ffff:203.0.113.9", false),
-            ("2001:db8:bad:1::1", true),
-            ("2001:db8:bae::1", false),
-            ("::", false),
-            ("0.0.0.0", false),
+            (&b, "203.0.113.7", true),
+            (&b, "203.0.113.8", false),
+            (&b, "198.51.100.255", true),
+            (&b, "198.51.101.0", false),
+            (&b, "::ffff:203.0.113.7", true), // mapped form of a blocked IPv4 client
+            (&b, "::ffff:203.0.113.9", false),
+            (&b, "2001:db8:bad:1::1", true),
+            (&b, "2001:db8:bae::1", false),
+            (&b, "::", false),
+            (&b, "0.0.0.0", false),
+            // Entries written IPv4-mapped are canonicalised at load and match either spelling.
+            (&mapped, "203.0.113.7", true),
+            (&mapped, "::ffff:203.0.113.7", true),
+            (&mapped, "203.0.113.8", false),
+            (&mapped, "198.51.100.200", true),
+            (&mapped, "198.51.101.1", false),
         ];
-        for (ip, blocked) in cases {
-            let got = b.client(ip.parse().unwrap());
-            assert_eq!(got.is_some(), blocked, "{ip}");
+        for (list, ip, blocked) in cases {
+            let got = list.client(ip.parse().unwrap());
+            assert_eq!(got.is_some(), blocked, "{ip} against {:?}", list.clients);
         }
         assert_eq!(list(&[], &[]).client("1.2.3.4".parse().unwrap()), None);
         assert_eq!(
@@ -146,7 +150,7 @@ mod tests {
                 clients: vec![],
                 users: vec!["ok".into(), user.to_string()],
             };
-            let (field, _) = validate(&config).unwrap_err();
+            let Invalid { field, .. } = validate(&config).unwrap_err();
             assert_eq!(field, "block.users[1]");
         }
         assert!(validate(&BlockConfig {

@@ -11,12 +11,14 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 
-use crate::forwarding::is_forwarding_header;
+use crate::forwarded::{parse_addr_entry, parse_forwarded_element, Node, SplitOutsideQuotes};
+use crate::forwarding::{is_forwarding_header, trim_ows};
+use crate::net::{canonical_ip, canonical_nets};
 
 /// Default cap on chain entries walked: deep enough for any real proxy chain,
 /// small enough that a 10 KB header cannot make us do real work.
@@ -47,8 +49,9 @@ impl ForwardedHeader {
 /// Which peers may tell us who the client is, and how.
 #[derive(Clone, Debug)]
 pub struct ClientIpPolicy {
-    /// Proxies whose forwarding headers we believe. Empty = trust no one.
-    pub trusted_proxies: Vec<IpNet>,
+    /// Proxies whose forwarding headers we believe, canonical (built by `new`). Empty =
+    /// trust no one.
+    trusted_proxies: Vec<IpNet>,
     /// Headers to read, in order of preference; the first one present wins.
     pub headers: Vec<ForwardedHeader>,
     /// Cap on chain entries walked (including the client entry itself).
@@ -67,31 +70,24 @@ impl Default for ClientIpPolicy {
 }
 
 impl ClientIpPolicy {
-    /// Is `ip` one of our trusted proxies? Both the address and IPv4-mapped
-    /// IPv6 CIDRs (`::ffff:10.0.0.0/104`) are canonicalised first, so the same
-    /// host matches however it is spelled. Other IPv6 CIDRs (even `::/0`) never
-    /// match IPv4 addresses: trusting more than the operator wrote is the
-    /// dangerous direction.
-    pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.trusted_proxies
-            .iter()
-            .any(|net| canonical_net(net).contains(&ip))
-    }
-}
-
-/// `::ffff:a.b.c.d/(96+n)` → `a.b.c.d/n`; everything else unchanged.
-fn canonical_net(net: &IpNet) -> IpNet {
-    if let IpNet::V6(n) = net {
-        if n.prefix_len() >= 96 {
-            if let Some(v4) = n.network().to_ipv4_mapped() {
-                if let Ok(v4net) = Ipv4Net::new(v4, n.prefix_len() - 96) {
-                    return IpNet::V4(v4net);
-                }
-            }
+    /// The policy with `trusted_proxies` in canonical form (`net::canonical_net`), so an
+    /// IPv4-mapped CIDR (`::ffff:10.0.0.0/104`) trusts the IPv4 hosts it names.
+    pub fn new(trusted_proxies: &[IpNet], headers: Vec<ForwardedHeader>, max_hops: usize) -> Self {
+        ClientIpPolicy {
+            trusted_proxies: canonical_nets(trusted_proxies),
+            headers,
+            max_hops,
         }
     }
-    *net
+
+    /// Is `ip` one of our trusted proxies? The address is canonicalised first and the
+    /// list was at construction, so the same host matches however it is spelled. Other
+    /// IPv6 CIDRs (even `::/0`) never match IPv4 addresses: trusting more than the
+    /// operator wrote is the dangerous direction.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// How the client address was decided.
@@ -201,15 +197,6 @@ pub fn resolve(peer: IpAddr, headers: &HeaderMap, policy: &ClientIpPolicy) -> Re
         }
     }
     walker.finish()
-}
-
-/// One chain entry as seen by the walker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Node {
-    Ip(IpAddr),
-    /// RFC 7239 `unknown` or an obfuscated identifier (`_hidden`).
-    Unknown,
-    Malformed,
 }
 
 enum End {
@@ -360,258 +347,6 @@ fn walk_forwarded(headers: &HeaderMap, name: &HeaderName, walker: &mut Walker<'_
     }
 }
 
-/// Longest plausible single address entry (`[v6 with embedded v4]:65535` is
-/// ~53 bytes); anything longer is rejected before parsing.
-const MAX_ENTRY_LEN: usize = 64;
-
-/// One X-Forwarded-For / X-Real-IP entry (already OWS-trimmed):
-/// `1.2.3.4`, `1.2.3.4:80`, `[v6]`, `[v6]:443`, bare `v6`. Anything else
-/// (zone ids, quotes, names, `unknown`, obs-text, trailing garbage) is None.
-fn parse_addr_entry(s: &[u8]) -> Option<IpAddr> {
-    if s.is_empty() || s.len() > MAX_ENTRY_LEN || !s.iter().all(u8::is_ascii_graphic) {
-        return None;
-    }
-    let s = std::str::from_utf8(s).ok()?;
-    if let Some(rest) = s.strip_prefix('[') {
-        let (inner, after) = rest.split_once(']')?;
-        let ip: Ipv6Addr = inner.parse().ok()?;
-        if !after.is_empty() && !is_port(after.strip_prefix(':')?.as_bytes()) {
-            return None;
-        }
-        return Some(IpAddr::V6(ip).to_canonical());
-    }
-    // Plain IPv4 or bare IPv6 (std rejects zone ids and leading-zero octets).
-    if let Ok(ip) = s.parse::<IpAddr>() {
-        return Some(ip.to_canonical());
-    }
-    // IPv4 with port. A bare IPv6 with a port would be ambiguous: rejected.
-    let (host, port) = s.split_once(':')?;
-    let ip: Ipv4Addr = host.parse().ok()?;
-    is_port(port.as_bytes()).then_some(IpAddr::V4(ip))
-}
-
-/// 1–5 ASCII digits, value ≤ 65535 (`u16::from_str` would accept a `+`).
-fn is_port(p: &[u8]) -> bool {
-    (1..=5).contains(&p.len())
-        && p.iter().all(u8::is_ascii_digit)
-        && p.iter()
-            .fold(0u32, |acc, &d| acc * 10 + u32::from(d - b'0'))
-            <= 65535
-}
-
-/// RFC 7239 obfuscated identifier: `_` then 1+ of ALPHA / DIGIT / `.` `_` `-`.
-fn is_obfuscated(s: &[u8]) -> bool {
-    match s {
-        [b'_', rest @ ..] => {
-            !rest.is_empty()
-                && rest
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-        }
-        _ => false,
-    }
-}
-
-/// RFC 9110 tchar.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'-'
-                | b'.'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'|'
-                | b'~'
-        )
-}
-
-fn is_token(s: &[u8]) -> bool {
-    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
-}
-
-/// Walk the body of a quoted-string (between the quotes), calling `emit` for
-/// each unescaped byte. False on a bare `"`, a dangling `\`, control chars or
-/// obs-text (we accept only ASCII in forwarding data).
-fn scan_quoted(inner: &[u8], mut emit: impl FnMut(u8) -> bool) -> bool {
-    let mut bytes = inner.iter();
-    while let Some(&b) = bytes.next() {
-        let b = match b {
-            b'\\' => match bytes.next() {
-                Some(&e) if e == b'\t' || (0x20..0x7f).contains(&e) => e,
-                _ => return false,
-            },
-            b'"' => return false,
-            b'\t' | 0x20..=0x7e => b,
-            _ => return false,
-        };
-        if !emit(b) {
-            return false;
-        }
-    }
-    true
-}
-
-/// RFC 7239 value: a token or a complete quoted-string.
-fn is_valid_value(v: &[u8]) -> bool {
-    match v {
-        [b'"', inner @ .., b'"'] => scan_quoted(inner, |_| true),
-        _ => is_token(v),
-    }
-}
-
-/// Longest `for` node we accept after unquoting (same bound as XFF entries).
-const MAX_NODE_LEN: usize = MAX_ENTRY_LEN;
-
-/// One Forwarded element: `;`-separated `name=value` pairs (OWS around pairs
-/// tolerated, empty pairs allowed). Exactly one `for` is required; every other
-/// pair must still be well-formed, or the element as a whole is untrustworthy.
-fn parse_forwarded_element(element: &[u8]) -> Node {
-    let mut node = None;
-    for pair in SplitOutsideQuotes::new(element, b';') {
-        let pair = trim_ows(pair);
-        if pair.is_empty() {
-            continue;
-        }
-        // Names are tokens, which cannot contain '=', so the first '=' splits.
-        let Some(eq) = pair.iter().position(|&b| b == b'=') else {
-            return Node::Malformed;
-        };
-        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
-        if !is_token(name) {
-            return Node::Malformed;
-        }
-        if name.eq_ignore_ascii_case(b"for") {
-            if node.is_some() {
-                return Node::Malformed;
-            }
-            node = Some(parse_for_value(value));
-        } else if !is_valid_value(value) {
-            return Node::Malformed;
-        }
-    }
-    node.unwrap_or(Node::Malformed)
-}
-
-/// A `for` value: token or quoted-string, unescaped into a stack buffer.
-fn parse_for_value(value: &[u8]) -> Node {
-    let mut buf = [0u8; MAX_NODE_LEN];
-    let node: &[u8] = match value {
-        [b'"', inner @ .., b'"'] => {
-            let mut len = 0;
-            let ok = scan_quoted(inner, |b| match buf.get_mut(len) {
-                Some(slot) => {
-                    *slot = b;
-                    len += 1;
-                    true
-                }
-                None => false,
-            });
-            match buf.get(..len) {
-                Some(s) if ok => s,
-                _ => return Node::Malformed,
-            }
-        }
-        _ if is_token(value) => value,
-        _ => return Node::Malformed,
-    };
-    parse_forwarded_node(node)
-}
-
-/// RFC 7239 node: `nodename [":" node-port]`, nodename = IPv4 / "[" IPv6 "]" /
-/// "unknown" / obfnode, node-port = port / obfport. Bare IPv6 is not allowed.
-fn parse_forwarded_node(v: &[u8]) -> Node {
-    let split = if v.first() == Some(&b'[') {
-        v.iter().position(|&b| b == b']').map(|i| i + 1)
-    } else {
-        Some(v.iter().position(|&b| b == b':').unwrap_or(v.len()))
-    };
-    let Some((name, port)) = split.and_then(|i| Some((v.get(..i)?, v.get(i..)?))) else {
-        return Node::Malformed;
-    };
-    if let Some(port) = port.strip_prefix(b":") {
-        if !(is_port(port) || is_obfuscated(port)) {
-            return Node::Malformed;
-        }
-    } else if !port.is_empty() {
-        return Node::Malformed;
-    }
-    if name.eq_ignore_ascii_case(b"unknown") || is_obfuscated(name) {
-        return Node::Unknown;
-    }
-    let parsed = match name {
-        [b'[', inner @ .., b']'] => std::str::from_utf8(inner)
-            .ok()
-            .and_then(|s| s.parse::<Ipv6Addr>().ok())
-            .map(IpAddr::V6),
-        _ => std::str::from_utf8(name)
-            .ok()
-            .and_then(|s| s.parse::<Ipv4Addr>().ok())
-            .map(IpAddr::V4),
-    };
-    parsed.map_or(Node::Malformed, |ip| Node::Ip(ip.to_canonical()))
-}
-
-/// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
-fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
-/// Split on `sep` outside quoted strings (`\` escapes inside quotes). An
-/// unterminated quote runs to the end; the element parser then rejects it.
-struct SplitOutsideQuotes<'a> {
-    rest: Option<&'a [u8]>,
-    sep: u8,
-}
-
-impl<'a> SplitOutsideQuotes<'a> {
-    fn new(s: &'a [u8], sep: u8) -> Self {
-        SplitOutsideQuotes { rest: Some(s), sep }
-    }
-}
-
-impl<'a> Iterator for SplitOutsideQuotes<'a> {
-    type Item = &'a [u8];
-
-    fn next(&mut self) -> Option<&'a [u8]> {
-        let s = self.rest?;
-        let mut in_quote = false;
-        let mut escaped = false;
-        for (i, &b) in s.iter().enumerate() {
-            if in_quote {
-                if escaped {
-                    escaped = false;
-                } else if b == b'\\' {
-                    escaped = true;
-                } else if b == b'"' {
-                    in_quote = false;
-                }
-            } else if b == b'"' {
-                in_quote = true;
-            } else if b == self.sep {
-                self.rest = s.get(i + 1..);
-                return s.get(..i);
-            }
-        }
-        self.rest = None;
-        Some(s)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,11 +419,8 @@ mod tests {
     }
 
     fn policy(trusted: &[&str], cfg: &[ForwardedHeader], max_hops: usize) -> ClientIpPolicy {
-        ClientIpPolicy {
-            trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
-            headers: cfg.to_vec(),
-            max_hops,
-        }
+        let trusted: Vec<IpNet> = trusted.iter().map(|s| s.parse().unwrap()).collect();
+        ClientIpPolicy::new(&trusted, cfg.to_vec(), max_hops)
     }
 
     fn header_map(headers: &[(&str, Vec<u8>)]) -> HeaderMap {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::blocklist::BlockConfig;
 use crate::client_ip::ForwardedHeader;
+use crate::invalid::Invalid;
 use crate::limits::shared::config::SharedLimitsConfig;
 use crate::limits::RateLimitsConfig;
 
@@ -357,19 +358,21 @@ impl Config {
                 message,
             }
         })?;
-        config.validate().map_err(|(field, message)| ConfigError {
-            file: file.to_string(),
-            line: locate_field(text, &field),
-            column: None,
-            field,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|Invalid { field, message }| ConfigError {
+                file: file.to_string(),
+                line: locate_field(text, &field),
+                column: None,
+                field,
+                message,
+            })?;
         Ok(config)
     }
 
     /// Cross-field checks that a single field's parser cannot make.
-    fn validate(&self) -> Result<(), (String, String)> {
-        let err = |field: &str, message: &str| Err((field.to_string(), message.to_string()));
+    fn validate(&self) -> Result<(), Invalid> {
+        let err = |field: &str, message: &str| Err(Invalid::new(field, message));
         if self.listen == self.admin_listen {
             return err("admin_listen", "must differ from listen");
         }
@@ -415,9 +418,7 @@ impl Config {
         if self.timeouts.shutdown_grace > Duration::from_secs(300) {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
-        self.rate_limits
-            .validate()
-            .map_err(|e| (e.field, e.message))?;
+        self.rate_limits.validate()?;
         crate::limits::shared::config::validate_policies(
             self.shared_limits.as_ref(),
             &self.rate_limits.policies,

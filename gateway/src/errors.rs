@@ -100,6 +100,85 @@ pub fn for_proxy_failure(e: &pingora::Error) -> Option<EdgeError> {
     }
 }
 
+/// The access log's `error` for a request the gateway failed or refused itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyError {
+    BlockedClient,
+    BlockedUser,
+    /// A limit enforced while proxying (body over `max_request_body_bytes`).
+    Limit,
+    Timeout,
+    Connect,
+    Proxy,
+}
+
+impl ProxyError {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ProxyError::BlockedClient => "blocked_client",
+            ProxyError::BlockedUser => "blocked_user",
+            ProxyError::Limit => "limit",
+            ProxyError::Timeout => "timeout",
+            ProxyError::Connect => "connect",
+            ProxyError::Proxy => "proxy",
+        }
+    }
+}
+
+/// `gateway_upstream_errors_total{kind}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Timeout,
+    Connect,
+    Other,
+}
+
+impl UpstreamFailure {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Other => "other",
+        }
+    }
+}
+
+/// How one pingora failure is answered, logged and counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What the client sees; `None` when nobody is left to answer.
+    pub answer: Option<EdgeError>,
+    pub log: ProxyError,
+    /// Set when the upstream side failed.
+    pub upstream: Option<UpstreamFailure>,
+}
+
+/// The one classifier for errors pingora hands to `fail_to_proxy`.
+pub fn classify(e: &pingora::Error) -> Failure {
+    use pingora::{ErrorSource, ErrorType};
+    let kind = match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            Some(UpstreamFailure::Timeout)
+        }
+        ErrorType::ConnectRefused | ErrorType::ConnectNoRoute | ErrorType::ConnectError => {
+            Some(UpstreamFailure::Connect)
+        }
+        _ => None,
+    };
+    let log = match (e.etype(), kind) {
+        (ErrorType::HTTPStatus(_), _) => ProxyError::Limit,
+        (_, Some(UpstreamFailure::Timeout)) => ProxyError::Timeout,
+        (_, Some(UpstreamFailure::Connect)) => ProxyError::Connect,
+        _ => ProxyError::Proxy,
+    };
+    Failure {
+        answer: for_proxy_failure(e),
+        log,
+        upstream: matches!(e.esource(), ErrorSource::Upstream)
+            .then(|| kind.unwrap_or(UpstreamFailure::Other)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +234,59 @@ mod tests {
                 "{etype:?} {source:?}"
             );
         }
+    }
+
+    #[test]
+    fn failures_are_classified_for_logs_and_metrics() {
+        use pingora::{Error, ErrorSource as S, ErrorType as T};
+        use ProxyError as P;
+        use UpstreamFailure as U;
+        let cases = [
+            (T::ConnectRefused, S::Upstream, P::Connect, Some(U::Connect)),
+            (T::ConnectNoRoute, S::Upstream, P::Connect, Some(U::Connect)),
+            (
+                T::ConnectTimedout,
+                S::Upstream,
+                P::Timeout,
+                Some(U::Timeout),
+            ),
+            (T::ReadTimedout, S::Upstream, P::Timeout, Some(U::Timeout)),
+            (T::ConnectionClosed, S::Upstream, P::Proxy, Some(U::Other)),
+            (T::ReadTimedout, S::Downstream, P::Timeout, None),
+            (T::ConnectionClosed, S::Downstream, P::Proxy, None),
+            (T::HTTPStatus(413), S::Internal, P::Limit, None),
+            (T::ConnectNoRoute, S::Internal, P::Connect, None),
+        ];
+        for (etype, source, log, upstream) in cases {
+            let mut e = Error::new(etype.clone());
+            e.esource = source.clone();
+            let got = classify(&e);
+            assert_eq!(
+                (got.log, got.upstream),
+                (log, upstream),
+                "{etype:?} {source:?}"
+            );
+            assert_eq!(got.answer, for_proxy_failure(&e), "{etype:?} {source:?}");
+        }
+        let labels = [
+            P::BlockedClient,
+            P::BlockedUser,
+            P::Limit,
+            P::Timeout,
+            P::Connect,
+            P::Proxy,
+        ];
+        let labels: Vec<&str> = labels.iter().map(|p| p.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "blocked_client",
+                "blocked_user",
+                "limit",
+                "timeout",
+                "connect",
+                "proxy"
+            ]
+        );
     }
 }

@@ -127,7 +127,7 @@ pub fn headers_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
-fn trim_ows(mut s: &[u8]) -> &[u8] {
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = s {
         s = rest;
     }
@@ -137,25 +137,8 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
-/// Longest X-Request-Id we relay: long enough for UUIDs and trace ids, short
-/// enough that a hostile value cannot bloat logs.
-const MAX_REQUEST_ID_LEN: usize = 64;
-
-/// X-Request-Id accepted from a trusted peer: 1..=64 bytes of
-/// `[A-Za-z0-9._:-]`. The id ends up in logs and upstream headers, so anything
-/// that could inject (spaces, CR/LF, quotes, non-ASCII) is refused.
-pub fn is_valid_request_id(value: &[u8]) -> bool {
-    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
-        && value
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
-}
-
-/// A new random request id: 32 lower-case hex chars (128 random bits), so
-/// collisions are negligible and ids are not guessable.
-pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
-}
+// The X-Request-Id rule and generator are shared with the app.
+pub use edgekit::{is_valid_request_id, new_request_id};
 
 #[cfg(test)]
 mod tests {
@@ -353,50 +336,5 @@ mod tests {
         m.append("x-a", HeaderValue::from_static("1"));
         let got = headers_to_strip(&m);
         assert!(got.iter().any(|h| h == "x-a"));
-    }
-
-    #[test]
-    fn request_id_table() {
-        let long64 = "a".repeat(64);
-        let long65 = "a".repeat(65);
-        let cases: &[(&[u8], bool)] = &[
-            (b"abc", true),
-            (b"0123456789abcdef0123456789abcdef", true),
-            (b"A-Z.a_z:0-9", true),
-            (b"550e8400-e29b-41d4-a716-446655440000", true),
-            (long64.as_bytes(), true),
-            (long65.as_bytes(), false),
-            (b"", false),
-            (b"a b", false),
-            (b" abc", false),
-            (b"abc\r\nX-Evil: 1", false),
-            (b"abc\n", false),
-            (b"abc\t", false),
-            ("caf\u{e9}".as_bytes(), false),
-            (b"\xff", false),
-            (b"a/b", false),
-            (b"a\"b", false),
-            (b"a\0b", false),
-        ];
-        for (v, want) in cases {
-            assert_eq!(
-                is_valid_request_id(v),
-                *want,
-                "{:?}",
-                String::from_utf8_lossy(v)
-            );
-        }
-    }
-
-    #[test]
-    fn new_request_id_shape() {
-        let a = new_request_id();
-        let b = new_request_id();
-        assert_eq!(a.len(), 32);
-        assert!(a
-            .bytes()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
-        assert!(is_valid_request_id(a.as_bytes()));
-        assert_ne!(a, b);
     }
 }

@@ -17,7 +17,30 @@ pub enum Identity {
     /// A verified token; the user id is its `sub`.
     User(String),
     /// A credential was presented and refused: answer 401 at the edge.
-    Rejected(&'static str),
+    Rejected(AuthFailure),
+}
+
+/// Why a presented credential was refused: `gateway_auth_failures_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// More than one Authorization header.
+    MultipleCredentials,
+    /// Not `scheme token`, or not visible ASCII.
+    Malformed,
+    UnsupportedScheme,
+    /// The bearer token did not verify.
+    Token(VerifyError),
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::MultipleCredentials => "multiple_credentials",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::UnsupportedScheme => "unsupported_scheme",
+            AuthFailure::Token(e) => e.as_str(),
+        }
+    }
 }
 
 impl Identity {
@@ -26,7 +49,7 @@ impl Identity {
         match self {
             Identity::Anonymous => "anonymous",
             Identity::User(_) => "user",
-            Identity::Rejected(reason) => reason,
+            Identity::Rejected(reason) => reason.as_str(),
         }
     }
 
@@ -65,20 +88,20 @@ fn identify_with(
     };
     if values.next().is_some() {
         // Two credentials: which one would the app read? Refuse the ambiguity.
-        return Identity::Rejected("multiple_credentials");
+        return Identity::Rejected(AuthFailure::MultipleCredentials);
     }
     let Ok(value) = value.to_str() else {
-        return Identity::Rejected("malformed");
+        return Identity::Rejected(AuthFailure::Malformed);
     };
     let Some((scheme, token)) = value.split_once(' ') else {
-        return Identity::Rejected("malformed");
+        return Identity::Rejected(AuthFailure::Malformed);
     };
     if !scheme.eq_ignore_ascii_case("bearer") {
-        return Identity::Rejected("unsupported_scheme");
+        return Identity::Rejected(AuthFailure::UnsupportedScheme);
     }
     match verify(token.trim()) {
         Ok(sub) => Identity::User(sub),
-        Err(e) => Identity::Rejected(e.as_str()),
+        Err(e) => Identity::Rejected(AuthFailure::Token(e)),
     }
 }
 
@@ -134,6 +157,30 @@ mod tests {
     const KEYS: &str = "signing_kid: k1\nkeys:\n  - kid: k1\n    secret: \"0123456789abcdef0123456789abcdef-k1\"\n";
 
     #[test]
+    fn auth_failure_labels_are_stable() {
+        let cases = [
+            (AuthFailure::MultipleCredentials, "multiple_credentials"),
+            (AuthFailure::Malformed, "malformed"),
+            (AuthFailure::UnsupportedScheme, "unsupported_scheme"),
+            (AuthFailure::Token(VerifyError::Malformed), "malformed"),
+            (AuthFailure::Token(VerifyError::UnknownKey), "unknown_key"),
+            (
+                AuthFailure::Token(VerifyError::BadSignature),
+                "bad_signature",
+            ),
+            (AuthFailure::Token(VerifyError::Expired), "expired"),
+            (
+                AuthFailure::Token(VerifyError::NotYetValid),
+                "not_yet_valid",
+            ),
+        ];
+        for (failure, label) in cases {
+            assert_eq!(failure.as_str(), label);
+            assert_eq!(Identity::Rejected(failure).auth_label(), label);
+        }
+    }
+
+    #[test]
     fn identity_table() {
         let keys = Keyring::from_yaml(KEYS).unwrap();
         let good = keys.sign("u-alice", Duration::from_secs(60), SystemTime::now());
@@ -162,37 +209,37 @@ mod tests {
             (
                 "expired",
                 vec![format!("Bearer {expired}")],
-                Identity::Rejected("expired"),
+                Identity::Rejected(AuthFailure::Token(VerifyError::Expired)),
             ),
             (
                 "forged",
                 vec![format!("Bearer {other}")],
-                Identity::Rejected("bad_signature"),
+                Identity::Rejected(AuthFailure::Token(VerifyError::BadSignature)),
             ),
             (
                 "basic",
                 vec!["Basic dXNlcjpwYXNz".into()],
-                Identity::Rejected("unsupported_scheme"),
+                Identity::Rejected(AuthFailure::UnsupportedScheme),
             ),
             (
                 "no token",
                 vec!["Bearer".into()],
-                Identity::Rejected("malformed"),
+                Identity::Rejected(AuthFailure::Malformed),
             ),
             (
                 "empty token",
                 vec!["Bearer ".into()],
-                Identity::Rejected("malformed"),
+                Identity::Rejected(AuthFailure::Token(VerifyError::Malformed)),
             ),
             (
                 "garbage",
                 vec!["Bearer x.y.z".into()],
-                Identity::Rejected("malformed"),
+                Identity::Rejected(AuthFailure::Token(VerifyError::Malformed)),
             ),
             (
                 "two headers",
                 vec![format!("Bearer {good}"), format!("Bearer {good}")],
-                Identity::Rejected("multiple_credentials"),
+                Identity::Rejected(AuthFailure::MultipleCredentials),
             ),
         ];
         for (name, values, want) in cases {
@@ -207,7 +254,10 @@ mod tests {
             AUTHORIZATION,
             http::HeaderValue::from_bytes(b"Bearer \xff\xfe").unwrap(),
         );
-        assert_eq!(identify(&h, &keys), Identity::Rejected("malformed"));
+        assert_eq!(
+            identify(&h, &keys),
+            Identity::Rejected(AuthFailure::Malformed)
+        );
     }
 
     fn bearer(token: &str) -> HeaderMap {
@@ -256,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             identify_cached(&h, &keys, &cache, exp + 1),
-            Identity::Rejected("expired")
+            Identity::Rejected(AuthFailure::Token(VerifyError::Expired))
         );
         assert_eq!(cache.len(), 1, "the stale entry is dropped, not re-added");
     }
@@ -290,7 +340,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             identify_cached(&bearer(&good), &other, &TokenCache::default(), unix(now)),
-            Identity::Rejected("bad_signature")
+            Identity::Rejected(AuthFailure::Token(VerifyError::BadSignature))
         );
     }
 

@@ -4,39 +4,31 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::raw_connect::ProxyDigest;
-use pingora::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
-    TimingDigest, UniqueID, UniqueIDType,
-};
-use pingora::proxy::HttpProxy;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::access_log::AccessRecord;
-use crate::errors::{self, EdgeError};
+use crate::buffered::Buffered;
+use crate::errors;
 use crate::forwarding;
 use crate::head::{read_head, HeadLimits, HeadOutcome};
-use crate::proxy::{raw_error_response, Gateway};
+use crate::request_log;
+use crate::respond::raw_error_response;
 use crate::state::Shared;
-
-pub type Proxy = HttpProxy<Gateway>;
 
 /// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
 /// so the caller can wait for all of them to come back to know it has drained.
-pub async fn serve(
+pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     listener: TcpListener,
-    proxy: Arc<Proxy>,
+    proxy: Arc<P>,
     shared: Arc<Shared>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
@@ -76,53 +68,22 @@ async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let id = forwarding::new_request_id();
     let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
     let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
-    log_edge_answer(
-        shared,
+    let started = Instant::now();
+    let m = &shared.metrics;
+    request_log::edge_answer(
+        m,
         peer,
         id,
         errors::UNAVAILABLE,
         "over_connection_cap",
-        Instant::now(),
+        started,
     );
 }
 
-fn log_edge_answer(
-    shared: &Shared,
-    peer: SocketAddr,
-    request_id: String,
-    err: EdgeError,
-    reason: &'static str,
-    started: Instant,
-) {
-    let m = &shared.metrics;
-    m.head_rejections.with_label_values(&[reason]).inc();
-    m.requests_total
-        .with_label_values(&[
-            "OTHER",
-            crate::metrics::status_label(err.status),
-            "unmatched",
-        ])
-        .inc();
-    AccessRecord {
-        request_id,
-        method: String::new(),
-        path: String::new(),
-        route: "unmatched".into(),
-        status: err.status,
-        duration_ms: started.elapsed().as_secs_f64() * 1e3,
-        peer: Some(peer.ip().to_canonical()),
-        client_ip: Some(peer.ip().to_canonical()),
-        auth: "none",
-        error: Some(reason),
-        ..Default::default()
-    }
-    .emit();
-}
-
-async fn handle(
+async fn handle<P: HttpServerApp>(
     tcp: TcpStream,
     peer: SocketAddr,
-    proxy: Arc<Proxy>,
+    proxy: Arc<P>,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -177,10 +138,10 @@ async fn handle(
                 io.shutdown().await
             })
             .await;
-            log_edge_answer(shared, peer, id, err, outcome.reason(), started);
+            request_log::edge_answer(&shared.metrics, peer, id, err, outcome.reason(), started);
             return;
         }
-        io.inner.rewind(&buf);
+        io.rewind(&buf);
         drop(buf);
         let mut session = ServerSession::new_http1(io);
         if let Some(s) = settings.take() {
@@ -199,169 +160,5 @@ async fn handle(
             return;
         }
         first = false;
-    }
-}
-
-/// Bytes of response gathered before a write reaches the socket: a response head and a
-/// small body go out in one send.
-const WRITE_BUFFER: usize = 4096;
-
-/// The client connection with a write buffer. pingora's own listeners give each stream
-/// a write buffer (and flush where a response must go out); a stream built from a
-/// `TcpStream`, as our accept loop does, has none, so every response cost a send for the
-/// head and another for the body, each waking the client (perf/RESULTS.md).
-#[derive(Debug)]
-struct Buffered {
-    inner: L4Stream,
-    wbuf: Vec<u8>,
-    /// Bytes of `wbuf` already sent.
-    sent: usize,
-}
-
-impl Buffered {
-    fn new(inner: L4Stream) -> Buffered {
-        Buffered {
-            inner,
-            wbuf: Vec::new(),
-            sent: 0,
-        }
-    }
-
-    /// Sends what is buffered.
-    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while self.sent < self.wbuf.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.wbuf[self.sent..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
-            }
-            self.sent += n;
-        }
-        self.wbuf.clear();
-        self.sent = 0;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncRead for Buffered {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Buffered {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if this.wbuf.len() + buf.len() > WRITE_BUFFER {
-            ready!(this.poll_drain(cx))?;
-        }
-        if buf.len() >= WRITE_BUFFER {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
-        }
-        this.wbuf.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        ready!(self.poll_drain(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-#[async_trait::async_trait]
-impl Shutdown for Buffered {
-    async fn shutdown(&mut self) {
-        let _ = AsyncWriteExt::shutdown(self).await;
-    }
-}
-
-impl UniqueID for Buffered {
-    fn id(&self) -> UniqueIDType {
-        self.inner.id()
-    }
-}
-
-impl Ssl for Buffered {}
-
-#[async_trait::async_trait]
-impl Peek for Buffered {
-    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.inner.try_peek(buf).await
-    }
-}
-
-impl GetTimingDigest for Buffered {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        self.inner.get_timing_digest()
-    }
-    fn get_read_pending_time(&self) -> Duration {
-        self.inner.get_read_pending_time()
-    }
-    fn get_write_pending_time(&self) -> Duration {
-        self.inner.get_write_pending_time()
-    }
-}
-
-impl GetProxyDigest for Buffered {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        self.inner.get_proxy_digest()
-    }
-    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.inner.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for Buffered {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.inner.get_socket_digest()
-    }
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.inner.set_socket_digest(digest)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn small_writes_go_out_together_on_flush_and_large_ones_pass_through() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move {
-            let mut c = TcpStream::connect(addr).await.unwrap();
-            let mut got = Vec::new();
-            c.read_to_end(&mut got).await.unwrap();
-            got
-        });
-        let (tcp, _) = listener.accept().await.unwrap();
-        let mut io = Buffered::new(tcp.into());
-        io.write_all(b"head ").await.unwrap();
-        io.write_all(b"body").await.unwrap();
-        assert_eq!(io.wbuf, b"head body", "held until flush");
-        io.flush().await.unwrap();
-        assert!(io.wbuf.is_empty());
-        let big = vec![b'x'; WRITE_BUFFER * 3];
-        io.write_all(&big).await.unwrap();
-        io.write_all(b"tail").await.unwrap();
-        AsyncWriteExt::shutdown(&mut io).await.unwrap();
-        drop(io);
-        let got = client.await.unwrap();
-        let mut want = b"head body".to_vec();
-        want.extend_from_slice(&big);
-        want.extend_from_slice(b"tail");
-        assert_eq!(got, want, "shutdown flushes what is left, in order");
     }
 }

@@ -10,7 +10,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -191,21 +191,34 @@ pub fn batch_writer(out: impl Write + Send + 'static) -> (BatchWriter, LogHandle
     (BatchWriter(pipe), handle)
 }
 
+/// The writer `init` installed, for lines serialised outside tracing (the access log).
+static LINES: OnceLock<BatchWriter> = OnceLock::new();
+
+/// Writes one whole line (with its newline) to the log: through the batching writer once
+/// `init` ran, straight to stdout before that.
+pub fn write_line(line: &[u8]) {
+    let _ = match LINES.get() {
+        Some(writer) => (&*writer).write_all(line),
+        None => std::io::stdout().write_all(line),
+    };
+}
+
 /// Installs the global subscriber (and the `log` bridge for pingora's own logs).
 pub fn init() -> LogHandle {
     let (writer, handle) = batch_writer(std::io::stdout());
-    crate::access_log::write_directly_to(writer.clone());
+    let _ = LINES.set(writer.clone());
     let _ = tracing_log::LogTracer::init();
     let _ = tracing::subscriber::set_global_default(json_subscriber(writer));
     handle
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
+    /// A writer that keeps what is written, for tests of anything that logs.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
     impl Write for Sink {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
             self.0.lock().unwrap().extend_from_slice(b);

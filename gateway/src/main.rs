@@ -1,5 +1,7 @@
 //! `gateway`: run the edge proxy, check a config file, or probe health.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;

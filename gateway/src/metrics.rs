@@ -211,19 +211,8 @@ impl Default for Metrics {
     }
 }
 
-/// Bounded `method` label.
-pub fn method_label(method: &http::Method) -> &'static str {
-    match *method {
-        http::Method::GET => "GET",
-        http::Method::HEAD => "HEAD",
-        http::Method::POST => "POST",
-        http::Method::PUT => "PUT",
-        http::Method::PATCH => "PATCH",
-        http::Method::DELETE => "DELETE",
-        http::Method::OPTIONS => "OPTIONS",
-        _ => "OTHER",
-    }
-}
+/// Bounded `method` label, shared with the app.
+pub use edgekit::method_label;
 
 /// Bounded `status` label without allocating.
 pub fn status_label(status: u16) -> &'static str {

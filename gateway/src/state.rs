@@ -37,11 +37,20 @@ impl Live {
     /// Builds from a validated config; carries limiter state over from `previous`.
     pub fn build(config: Config, previous: Option<&Live>) -> Result<Live, String> {
         let keys = Keyring::load(&config.token_key_file).map_err(|e| e.to_string())?;
-        let client_ip = ClientIpPolicy {
-            trusted_proxies: config.trusted_proxies.clone(),
-            headers: config.forwarded_headers.clone(),
-            max_hops: config.max_forwarded_hops,
-        };
+        Live::with_keys(config, keys, previous)
+    }
+
+    /// `build` with the key set already loaded (tests build one from YAML text).
+    pub fn with_keys(
+        config: Config,
+        keys: Keyring,
+        previous: Option<&Live>,
+    ) -> Result<Live, String> {
+        let client_ip = ClientIpPolicy::new(
+            &config.trusted_proxies,
+            config.forwarded_headers.clone(),
+            config.max_forwarded_hops,
+        );
         let shared_limits = match &config.shared_limits {
             Some(c) => Some(Engine::for_reload(
                 c,

@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use common::*;
 
+/// A bodyless request with a bearer token.
+async fn authed(gw: std::net::SocketAddr, method: &str, path: &str, token: &str) -> Response {
+    send(gw, method, path, Some(token), "text/plain", b"").await
+}
+
 async fn send(
     gw: std::net::SocketAddr,
     method: &str,
@@ -38,9 +43,7 @@ async fn send(
 #[tokio::test]
 async fn login_and_round_trip_a_document_through_the_gateway() {
     // The gateway's port is needed for the app's key file only; start the app first on the gateway's keys.
-    let keys_dir = tempfile::tempdir().unwrap();
-    let keys = keys_dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (_keys_dir, keys) = dev_key_file();
     let app = AppProc::start(&keys);
     let gw = GatewayProc::start(app.addr, "");
     gw.wait_ready(200);
@@ -80,50 +83,18 @@ async fn login_and_round_trip_a_document_through_the_gateway() {
     assert_eq!(up.status, 201, "{}", up.text());
     let id = up.json()["id"].as_str().unwrap().to_string();
 
-    let list = send(
-        gw.addr,
-        "GET",
-        "/v1/documents",
-        Some(&token),
-        "text/plain",
-        b"",
-    )
-    .await;
+    let list = authed(gw.addr, "GET", "/v1/documents", &token).await;
     assert_eq!(list.status, 200);
     assert_eq!(list.json()["documents"][0]["id"], id.as_str());
 
-    let got = send(
-        gw.addr,
-        "GET",
-        &format!("/v1/documents/{id}"),
-        Some(&token),
-        "text/plain",
-        b"",
-    )
-    .await;
+    let got = authed(gw.addr, "GET", &format!("/v1/documents/{id}"), &token).await;
     assert_eq!(got.status, 200);
     assert_eq!(got.body, body);
     assert_eq!(got.header("x-frame-options"), Some("DENY"));
 
-    let del = send(
-        gw.addr,
-        "DELETE",
-        &format!("/v1/documents/{id}"),
-        Some(&token),
-        "text/plain",
-        b"",
-    )
-    .await;
+    let del = authed(gw.addr, "DELETE", &format!("/v1/documents/{id}"), &token).await;
     assert_eq!(del.status, 204);
-    let gone = send(
-        gw.addr,
-        "GET",
-        &format!("/v1/documents/{id}"),
-        Some(&token),
-        "text/plain",
-        b"",
-    )
-    .await;
+    let gone = authed(gw.addr, "GET", &format!("/v1/documents/{id}"), &token).await;
     assert_eq!(gone.status, 404);
 
     // The app's metrics and readiness are never public.
@@ -155,9 +126,7 @@ async fn login_and_round_trip_a_document_through_the_gateway() {
 
 #[tokio::test]
 async fn app_stopped_gives_502_and_recovers_when_it_returns() {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let keys = keys_dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (_keys_dir, keys) = dev_key_file();
     let app = AppProc::start(&keys);
     let addr = app.addr;
     let gw = GatewayProc::start(addr, "timeouts:\n  upstream_refresh: 200ms\n");

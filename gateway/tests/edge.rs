@@ -207,9 +207,7 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
 #[test]
 fn check_config_accepts_good_and_names_line_and_field_of_bad() {
     // The shipped stack config, with the compose secret's path pointed at a test key file.
-    let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (dir, keys) = dev_key_file();
     let shipped = std::fs::read_to_string(workspace_root().join("config/gateway.yaml")).unwrap();
     assert!(shipped.contains("/run/secrets/token_keys"));
     let stack = dir.path().join("gateway.yaml");
@@ -218,11 +216,7 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
         shipped.replace("/run/secrets/token_keys", &keys.display().to_string()),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("check-config")
-        .arg(&stack)
-        .output()
-        .unwrap();
+    let out = check_config(&stack);
     assert!(
         out.status.success(),
         "{}",
@@ -244,11 +238,7 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
             ),
         )
         .unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-            .arg("check-config")
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = check_config(&file);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{name} accepted");
         assert!(
@@ -263,11 +253,7 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
         "upstream: 127.0.0.1:1\ntoken_key_file: /nonexistent/keys.yaml\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .arg("check-config")
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_config(&file);
     assert!(!out.status.success());
 }
 
@@ -288,4 +274,13 @@ fn healthcheck_subcommand_reports_admin_health() {
         .status()
         .unwrap();
     assert!(!bad.success());
+}
+
+/// `gateway check-config <file>`, as an operator runs it.
+fn check_config(file: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("check-config")
+        .arg(file)
+        .output()
+        .unwrap()
 }

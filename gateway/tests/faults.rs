@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use keyring::Keyring;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -398,11 +397,7 @@ async fn slowloris_gets_408_and_normal_clients_keep_their_latency() {
 // ---------------------------------------------------------------- upstream faults
 
 fn alice_token() -> String {
-    Keyring::from_yaml(DEV_KEYS).unwrap().sign(
-        "u-alice",
-        Duration::from_secs(600),
-        std::time::SystemTime::now(),
-    )
+    mint_token("u-alice", Duration::from_secs(600))
 }
 
 #[derive(Debug)]
@@ -510,9 +505,7 @@ async fn wait_fds(pid: u32, baseline: usize, limit: Duration) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_killed_under_load_gives_only_json_502_503_and_recovers() {
     let _serial = SERIAL.lock().await;
-    let keys_dir = tempfile::tempdir().unwrap();
-    let keys = keys_dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (_keys_dir, keys) = dev_key_file();
     let app = AppProc::start(&keys);
     let app_addr = app.addr;
     // Short upstream idle so pooled connections (and their fds) expire quickly.
@@ -606,9 +599,7 @@ async fn app_killed_under_load_gives_only_json_502_503_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_app_gives_504_at_the_configured_timeout_and_recovers() {
     let _serial = SERIAL.lock().await;
-    let keys_dir = tempfile::tempdir().unwrap();
-    let keys = keys_dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (_keys_dir, keys) = dev_key_file();
     let app = AppProc::start(&keys);
     let gw = GatewayProc::start(
         app.addr,

@@ -237,24 +237,17 @@ async fn hop_by_hop_and_nominated_headers_are_removed_and_request_id_policy_hold
     // An untrusted client cannot choose the request id.
     assert_ne!(resp.header("x-request-id"), Some("client-chosen"));
     // A trusted proxy's well-formed id is kept; a malformed one is replaced.
-    let kept = get_from(
-        TRUSTED,
-        gw.addr,
-        "/v1/x",
-        &[("X-Request-Id", "lb-1234.abc")],
-    )
-    .await;
+    let kept = with_request_id(gw.addr, "lb-1234.abc").await;
     assert_eq!(kept.header("x-request-id"), Some("lb-1234.abc"));
     assert_eq!(
         header_values(&stub.last_headers(), "x-request-id"),
         vec!["lb-1234.abc"]
     );
-    let replaced = get_from(
-        TRUSTED,
-        gw.addr,
-        "/v1/x",
-        &[("X-Request-Id", "bad id with spaces")],
-    )
-    .await;
+    let replaced = with_request_id(gw.addr, "bad id with spaces").await;
     assert_ne!(replaced.header("x-request-id"), Some("bad id with spaces"));
+}
+
+/// A GET from the trusted proxy carrying `id` as its X-Request-Id.
+async fn with_request_id(gw: std::net::SocketAddr, id: &str) -> Response {
+    get_from(TRUSTED, gw, "/v1/x", &[("X-Request-Id", id)]).await
 }

@@ -1072,13 +1072,7 @@ async fn run_cases(gw: &GatewayProc, stub: &Stub, cases: &[Case]) -> usize {
             count("malformed")
         ));
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_all_passed(&failures, cases.len());
     cases.len()
 }
 

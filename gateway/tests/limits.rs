@@ -182,35 +182,14 @@ fn write_config(gw: &GatewayProc, upstream: SocketAddr, extra: &str) {
     std::fs::rename(&tmp, &gw.config_path).unwrap();
 }
 
-/// Polls /metrics (bounded) until the metric exceeds `before`; returns the new value.
-async fn wait_metric_above(
-    gw: &GatewayProc,
-    name: &str,
-    labels: &[(&str, &str)],
-    before: f64,
-    limit: Duration,
-) -> f64 {
-    let start = Instant::now();
-    loop {
-        let now = gw.metric_sum(name, labels);
-        if now > before {
-            return now;
-        }
-        assert!(
-            start.elapsed() < limit,
-            "{name}{labels:?} stayed at {now} for {limit:?}; log:\n{}",
-            tail(&gw.proc.log, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Rewrites the config and waits (bounded) for exactly one reload with `result`.
 async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &str) {
     let labels = [("result", result)];
     let before = gw.metric_sum(RELOADS, &labels);
     write_config(gw, upstream, extra);
-    let after = wait_metric_above(gw, RELOADS, &labels, before, Duration::from_secs(5)).await;
+    let after = gw
+        .wait_metric_above(RELOADS, &labels, before, Duration::from_secs(5))
+        .await;
     assert_eq!(after, before + 1.0, "one reload attempt per rewrite");
 }
 
@@ -486,25 +465,18 @@ async fn forged_tokens_are_charged_to_the_per_ip_bucket() {
     let stub = Stub::start(StubMode::Echo).await;
     let gw = GatewayProc::start(stub.addr, &forged_token_per_ip_yaml());
     let forged = forged_tokens();
+    let with_token = |t: &str| {
+        let auth = bearer(t);
+        let addr = gw.addr;
+        async move { get_from("127.0.0.28", addr, PATH, &[("Authorization", &auth)]).await }
+    };
     for (i, t) in forged.iter().take(5).enumerate() {
-        let resp = get_from(
-            "127.0.0.28",
-            gw.addr,
-            PATH,
-            &[("Authorization", &bearer(t))],
-        )
-        .await;
+        let resp = with_token(t).await;
         assert_eq!(resp.status, 401, "forged token {i}: {}", resp.text());
         assert_eq!(remaining(&resp, "per-ip"), 4 - i as u32, "forged token {i}");
     }
     for t in forged.iter().skip(5).take(3) {
-        let resp = get_from(
-            "127.0.0.28",
-            gw.addr,
-            PATH,
-            &[("Authorization", &bearer(t))],
-        )
-        .await;
+        let resp = with_token(t).await;
         assert_rate_limited(&resp, "per-ip");
     }
     // The address is over its limit with or without a token.
@@ -541,19 +513,17 @@ async fn shadow_policy_counts_and_logs_but_never_rejects() {
 
     let lines = wait_access_logs(&gw, PATH, 5).await;
     assert_eq!(lines.len(), 5);
-    let would: Vec<_> = lines
-        .iter()
-        .filter(|l| l["policy_decision"] == "would_reject")
-        .collect();
+    let with_decision = |decision: &str| -> Vec<&serde_json::Value> {
+        let matches = |l: &&serde_json::Value| l["policy_decision"] == decision;
+        lines.iter().filter(matches).collect()
+    };
+    let would = with_decision("would_reject");
     assert_eq!(would.len(), 3, "{lines:?}");
     for l in &would {
         assert_eq!(l["status"], 200, "{l}");
         assert_eq!(l["shadow_rejected_by"], "shadow-ip", "{l}");
     }
-    let allowed: Vec<_> = lines
-        .iter()
-        .filter(|l| l["policy_decision"] == "allowed")
-        .collect();
+    let allowed = with_decision("allowed");
     assert_eq!(allowed.len(), 2, "{lines:?}");
     for l in &allowed {
         assert!(l.get("shadow_rejected_by").is_none(), "{l}");
@@ -629,23 +599,19 @@ async fn hot_reload_raises_and_lowers_a_limit_under_traffic() {
 
     allowed_then_limited(&gw, "127.0.2.1", PATH, &[], 3, "per-ip").await;
 
-    let mark = mark_traffic("raise to 10");
-    reload(&gw, stub.addr, &per_ip_yaml("1/hour", 10), "ok").await;
-    assert!(
-        done.load(Ordering::SeqCst) > mark.1,
-        "no traffic during {}",
-        mark.0
-    );
-    allowed_then_limited(&gw, "127.0.2.2", PATH, &[], 10, "per-ip").await;
-
-    let mark = mark_traffic("lower to 2");
-    reload(&gw, stub.addr, &per_ip_yaml("1/hour", 2), "ok").await;
-    assert!(
-        done.load(Ordering::SeqCst) > mark.1,
-        "no traffic during {}",
-        mark.0
-    );
-    allowed_then_limited(&gw, "127.0.2.3", PATH, &[], 2, "per-ip").await;
+    for (what, limit, client) in [
+        ("raise to 10", 10, "127.0.2.2"),
+        ("lower to 2", 2, "127.0.2.3"),
+    ] {
+        let mark = mark_traffic(what);
+        reload(&gw, stub.addr, &per_ip_yaml("1/hour", limit), "ok").await;
+        assert!(
+            done.load(Ordering::SeqCst) > mark.1,
+            "no traffic during {}",
+            mark.0
+        );
+        allowed_then_limited(&gw, client, PATH, &[], limit, "per-ip").await;
+    }
 
     stop.store(true, Ordering::SeqCst);
     let mut report = tokio::time::timeout(Duration::from_secs(30), traffic)

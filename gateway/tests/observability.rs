@@ -15,7 +15,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value as Json;
@@ -570,35 +570,7 @@ async fn send(gw: SocketAddr, from: &str, head: &str, body: &str) -> Response {
         "{head}\r\nHost: gw\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    raw_request(
-        from.parse().unwrap(),
-        gw,
-        req.as_bytes(),
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap()
-}
-
-async fn wait_metric_above(
-    gw: &GatewayProc,
-    name: &str,
-    labels: &[(&str, &str)],
-    before: f64,
-) -> f64 {
-    let start = Instant::now();
-    loop {
-        let now = gw.metric_sum(name, labels);
-        if now > before {
-            return now;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{name}{labels:?} stayed at {now}; log:\n{}",
-            tail(&gw.proc.log, 20)
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    send_from(from, gw, req.as_bytes()).await
 }
 
 /// Rewrites the gateway's config file atomically and waits for the reload `result`.
@@ -609,7 +581,13 @@ async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &st
     let tmp = gw.config_path.with_extension("yaml.new");
     std::fs::write(&tmp, text).unwrap();
     std::fs::rename(&tmp, &gw.config_path).unwrap();
-    wait_metric_above(gw, "gateway_config_reloads_total", &labels, before).await;
+    gw.wait_metric_above(
+        "gateway_config_reloads_total",
+        &labels,
+        before,
+        Duration::from_secs(10),
+    )
+    .await;
 }
 
 const SHARED_SYNC: &str = "obs-shared";
@@ -740,9 +718,7 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
 /// Starts the app and gateways, drives traffic that makes every labeled series the
 /// configs select appear, and returns job name → exposition, as Prometheus would see it.
 async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
-    let keys_dir = tempfile::tempdir().unwrap();
-    let keys = keys_dir.path().join("keys.yaml");
-    std::fs::write(&keys, DEV_KEYS).unwrap();
+    let (_keys_dir, keys) = dev_key_file();
     let app = AppProc::start(&keys);
     let extra = gateway_extra();
     let gw = GatewayProc::start(app.addr, &extra);

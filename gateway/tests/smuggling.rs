@@ -702,13 +702,7 @@ async fn ambiguous_and_malformed_requests_get_a_clean_4xx_and_never_reach_the_ap
     if !seen.is_empty() || *up.raw_bytes.lock().unwrap() != 0 {
         failures.push(format!("upstream received {seen:?}"));
     }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    assert_all_passed(&failures, cases.len());
     // Each refusal is counted and logged like any other answer.
     let refused = gw.metric_sum("http_requests_total", &[("status", "400")])
         + gw.metric_sum("http_requests_total", &[("status", "431")]);

@@ -1,6 +1,8 @@
 //! The container HEALTHCHECK probe shared by `gateway healthcheck` and `app healthcheck`.
 //! Runtime images have no shell or curl, so the binaries probe themselves.
 
+#![forbid(unsafe_code)]
+
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;

@@ -12,6 +12,8 @@
 //!     secret: "..."
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -26,16 +28,8 @@ pub const DEFAULT_LEEWAY_SECS: u64 = 30;
 /// Tokens longer than this are rejected before any parsing work.
 pub const MAX_TOKEN_BYTES: usize = 4096;
 
-#[derive(Debug, thiserror::Error)]
-pub enum KeyFileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
-}
+/// Why the token key file could not be loaded (shared wording: `edgekit::FileError`).
+pub type KeyFileError = edgekit::FileError;
 
 /// Why a token was refused. Deliberately coarse: callers log the variant, never the token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -112,14 +106,7 @@ impl std::fmt::Debug for Keyring {
 
 impl Keyring {
     pub fn load(path: &Path) -> Result<Keyring, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Keyring::from_yaml(&text).map_err(|message| KeyFileError::Invalid {
-            path: path.display().to_string(),
-            message,
-        })
+        edgekit::load_file(path, "token key file", Keyring::from_yaml)
     }
 
     pub fn from_yaml(text: &str) -> Result<Keyring, String> {

@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::net::canonical_ip;
+
 use gcra::Gcra;
-pub use policy::{ConfigError, KeyKind, MatchConfig, Mode, PolicyConfig, RateLimitsConfig};
+pub use policy::{KeyKind, MatchConfig, Mode, PolicyConfig, RateLimitsConfig};
 pub use rate::Rate;
 use shared::keys::ClientId;
 use shared::policy::SharedPolicy;
@@ -45,6 +47,36 @@ pub enum Decision {
     Rejected,
     /// A shadow policy would have rejected it (`would_reject`); the request goes on.
     ShadowRejected,
+}
+
+impl Decision {
+    /// `gateway_rate_limit_decisions_total{decision}`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Rejected => "rejected",
+            Decision::ShadowRejected => "shadow_rejected",
+        }
+    }
+}
+
+/// A request's overall limit decision: the access log's `policy_decision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overall {
+    Allowed,
+    Rejected,
+    /// Only a shadow policy said no.
+    WouldReject,
+}
+
+impl Overall {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Overall::Allowed => "allowed",
+            Overall::Rejected => "rejected",
+            Overall::WouldReject => "would_reject",
+        }
+    }
 }
 
 /// One matching policy's view of the request.
@@ -101,6 +133,19 @@ impl Verdict {
 
     pub fn reported(&self) -> Option<&PolicyOutcome> {
         self.report.map(|i| &self.outcomes[i])
+    }
+
+    /// `None` when no policy matched.
+    pub fn overall(&self) -> Option<Overall> {
+        if self.is_rejected() {
+            Some(Overall::Rejected)
+        } else if self.would_reject().next().is_some() {
+            Some(Overall::WouldReject)
+        } else if self.outcomes.is_empty() {
+            None
+        } else {
+            Some(Overall::Allowed)
+        }
     }
 
     /// Names of shadow policies that would have rejected this request.
@@ -246,7 +291,7 @@ impl Limiter {
             .collect();
         Limiter {
             policies,
-            exempt: cfg.exempt.iter().map(canonical_net).collect(),
+            exempt: crate::net::canonical_nets(&cfg.exempt),
             ipv6_prefix: cfg.ipv6_prefix.clamp(1, 128),
         }
     }
@@ -395,24 +440,6 @@ fn shared_for(
         return None;
     }
     Some(carry(p).unwrap_or_else(|| Arc::new(SharedPolicy::new(p, Arc::clone(engine), max_keys))))
-}
-
-/// IPv4-mapped IPv6 (`::ffff:a.b.c.d`, as seen on dual-stack sockets) is the IPv4 client.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(a) => a.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Exempt entries written as IPv4-mapped networks match the canonical IPv4 client.
-fn canonical_net(net: &IpNet) -> IpNet {
-    match (net, canonical_ip(net.network())) {
-        (IpNet::V6(n), IpAddr::V4(a)) if n.prefix_len() >= 96 => {
-            ipnet::Ipv4Net::new(a, n.prefix_len() - 96).map_or(*net, IpNet::V4)
-        }
-        _ => *net,
-    }
 }
 
 #[cfg(test)]

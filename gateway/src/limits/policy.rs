@@ -4,6 +4,7 @@ use serde::Deserialize;
 
 use super::rate::Rate;
 use super::shared::config::{OnUnavailable, SharedMode};
+use crate::invalid::Invalid;
 
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -85,23 +86,13 @@ pub struct MatchConfig {
     pub path_prefix: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-fn err(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        field: field.into(),
-        message: message.into(),
-    }
+fn err(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    Invalid::new(field, message)
 }
 
 impl RateLimitsConfig {
     /// Reports the first problem found, with the field path operators need to fix it.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(1..=128).contains(&self.ipv6_prefix) {
             return Err(err(
                 format!("{ROOT}.ipv6_prefix"),
@@ -126,7 +117,7 @@ impl RateLimitsConfig {
 }
 
 impl PolicyConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    fn validate(&self, at: &str) -> Result<(), Invalid> {
         // Names become metric labels and quoted header tokens: keep them boring.
         let name_ok = (1..=64).contains(&self.name.len())
             && self
@@ -160,7 +151,7 @@ impl PolicyConfig {
 }
 
 impl MatchConfig {
-    fn validate(&self, at: &str) -> Result<(), ConfigError> {
+    fn validate(&self, at: &str) -> Result<(), Invalid> {
         for (i, m) in self.methods.iter().enumerate() {
             if !KNOWN_METHODS.contains(&m.as_str()) {
                 return Err(err(

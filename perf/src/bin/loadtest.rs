@@ -220,6 +220,13 @@ async fn get_document(user: &mut GooseUser) -> TransactionResult {
     Ok(())
 }
 
+/// A scenario of logged-in users: each logs in once when it starts.
+fn session(name: &str, weight: usize) -> Result<Scenario, GooseError> {
+    Ok(Scenario::new(name)
+        .set_weight(weight)?
+        .register_transaction(transaction!(start_session).set_on_start()))
+}
+
 fn scenarios() -> Result<Vec<Scenario>, GooseError> {
     Ok(vec![
         // Logging in is argon2 on the app: rare and paced, as real users are.
@@ -228,18 +235,11 @@ fn scenarios() -> Result<Vec<Scenario>, GooseError> {
             .set_wait_time(Duration::from_millis(500), Duration::from_millis(1500))?
             .register_transaction(transaction!(start_anonymous).set_on_start())
             .register_transaction(transaction!(login_only).set_name("log in")),
-        scenario!("list documents")
-            .set_weight(4)?
-            .register_transaction(transaction!(start_session).set_on_start())
-            .register_transaction(transaction!(list).set_name("list")),
-        scenario!("get a document")
-            .set_weight(6)?
-            .register_transaction(transaction!(start_session).set_on_start())
+        session("list documents", 4)?.register_transaction(transaction!(list).set_name("list")),
+        session("get a document", 6)?
             .register_transaction(transaction!(upload).set_on_start())
             .register_transaction(transaction!(get_document).set_name("get")),
-        scenario!("upload a small document")
-            .set_weight(2)?
-            .register_transaction(transaction!(start_session).set_on_start())
+        session("upload a small document", 2)?
             .register_transaction(transaction!(upload).set_name("upload")),
     ])
 }

@@ -1,10 +1,12 @@
 //! `shared_limits:` and the per-policy `shared:` / `on_unavailable:` keys, as operators
-//! write them, and their validation (errors are `(field, message)` like the rest of config).
+//! write them, and their validation.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+
+use crate::invalid::Invalid;
 
 pub const DEFAULT_KEY_PREFIX: &str = "edge";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -136,14 +138,14 @@ fn sync_interval<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> 
 }
 
 impl SharedLimitsConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         let p = &self.key_prefix;
         let ok = (1..=32).contains(&p.len())
             && p.bytes()
                 .all(|b| matches!(b, b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.'));
         if !ok {
-            return Err((
-                "shared_limits.key_prefix".into(),
+            return Err(Invalid::new(
+                "shared_limits.key_prefix",
                 format!("{p:?} must match ^[A-Za-z0-9_.-]{{1,32}}$"),
             ));
         }
@@ -177,7 +179,7 @@ impl SharedLimitsConfig {
 pub fn validate_policies(
     shared: Option<&SharedLimitsConfig>,
     policies: &[super::super::PolicyConfig],
-) -> Result<(), (String, String)> {
+) -> Result<(), Invalid> {
     if let Some(s) = shared {
         s.validate()?;
     }
@@ -185,21 +187,21 @@ pub fn validate_policies(
         let at = format!("rate_limits.policies[{i}]");
         if shared.is_none() {
             if matches!(p.shared, Some(SharedMode::Sync | SharedMode::Exact)) {
-                return Err((
+                return Err(Invalid::new(
                     format!("{at}.shared"),
-                    "needs a top-level shared_limits section (or use `local`)".into(),
+                    "needs a top-level shared_limits section (or use `local`)",
                 ));
             }
             if p.on_unavailable.is_some() {
-                return Err((
+                return Err(Invalid::new(
                     format!("{at}.on_unavailable"),
-                    "only applies with a top-level shared_limits section".into(),
+                    "only applies with a top-level shared_limits section",
                 ));
             }
         } else if p.shared == Some(SharedMode::Local) && p.on_unavailable.is_some() {
-            return Err((
+            return Err(Invalid::new(
                 format!("{at}.on_unavailable"),
-                "has no effect on a `shared: local` policy".into(),
+                "has no effect on a `shared: local` policy",
             ));
         }
     }
@@ -269,8 +271,8 @@ mod tests {
         for bad in ["", "a b", "a:b", "{x}", &"p".repeat(33)] {
             let mut c = parse("redis: redis://r").unwrap();
             c.key_prefix = bad.to_string();
-            let (field, _) = c.validate().unwrap_err();
-            assert_eq!(field, "shared_limits.key_prefix", "{bad:?}");
+            let e = c.validate().unwrap_err();
+            assert_eq!(e.field, "shared_limits.key_prefix", "{bad:?}");
         }
     }
 
@@ -287,5 +289,78 @@ mod tests {
         assert!(c.read_password().unwrap_err().contains("empty"));
         c.password_file = Some(dir.path().join("missing"));
         assert!(c.read_password().unwrap_err().contains("cannot read"));
+    }
+}
+
+#[cfg(test)]
+mod config_file_tests {
+    use crate::config::Config;
+
+    const BASE: &str = "upstream: 127.0.0.1:8081\ntoken_key_file: keys.yaml\n";
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("sync without shared_limits",
+             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: sync\n",
+             7, "rate_limits.policies[0].shared"),
+            ("exact without shared_limits",
+             "rate_limits:\n  policies:\n    - {name: a, key: ip, rate: 1/s, burst: 1}\n    - name: b\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: exact\n",
+             8, "rate_limits.policies[1].shared"),
+            ("override without shared_limits",
+             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      on_unavailable: deny\n",
+             7, "rate_limits.policies[0].on_unavailable"),
+            ("password in url",
+             "shared_limits:\n  redis: redis://:pw@redis:6379/0\n",
+             2, "shared_limits.redis"),
+            ("interval out of range",
+             "shared_limits:\n  redis: redis://redis\n  sync_interval: 10ms\n",
+             3, "shared_limits.sync_interval"),
+            ("bad mode",
+             "shared_limits:\n  redis: redis://redis\nrate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: global\n",
+             9, "rate_limits.policies[0].shared"),
+            ("bad prefix",
+             "shared_limits:\n  redis: redis://redis\n  key_prefix: 'a b'\n",
+             3, "shared_limits.key_prefix"),
+            ("unknown key",
+             "shared_limits:\n  redis: redis://redis\n  replicas: 3\n",
+             3, "shared_limits.replicas"),
+        ];
+        for (name, extra, line, field) in cases {
+            let e = Config::parse("g.yaml", &format!("{BASE}{extra}")).expect_err(name);
+            assert_eq!(e.field, *field, "{name}: {e}");
+            // Validation errors point at the field's line; serde_yaml places errors inside
+            // an optional section at the section's first line.
+            let got = e.line.unwrap_or(0);
+            assert!((3..=line + 2).contains(&got), "{name}: {e}");
+            if field.starts_with("rate_limits") {
+                assert_eq!(got, line + 2, "{name}: {e}");
+            }
+            assert!(e.to_string().starts_with("g.yaml:"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn local_policies_need_nothing_and_modes_default_to_sync() {
+        let c = Config::parse(
+            "g.yaml",
+            &format!("{BASE}rate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1, shared: local}}\n"),
+        )
+        .unwrap();
+        assert!(c.shared_limits.is_none());
+        let c = Config::parse(
+            "g.yaml",
+            &format!("{BASE}shared_limits:\n  redis: rediss://redis:6380/1\n  on_unavailable: full\nrate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1}}\n    - {{name: b, key: user, rate: 1/s, burst: 1, shared: exact, on_unavailable: deny}}\n"),
+        )
+        .unwrap();
+        let s = c.shared_limits.unwrap();
+        assert!(s.redis.tls);
+        assert_eq!(s.on_unavailable, super::OnUnavailable::Full);
+        assert_eq!(c.rate_limits.policies[0].shared, None);
+        assert_eq!(
+            c.rate_limits.policies[1].on_unavailable,
+            Some(super::OnUnavailable::Deny)
+        );
     }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::metrics::SharedMetrics;
 use super::policy::SharedPolicy;
 use super::sync::call_reloading;
 use super::{monotonic_ns, script, EXACT_TIMEOUT};
@@ -149,9 +148,5 @@ pub fn decision(g: &crate::limits::gcra::Gcra, allowed: bool, ahead: u64) -> Buc
 }
 
 fn fall_back(c: &Confirm, reason: &'static str) -> BucketDecision {
-    SharedMetrics::get()
-        .exact_fallbacks
-        .with_label_values(&[&c.policy.name, reason])
-        .inc();
-    c.policy.fallback(c.hash, monotonic_ns(), c.local)
+    c.policy.fallback(c.hash, monotonic_ns(), c.local, reason)
 }

@@ -22,6 +22,8 @@ pub mod sync;
 
 #[cfg(test)]
 mod model_tests;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;

@@ -43,8 +43,29 @@ struct Entry {
     fallback_tat: u64,
 }
 
+/// Keys are already keyed 64-bit hashes (`Store::hash_key`): hashing them again is waste.
+#[derive(Default)]
+struct PreHashed(u64);
+
+impl std::hash::Hasher for PreHashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else rather than panic.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Entries = HashMap<u64, Entry, std::hash::BuildHasherDefault<PreHashed>>;
+
 struct Shard {
-    entries: HashMap<u64, Entry>,
+    entries: Entries,
     dirty: Vec<u64>,
 }
 
@@ -109,7 +130,7 @@ impl SharedPolicy {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        entries: HashMap::new(),
+                        entries: Entries::default(),
                         dirty: Vec::new(),
                     })
                 })
@@ -133,7 +154,8 @@ impl SharedPolicy {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<Shard> {
-        &self.shards[(hash >> 60) as usize % SHARDS]
+        // Middle bits: the table itself uses the low bits (index) and the top 7 (tags).
+        &self.shards[(hash >> 32) as usize % SHARDS]
     }
 
     pub fn key_id(&self, client: ClientId) -> u128 {
@@ -234,7 +256,7 @@ impl SharedPolicy {
                     out.confirm = true;
                 } else {
                     drop(guard);
-                    let fb = self.fallback(hash, now, d);
+                    let fb = self.fallback(hash, now, d, "down");
                     out.decision = fb;
                 }
             }
@@ -260,7 +282,8 @@ impl SharedPolicy {
                     shard.dirty.push(hash);
                 }
                 let used = u64::from(e.pending) * self.gcra.interval_ns();
-                if e.inflight == 0 && used * 2 >= e.share.max(1) {
+                // No share (bucket at its limit, admitting only by refill): the tick will do.
+                if e.inflight == 0 && e.share > 0 && used * 2 >= e.share {
                     out.flush_now = true;
                 }
             }
@@ -290,9 +313,13 @@ impl SharedPolicy {
         }
     }
 
-    /// `shared: exact` without Redis's word: decide per `on_unavailable`. `local` is the
-    /// pre-check's decision (already charged at the whole limit).
-    pub fn fallback(&self, hash: u64, now: u64, local: Decision) -> Decision {
+    /// `shared: exact` without Redis's word (`reason`: timeout, error, down): decide per
+    /// `on_unavailable`. `local` is the pre-check's decision (charged at the whole limit).
+    pub fn fallback(&self, hash: u64, now: u64, local: Decision, reason: &'static str) -> Decision {
+        SharedMetrics::get()
+            .exact_fallbacks
+            .with_label_values(&[&self.name, reason])
+            .inc();
         let d = match self.on_unavailable {
             OnUnavailable::Full => local,
             OnUnavailable::Deny => deny_decision(),
@@ -397,7 +424,7 @@ impl SharedPolicy {
         e.share = share;
         e.leased_at = t_exec.max(1);
         let used = u64::from(e.pending) * self.gcra.interval_ns();
-        e.pending > 0 && used * 2 >= share.max(1)
+        e.pending > 0 && share > 0 && used * 2 >= share
     }
 
     /// A flush failed after it was sent (timeout): its hits are not retried, since the

@@ -18,7 +18,8 @@ use super::{keys, monotonic_ns, Engine};
 
 /// Budget of one flush or heartbeat round trip. A timed-out flush is not retried.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Includes the handshake (AUTH, HELLO): a SIGSTOP'd Redis accepts TCP but never answers.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica missing from the set for this long no longer counts.
 pub const REPLICA_WINDOW_MS: u64 = 5_000;
@@ -235,6 +236,9 @@ impl Driver {
         match t {
             Transition::InSync => {
                 self.engine.set_healthy(true);
+                // A fleet started together must not flush in lockstep.
+                let t = self.engine.sync_interval().as_nanos() as u64;
+                self.next_flush = monotonic_ns() + jitter(t);
                 tracing::info!(
                     target: "shared_limits",
                     replicas = self.engine.replicas(),
@@ -341,6 +345,8 @@ impl Driver {
     }
 
     fn good(&mut self) {
+        // Redis answers again: `exact` calls may wait for it again.
+        self.engine.exact_succeeded();
         if let Some(t) = self.breaker.on_good(monotonic_ns()) {
             self.transition(t, &[]);
         }

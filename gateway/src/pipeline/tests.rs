@@ -1,0 +1,300 @@
+//! One row per refusal kind and per ordering rule of `admit`, without sockets.
+
+use std::time::{Duration, SystemTime};
+
+use keyring::{Keyring, VerifyError};
+
+use super::*;
+use crate::config::Config;
+
+const KEYS: &str =
+    "signing_kid: k1\nkeys:\n  - kid: k1\n    secret: \"0123456789abcdef0123456789abcdef01234567\"\n";
+
+/// Trusts 10.0.0.0/8, routes /v1/, blocks 203.0.113.7 (written IPv4-mapped) and
+/// u-mallory, and lets each client IP make 2 requests.
+const CONFIG: &str = r#"
+upstream: 127.0.0.1:8081
+token_key_file: unused.yaml
+trusted_proxies: ["10.0.0.0/8"]
+routes: ["/v1/"]
+limits:
+  max_request_body_bytes: 100
+block:
+  clients: ["::ffff:203.0.113.7/128"]
+  users: [u-mallory]
+rate_limits:
+  policies:
+    - name: per-ip
+      key: ip
+      rate: 1/min
+      burst: 2
+"#;
+
+fn live() -> (Live, Keyring) {
+    let config = Config::parse("test.yaml", CONFIG).expect("test config");
+    let keys = Keyring::from_yaml(KEYS).unwrap();
+    let live = Live::with_keys(config, Keyring::from_yaml(KEYS).unwrap(), None).unwrap();
+    (live, keys)
+}
+
+fn now() -> Now {
+    let unix_secs = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    Now {
+        mono_ns: 1_000_000_000,
+        unix_secs,
+    }
+}
+
+fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> RequestHeader {
+    let mut req = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+    for (name, value) in headers {
+        req.append_header(name.to_string(), *value).unwrap();
+    }
+    req
+}
+
+type Outcome = Result<(), RefusalKind>;
+
+const MALFORMED: AuthFailure = AuthFailure::Token(VerifyError::Malformed);
+
+fn run(live: &Live, peer: &str, req: &RequestHeader) -> (Outcome, Admission) {
+    match admit(live, peer.parse().unwrap(), req, now()) {
+        Ok(found) => (Ok(()), found),
+        Err(r) => (Err(r.kind), r.so_far),
+    }
+}
+
+#[test]
+fn refusal_kinds_and_their_order() {
+    let (live, keys) = live();
+    let sign = |sub: &str| {
+        let token = keys.sign(sub, Duration::from_secs(60), SystemTime::now());
+        format!("Bearer {token}")
+    };
+    let alice = sign("u-alice");
+    let mallory = sign("u-mallory");
+    let blocked = "203.0.113.7";
+    use RefusalKind as K;
+    let cases: Vec<(&str, &str, RequestHeader, Outcome)> = vec![
+        (
+            "admitted",
+            "198.51.100.1",
+            request("GET", "/v1/x", &[]),
+            Ok(()),
+        ),
+        (
+            "with a valid token",
+            "198.51.100.2",
+            request("GET", "/v1/x", &[("authorization", &alice)]),
+            Ok(()),
+        ),
+        (
+            "no route",
+            "198.51.100.3",
+            request("GET", "/metrics", &[]),
+            Err(K::NoRoute),
+        ),
+        (
+            "ambiguous path",
+            "198.51.100.4",
+            request("GET", "/v1/../metrics", &[]),
+            Err(K::AmbiguousPath),
+        ),
+        (
+            "ambiguous before route",
+            "198.51.100.4",
+            request("GET", "/x/%2e%2e/", &[]),
+            Err(K::AmbiguousPath),
+        ),
+        (
+            "declared body over limit",
+            "198.51.100.5",
+            request("POST", "/v1/x", &[("content-length", "101")]),
+            Err(K::BodyTooLarge),
+        ),
+        (
+            "declared body at limit",
+            "198.51.100.5",
+            request("POST", "/v1/x", &[("content-length", "100")]),
+            Ok(()),
+        ),
+        (
+            "blocked client (mapped entry, v4 peer)",
+            blocked,
+            request("GET", "/v1/x", &[]),
+            Err(K::Blocked(BlockReason::Client)),
+        ),
+        (
+            "blocked client on a bad path: 403 not 400",
+            blocked,
+            request("GET", "/v1/../x", &[]),
+            Err(K::Blocked(BlockReason::Client)),
+        ),
+        (
+            "blocked client over body limit: 403 not 413",
+            blocked,
+            request("POST", "/v1/x", &[("content-length", "999")]),
+            Err(K::Blocked(BlockReason::Client)),
+        ),
+        (
+            "blocked client via trusted proxy",
+            "10.0.0.1",
+            request("GET", "/v1/x", &[("x-forwarded-for", blocked)]),
+            Err(K::Blocked(BlockReason::Client)),
+        ),
+        (
+            "blocked user",
+            "198.51.100.6",
+            request("GET", "/v1/x", &[("authorization", &mallory)]),
+            Err(K::Blocked(BlockReason::User)),
+        ),
+        (
+            "unmatched route before identity",
+            "198.51.100.6",
+            request("GET", "/nope", &[("authorization", &mallory)]),
+            Err(K::NoRoute),
+        ),
+        (
+            "refused token",
+            "198.51.100.7",
+            request("GET", "/v1/x", &[("authorization", "Bearer nope")]),
+            Err(K::InvalidToken(AuthFailure::Token(VerifyError::Malformed))),
+        ),
+        (
+            "other scheme",
+            "198.51.100.8",
+            request("GET", "/v1/x", &[("authorization", "Basic YTpi")]),
+            Err(K::InvalidToken(AuthFailure::UnsupportedScheme)),
+        ),
+    ];
+    for (name, peer, req, want) in cases {
+        let (got, _) = run(&live, peer, &req);
+        assert_eq!(got, want, "{name}");
+    }
+}
+
+#[test]
+fn refused_tokens_are_charged_to_ip_limits_first() {
+    let (live, _) = live();
+    let bad = request("GET", "/v1/x", &[("authorization", "Bearer nope")]);
+    let peer = "198.51.100.20";
+    let kinds: Vec<Outcome> = (0..3).map(|_| run(&live, peer, &bad).0).collect();
+    assert_eq!(
+        kinds,
+        [
+            Err(RefusalKind::InvalidToken(MALFORMED)),
+            Err(RefusalKind::InvalidToken(MALFORMED)),
+            // Over the per-IP limit: 429, not 401.
+            Err(RefusalKind::RateLimited),
+        ]
+    );
+    let (got, found) = run(&live, peer, &request("GET", "/v1/x", &[]));
+    assert_eq!(
+        got,
+        Err(RefusalKind::RateLimited),
+        "the refused tokens were charged"
+    );
+    let verdict = found.verdict.expect("limits ran");
+    assert_eq!(verdict.rejection().map(|o| &*o.policy), Some("per-ip"));
+}
+
+#[test]
+fn refusals_before_the_limits_charge_nothing() {
+    let (live, _) = live();
+    let peer = "198.51.100.30";
+    for _ in 0..5 {
+        let (got, found) = run(&live, peer, &request("GET", "/nope", &[]));
+        assert_eq!(got, Err(RefusalKind::NoRoute));
+        assert!(found.verdict.is_none());
+    }
+    assert_eq!(run(&live, peer, &request("GET", "/v1/x", &[])).0, Ok(()));
+}
+
+#[test]
+fn request_id_is_kept_only_from_trusted_peers() {
+    let (live, _) = live();
+    let with_id = |id: &str| request("GET", "/v1/x", &[("x-request-id", id)]);
+    let xff = |id: &str| {
+        request(
+            "GET",
+            "/v1/x",
+            &[("x-request-id", id), ("x-forwarded-for", "198.51.100.40")],
+        )
+    };
+    // (peer, request, id kept?)
+    let cases = [
+        ("10.0.0.1", with_id("abc-123"), true),
+        ("10.0.0.1", xff("abc-124"), true),
+        ("198.51.100.41", with_id("abc-125"), false),
+        ("198.51.100.42", xff("abc-126"), false),
+        ("10.0.0.1", with_id("bad id"), false),
+        ("10.0.0.1", with_id(&"x".repeat(65)), false),
+    ];
+    for (peer, req, kept) in cases {
+        let sent = req
+            .headers
+            .get("x-request-id")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let (_, found) = run(&live, peer, &req);
+        assert_eq!(found.request_id == sent, kept, "{peer} {sent:?}");
+        assert!(forwarding::is_valid_request_id(found.request_id.as_bytes()));
+    }
+    // Refused requests carry their id too (the answer and the log line use it).
+    let (got, found) = run(
+        &live,
+        "10.0.0.1",
+        &request("GET", "/nope", &[("x-request-id", "r-1")]),
+    );
+    assert_eq!(
+        (got, found.request_id.as_str()),
+        (Err(RefusalKind::NoRoute), "r-1")
+    );
+}
+
+#[test]
+fn refusal_kinds_map_to_edge_errors() {
+    let cases = [
+        (RefusalKind::Blocked(BlockReason::Client), 403),
+        (RefusalKind::Blocked(BlockReason::User), 403),
+        (RefusalKind::AmbiguousPath, 400),
+        (RefusalKind::NoRoute, 404),
+        (RefusalKind::BodyTooLarge, 413),
+        (RefusalKind::RateLimited, 429),
+        (
+            RefusalKind::InvalidToken(AuthFailure::Token(VerifyError::Expired)),
+            401,
+        ),
+    ];
+    for (kind, status) in cases {
+        assert_eq!(kind.edge_error().status, status, "{kind:?}");
+    }
+}
+
+#[test]
+fn ambiguous_paths_are_refused() {
+    let cases = [
+        ("/v1/documents", false),
+        ("/v1/documents/abc", false),
+        ("/v1/a.b/c..d", false),
+        ("/v1/../metrics", true),
+        ("/v1/./documents", true),
+        ("/v1/..", true),
+        ("/v1//documents", true),
+        ("/v1/%2e%2e/metrics", true),
+        ("/v1/%2E./x", true),
+        ("/v1/a%2fb", true),
+        ("/v1/a\\b", true),
+        ("/v1/a%00", true),
+        ("v1/x", true),
+        ("", true),
+    ];
+    for (path, want) in cases {
+        assert_eq!(is_ambiguous_path(path), want, "{path}");
+    }
+}

@@ -1,0 +1,140 @@
+//! What a finished request leaves behind: the request metrics and its one access-log
+//! line, for proxied requests and for answers the listener gave before pingora saw them.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use http::header::USER_AGENT;
+use pingora::http::RequestHeader;
+
+use crate::access_log::{clip, AccessRecord, MAX_PATH, MAX_USER_AGENT};
+use crate::client_ip::Resolution;
+use crate::errors::EdgeError;
+use crate::identity::Identity;
+use crate::limits::Verdict;
+use crate::metrics::{method_label, status_label, Metrics};
+use crate::pipeline::{Admission, RefusalKind};
+
+/// Counts what the admission pipeline decided: forwarded-header rejections, limit
+/// decisions, block-list hits and auth failures.
+pub fn admission(m: &Metrics, found: &Admission, refusal: Option<RefusalKind>) {
+    if let Some(r) = found.resolution.rejection {
+        m.forwarded_rejections
+            .with_label_values(&[r.as_str()])
+            .inc();
+    }
+    for outcome in found.verdict.iter().flat_map(|v| &v.outcomes) {
+        m.rate_limit_decisions
+            .with_label_values(&[&outcome.policy, outcome.decision.as_str()])
+            .inc();
+    }
+    match refusal {
+        Some(RefusalKind::Blocked(reason)) => m.blocked.with_label_values(&[reason.as_str()]).inc(),
+        Some(RefusalKind::InvalidToken(reason)) => {
+            m.auth_failures.with_label_values(&[reason.as_str()]).inc()
+        }
+        _ => {}
+    }
+}
+
+/// A request pingora handled, as the proxy saw it at the end.
+pub struct Finished<'a> {
+    pub req: &'a RequestHeader,
+    pub request_id: String,
+    pub status: u16,
+    /// The matched route prefix, or `"unmatched"`.
+    pub route: &'a str,
+    pub started: Instant,
+    pub upstream_elapsed: Option<Duration>,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub peer: Option<IpAddr>,
+    pub resolution: Option<&'a Resolution>,
+    pub identity: &'a Identity,
+    pub verdict: Option<&'a Verdict>,
+    pub error: Option<&'static str>,
+}
+
+/// Request count and durations, then the access line.
+pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
+    let req = f.req;
+    let elapsed = f.started.elapsed();
+    m.requests_total
+        .with_label_values(&[method_label(&req.method), status_label(f.status), f.route])
+        .inc();
+    m.request_duration
+        .with_label_values(&[f.route])
+        .observe(elapsed.as_secs_f64());
+    if let Some(up) = f.upstream_elapsed {
+        m.upstream_duration
+            .with_label_values(&[f.route])
+            .observe(up.as_secs_f64());
+    }
+    let verdict = f.verdict;
+    AccessRecord {
+        request_id: f.request_id,
+        method: req.method.as_str().to_owned(),
+        path: clip(req.uri.path(), MAX_PATH).to_owned(),
+        query: if include_query {
+            req.uri.query().map(|q| clip(q, MAX_PATH).to_owned())
+        } else {
+            None
+        },
+        route: f.route.to_owned(),
+        status: f.status,
+        bytes_in: f.bytes_in,
+        bytes_out: f.bytes_out,
+        duration_ms: elapsed.as_secs_f64() * 1e3,
+        upstream_ms: f.upstream_elapsed.map(|d| d.as_secs_f64() * 1e3),
+        peer: f.peer,
+        client_ip: f.resolution.map(|r| r.client),
+        trust: f.resolution.map(|r| r.decision),
+        forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
+        user_id: f.identity.user_id().map(str::to_owned),
+        auth: f.identity.auth_label(),
+        policy: verdict
+            .and_then(|v| v.rejection().or(v.reported()))
+            .map(|o| o.policy.to_string()),
+        policy_decision: verdict.and_then(Verdict::overall).map(|d| d.as_str()),
+        shadow_rejected_by: verdict.and_then(|v| {
+            let names: Vec<&str> = v.would_reject().collect();
+            (!names.is_empty()).then(|| names.join(","))
+        }),
+        user_agent: req
+            .headers
+            .get(USER_AGENT)
+            .map(|v| clip(&String::from_utf8_lossy(v.as_bytes()), MAX_USER_AGENT).to_owned()),
+        error: f.error,
+    }
+    .emit();
+}
+
+/// An answer the listener wrote itself (408/431/400 from the head reader, 503 over the
+/// connection cap): no method, path or identity is known.
+pub fn edge_answer(
+    m: &Metrics,
+    peer: SocketAddr,
+    request_id: String,
+    err: EdgeError,
+    reason: &'static str,
+    started: Instant,
+) {
+    m.head_rejections.with_label_values(&[reason]).inc();
+    m.requests_total
+        .with_label_values(&["OTHER", status_label(err.status), "unmatched"])
+        .inc();
+    AccessRecord {
+        request_id,
+        method: String::new(),
+        path: String::new(),
+        route: "unmatched".into(),
+        status: err.status,
+        duration_ms: started.elapsed().as_secs_f64() * 1e3,
+        peer: Some(peer.ip().to_canonical()),
+        client_ip: Some(peer.ip().to_canonical()),
+        auth: "none",
+        error: Some(reason),
+        ..Default::default()
+    }
+    .emit();
+}
