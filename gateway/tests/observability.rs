@@ -610,14 +610,10 @@ impl RedisProc {
             .spawn()
             .ok()?;
         let r = RedisProc { child, port };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "redis-server did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let listening = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(listening, "redis-server did not listen on {port}");
         Some(r)
     }
 }
@@ -663,15 +659,11 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
     let gw = GatewayProc::start(upstream, &extra);
     let up = |gw: &GatewayProc| gw.metric_sum("gateway_shared_limits_up", &[]);
     let wait_up = |want: f64| {
-        let start = Instant::now();
-        while up(&gw) != want {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "gateway_shared_limits_up never {want}; log:\n{}",
-                tail(&gw.proc.log, 20)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            wait_until(Duration::from_secs(10), || up(&gw) == want),
+            "gateway_shared_limits_up never {want}; log:\n{}",
+            tail(&gw.proc.log, 20)
+        );
     };
     wait_up(1.0);
     // The exact policy covers /v1/auth: a GET there is cheap for the app (no password hash).
@@ -679,7 +671,13 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
     // In sync: a flushed key (synced_keys, sync round trips) and one exact check.
     send(gw.addr, "127.0.0.31", "GET /v1/documents HTTP/1.1", "").await;
     send(gw.addr, "127.0.0.31", exact, "").await;
-    wait_metric_above(&gw, "gateway_shared_limits_synced_keys_total", &[], 0.0).await;
+    gw.wait_metric_above(
+        "gateway_shared_limits_synced_keys_total",
+        &[],
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
     // Redis hung (SIGSTOP): an exact check times out (20 ms) and falls back before the
     // breaker opens (~1 s); a fresh client each round, bounded rounds.
     let fallbacks = "gateway_shared_limits_exact_fallbacks_total";
@@ -704,11 +702,11 @@ async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
     }
     let decisions = "gateway_shared_limits_degraded_decisions_total";
     for decision in ["allowed", "rejected"] {
-        wait_metric_above(
-            &gw,
+        gw.wait_metric_above(
             decisions,
             &[("policy", SHARED_SYNC), ("decision", decision)],
             0.0,
+            Duration::from_secs(10),
         )
         .await;
     }
