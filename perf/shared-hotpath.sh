@@ -171,5 +171,7 @@ print(f"| keys in Redis (DBSIZE) | {$db0} → {$db1} |")
 print(f"| used_memory | {$mem0:,} → {$mem1:,} B: {($mem1 - $mem0) / max(keys, 1):.0f} B per key |")
 print(f"| sync errors / dropped hits | {$errors:.0f} / {$dropped:.0f} |")
 PY
-  rcli --scan --count 1000 | head -3 | sed 's/^/  sample key: /'
+  curl -sS -m 5 "http://127.0.0.1:$admin_cost/metrics" | grep -E '^gateway_shared_limits_(sync_errors|dropped_hits)_total' | awk '$2 > 0 {print "  " $0}'
+  key=$(rcli --scan --pattern '*:rl:*' 2>/dev/null | head -1 || true)
+  [ -n "$key" ] && echo "  sample key: $key ($(rcli MEMORY USAGE "$key") B by MEMORY USAGE), value $(rcli GET "$key"), TTL $(rcli PTTL "$key") ms"
 fi
