@@ -29,6 +29,17 @@ done
 [ "$ok" = 1 ] || { echo "replicas not in sync; logs in $run (KEEP=1)" >&2; tail -5 "$run"/r1.log >&2; exit 1; }
 
 echo "gateway: $gateway_bin; redis-server $(redis-server --version | grep -o 'v=[^ ]*'); $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
+# A once-a-second sample of each replica's up / replicas gauges, to place any excess in time.
+if [ -n "${SAMPLES_OUT:-}" ]; then
+  ( while sleep 1; do
+      printf '%s' "$(date +%s.%N)"
+      for a in "$admin_r1" "$admin_r2" "$admin_r3"; do
+        printf ' %s/%s' "$(metric "$a" gateway_shared_limits_up)" "$(metric "$a" gateway_shared_limits_replicas)"
+      done
+      echo
+    done >"$SAMPLES_OUT" ) &
+  pids+=($!)
+fi
 python3 "$root/perf/shared_accuracy.py" --duration "$duration" --rate-per-min 100 --burst 20 \
   --replicas "$port_r1,$port_r2,$port_r3" --single "$port_single" \
   --level "2x:2:127.0.0.2" --level "10x:10:127.0.0.10" --json "${JSON_OUT:-/dev/null}"

@@ -48,7 +48,7 @@ async def run_level(name, mult, source, args, results):
     while t < args.duration:
         arrivals.append(t)
         t += rng.expovariate(rate)
-    shared, single = [], []
+    shared, single, shared_replica = [], [], []
     status_counts = {"shared": {}, "single": {}}
     slowest = {"shared": 0.0, "single": 0.0}
     tasks = []
@@ -70,6 +70,8 @@ async def run_level(name, mult, source, args, results):
             status_counts[kind][st] = status_counts[kind].get(st, 0) + 1
             if st not in (0, 429) and st < 500:
                 admitted.append(at)
+                if kind == "shared":
+                    shared_replica.append((at, j % len(args.replicas)))
 
     for j, at in enumerate(arrivals):
         tasks.append(asyncio.ensure_future(one(j, at)))
@@ -78,7 +80,7 @@ async def run_level(name, mult, source, args, results):
     single.sort()
     results[name] = {
         "mult": mult, "sent": len(arrivals),
-        "shared": shared, "single": single,
+        "shared": shared, "single": single, "shared_replica": sorted(shared_replica),
         "statuses": status_counts, "slowest_s": slowest,
     }
 
