@@ -13,6 +13,8 @@
 //!
 //! The pingora adapter (`proxy`) records metrics and answers from the result.
 
+pub mod exact;
+
 use std::net::IpAddr;
 
 use http::header::CONTENT_LENGTH;

@@ -20,7 +20,7 @@ use crate::errors::{self, EdgeError, ProxyError, UpstreamFailure};
 use crate::forwarding;
 use crate::identity::Identity;
 use crate::limits::Verdict;
-use crate::pipeline::{self, Admission, Now, Refusal, RefusalKind};
+use crate::pipeline::{self, Admission, Now, RefusalKind};
 use crate::request_log::{self, Finished};
 use crate::respond;
 use crate::state::{Live, Shared};
@@ -113,39 +113,6 @@ impl Gateway {
     }
 }
 
-/// `shared: exact` policies that allowed locally wait for Redis's word here: the one
-/// await a limit decision can need (bounded at 20 ms, never while Redis is unavailable).
-/// A Redis "no" turns the admission (or a refused token's 401) into a 429.
-#[allow(clippy::result_large_err)] // as pipeline::admit
-async fn confirm_shared(admitted: Result<Admission, Refusal>) -> Result<Admission, Refusal> {
-    let (mut found, kind) = match admitted {
-        Ok(found) => (found, None),
-        Err(r) if r.kind == RefusalKind::RateLimited => return Err(r),
-        Err(r) => (r.so_far, Some(r.kind)),
-    };
-    let Some(verdict) = found.verdict.as_mut().filter(|v| !v.confirm.is_empty()) else {
-        return match kind {
-            None => Ok(found),
-            Some(kind) => Err(Refusal {
-                kind,
-                so_far: found,
-            }),
-        };
-    };
-    crate::limits::shared::exact::confirm(verdict).await;
-    match (verdict.is_rejected(), kind) {
-        (true, _) => Err(Refusal {
-            kind: RefusalKind::RateLimited,
-            so_far: found,
-        }),
-        (false, None) => Ok(found),
-        (false, Some(kind)) => Err(Refusal {
-            kind,
-            so_far: found,
-        }),
-    }
-}
-
 #[async_trait]
 impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
@@ -191,7 +158,8 @@ impl ProxyHttp for Gateway {
         let live = ctx.live.clone().expect("live loaded");
         let peer = peer_ip(session).unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let admitted = pipeline::admit(&live, peer, session.req_header(), Now::read());
-        match confirm_shared(admitted).await {
+        // `shared: exact` policies: the one Redis round trip (bounded), else a no-op.
+        match pipeline::exact::confirm(admitted).await {
             Ok(found) => {
                 request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);

@@ -12,7 +12,9 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,9 +41,9 @@ macro_rules! require_redis {
     };
 }
 
-/// A throwaway redis-server: loopback only, no persistence.
+/// A throwaway redis-server: loopback only, no persistence, killed on drop.
 struct Redis {
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     port: u16,
     dir: tempfile::TempDir,
 }
@@ -69,15 +71,12 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        self.child = Some(child);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
-            if self.ping() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start on port {}", self.port);
+        self.child = Some(ChildGuard::new(child));
+        assert!(
+            wait_until(Duration::from_secs(10), || self.ping()),
+            "redis-server did not start on port {}",
+            self.port
+        );
     }
 
     fn ping(&self) -> bool {
@@ -100,17 +99,12 @@ impl Redis {
     }
 
     fn signal(&self, sig: &str) {
-        let pid = self.child.as_ref().expect("running").id();
-        assert!(Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success());
+        self.child.as_ref().expect("running").signal(sig);
     }
 
+    /// `kill -9`, as a crash would.
     fn kill9(&mut self) {
-        self.signal("-KILL");
-        let _ = self.child.take().unwrap().wait();
+        self.child.take().expect("running").kill();
     }
 
     async fn conn(&self) -> redis::aio::MultiplexedConnection {
@@ -119,18 +113,6 @@ impl Redis {
             .get_multiplexed_async_connection()
             .await
             .unwrap()
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-CONT", &c.id().to_string()])
-                .status();
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 
@@ -329,38 +311,65 @@ async fn hit(local: &str, gw: SocketAddr, path: &str) -> (u16, Duration) {
     (r.map_or(0, |r| r.status), start.elapsed())
 }
 
-/// `count` requests round-robin over `gws`, `pace` apart; returns (admitted, slowest,
-/// statuses other than 200/429).
+/// `count` requests round-robin over `gws`, `pace` apart: none may fail (only 200 or
+/// 429) or take 0.5 s, whatever Redis is doing. Returns (admitted, slowest).
 async fn round_robin(
     gws: &[GatewayProc],
     local: &str,
     path: &str,
     count: usize,
     pace: Duration,
-) -> (usize, Duration, Vec<u16>) {
-    let (mut admitted, mut slowest, mut bad) = (0, Duration::ZERO, Vec::new());
+) -> (usize, Duration) {
+    let (mut admitted, mut slowest) = (0, Duration::ZERO);
     for i in 0..count {
         let (status, took) = hit(local, gws[i % gws.len()].addr, path).await;
         slowest = slowest.max(took);
-        match status {
-            200 => admitted += 1,
-            429 => {}
-            s => bad.push(s),
-        }
+        assert!(
+            status == 200 || status == 429,
+            "{path} from {local}: {status}"
+        );
+        admitted += usize::from(status == 200);
         tokio::time::sleep(pace).await;
     }
-    (admitted, slowest, bad)
+    assert!(slowest < Duration::from_millis(500), "{path}: {slowest:?}");
+    (admitted, slowest)
 }
 
-/// Traffic on every policy from fresh addresses while a fault is injected: nothing may
-/// fail or be slow. Runs until `stop` flips.
+/// Traffic on every policy from fresh addresses while a fault is injected.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<(usize, Duration, Vec<u16>)>,
+}
+
+impl Traffic {
+    async fn start(gws: &[GatewayProc]) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(background_traffic(
+            gws.iter().map(|g| g.addr).collect(),
+            stop.clone(),
+        ));
+        // Some healthy traffic first, so the fault hits a busy fleet.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Traffic { stop, task }
+    }
+
+    /// Stops it; asserts nothing failed or took 0.5 s. Returns (requests, slowest).
+    async fn finish(self, what: &str) -> (usize, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (sent, slowest, bad) = self.task.await.unwrap();
+        assert!(bad.is_empty(), "failed requests during {what}: {bad:?}");
+        assert!(slowest < Duration::from_millis(500), "{what}: {slowest:?}");
+        (sent, slowest)
+    }
+}
+
 async fn background_traffic(
     gws: Vec<SocketAddr>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 ) -> (usize, Duration, Vec<u16>) {
     let (mut sent, mut slowest, mut bad) = (0usize, Duration::ZERO, Vec::new());
     let paths = ["/v1/sync/x", "/v1/exact/x", "/v1/full/x", "/v1/share/x"];
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) && sent < 5_000 {
+    while !stop.load(Ordering::Relaxed) && sent < 5_000 {
         let local = format!("127.0.1.{}", 1 + sent % 200);
         let (status, took) = hit(&local, gws[sent % gws.len()], paths[sent % paths.len()]).await;
         slowest = slowest.max(took);
@@ -373,19 +382,19 @@ async fn background_traffic(
     (sent, slowest, bad)
 }
 
-fn wait_for(limit: Duration, ok: impl Fn() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    false
+fn in_sync(g: &GatewayProc) -> bool {
+    g.metric_sum(UP, &[]) == 1.0 && g.metric_sum("gateway_shared_limits_replicas", &[]) == 3.0
 }
 
-fn up_is(v: f64) -> impl Fn(&GatewayProc) -> bool {
-    move |g| g.metric_sum(UP, &[]) == v
+fn fleet_sum(gws: &[GatewayProc], name: &str, labels: &[(&str, &str)]) -> f64 {
+    gws.iter().map(|g| g.metric_sum(name, labels)).sum()
+}
+
+/// Waits (at most 3 s) until every replica's `gateway_shared_limits_up` is `up`.
+fn wait_up(gws: &[GatewayProc], up: f64, what: &str) -> Duration {
+    wait_all(gws, what, Duration::from_secs(3), |g| {
+        g.metric_sum(UP, &[]) == up
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,24 +406,15 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
     let gws: Vec<GatewayProc> = (0..3)
         .map(|_| GatewayProc::start(stub.addr, &yaml))
         .collect();
-    wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), |g| {
-        g.metric_sum(UP, &[]) == 1.0 && g.metric_sum("gateway_shared_limits_replicas", &[]) == 3.0
-    });
+    wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), in_sync);
+    let paced = Duration::from_millis(8);
 
     // 1. One client spread round-robin over 3 replicas, 60/min burst 30: about what one
     //    gateway admits (30 + refill), never the unshared ~90.
     let started = Instant::now();
-    let (admitted, slowest, bad) = round_robin(
-        &gws,
-        "127.0.0.11",
-        "/v1/sync/a",
-        300,
-        Duration::from_millis(8),
-    )
-    .await;
+    let (admitted, slowest) = round_robin(&gws, "127.0.0.11", "/v1/sync/a", 300, paced).await;
     let took = started.elapsed();
     eprintln!("sync: {admitted} of 300 admitted in {took:?}, slowest {slowest:?}");
-    assert!(bad.is_empty(), "{bad:?}");
     assert!(admitted >= 30, "{admitted}: the burst must be usable");
     assert!(
         admitted <= 50,
@@ -422,178 +422,119 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
     );
 
     // 2. exact admits exactly the burst.
-    let (admitted, slowest, bad) =
+    let (admitted, slowest) =
         round_robin(&gws, "127.0.0.12", "/v1/exact/a", 30, Duration::ZERO).await;
     eprintln!("exact: {admitted} of 30 admitted, slowest {slowest:?}");
-    assert!(bad.is_empty(), "{bad:?}");
     assert_eq!(admitted, 5, "exact admits exactly the burst");
 
     // 3. kill -9 Redis while traffic flows: zero failures, none slower than 0.5 s.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = tokio::spawn(background_traffic(
-        gws.iter().map(|g| g.addr).collect(),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let killed = Instant::now();
+    let traffic = Traffic::start(&gws).await;
     redis.kill9();
-    let degraded_in = wait_all(
-        &gws,
-        "degraded after kill -9",
-        Duration::from_secs(3),
-        up_is(0.0),
-    );
+    let degraded_in = wait_up(&gws, 0.0, "degraded after kill -9");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, slowest, bad) = traffic.await.unwrap();
-    eprintln!("kill -9: degraded in {degraded_in:?} ({:?} after the kill), {sent} requests during, slowest {slowest:?}", killed.elapsed());
-    assert!(bad.is_empty(), "failed requests while Redis died: {bad:?}");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    let (sent, slowest) = traffic.finish("kill -9").await;
+    eprintln!("kill -9: all degraded {degraded_in:?} after the kill, {sent} requests during, slowest {slowest:?}");
     for g in &gws {
         assert!(
             g.proc.log_text().contains("shared limits degraded"),
             "one WARN per change"
         );
-        assert_eq!(
-            get_blocking(g.admin, "/readyz").unwrap().status,
-            200,
-            "/readyz stays green"
-        );
+        let ready = get_blocking(g.admin, "/readyz").unwrap().status;
+        assert_eq!(ready, 200, "/readyz stays green");
     }
 
     // 4. Limits per on_unavailable while degraded.
+    let degraded_run = |local: &'static str, path: &'static str, count: usize| {
+        let gws = &gws;
+        async move { round_robin(gws, local, path, count, Duration::ZERO).await.0 }
+    };
     //    share: B/n = 9/3 = 3 per replica → 9 over the fleet.
-    let (admitted, _, bad) =
-        round_robin(&gws, "127.0.0.13", "/v1/share/a", 30, Duration::ZERO).await;
-    assert!(bad.is_empty(), "{bad:?}");
-    assert_eq!(admitted, 9, "share: burst/3 on each of 3 replicas");
-    //    full: the whole burst on each replica.
-    let (admitted, _, _) = round_robin(&gws, "127.0.0.14", "/v1/full/a", 30, Duration::ZERO).await;
-    assert_eq!(admitted, 18, "full: burst 6 on each of 3 replicas");
-    //    deny: fail closed.
-    let (admitted, _, _) = round_robin(&gws, "127.0.0.15", "/v1/deny/a", 6, Duration::ZERO).await;
-    assert_eq!(admitted, 0, "deny: nothing passes");
+    assert_eq!(
+        degraded_run("127.0.0.13", "/v1/share/a", 30).await,
+        9,
+        "share: burst/3 on each"
+    );
+    //    full: the whole burst (6) on each replica; deny: fail closed.
+    assert_eq!(
+        degraded_run("127.0.0.14", "/v1/full/a", 30).await,
+        18,
+        "full: burst on each"
+    );
+    assert_eq!(
+        degraded_run("127.0.0.15", "/v1/deny/a", 6).await,
+        0,
+        "deny: nothing passes"
+    );
     //    exact falls back to share without waiting: 5/3 → 1 per replica.
-    let (admitted, slowest, _) =
-        round_robin(&gws, "127.0.0.16", "/v1/exact/b", 12, Duration::ZERO).await;
-    assert_eq!(admitted, 3, "exact → share fallback");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
-    let fallbacks: f64 = gws
-        .iter()
-        .map(|g| {
-            g.metric_sum(
-                "gateway_shared_limits_exact_fallbacks_total",
-                &[("policy", "login")],
-            )
-        })
-        .sum();
+    assert_eq!(
+        degraded_run("127.0.0.16", "/v1/exact/b", 12).await,
+        3,
+        "exact → share"
+    );
+    let fallbacks = fleet_sum(
+        &gws,
+        "gateway_shared_limits_exact_fallbacks_total",
+        &[("policy", "login")],
+    );
     assert!(fallbacks >= 12.0, "{fallbacks}");
-    let degraded: f64 = gws
-        .iter()
-        .map(|g| {
-            g.metric_sum(
-                "gateway_shared_limits_degraded_decisions_total",
-                &[("policy", "closed"), ("decision", "rejected")],
-            )
-        })
-        .sum();
-    assert_eq!(degraded, 6.0);
+    let denied = fleet_sum(
+        &gws,
+        "gateway_shared_limits_degraded_decisions_total",
+        &[("policy", "closed"), ("decision", "rejected")],
+    );
+    assert_eq!(denied, 6.0);
 
     // 5. Redis back (empty, no scripts loaded): every replica in sync within 3 s.
-    let restarted = Instant::now();
     redis.spawn();
-    let resync = wait_all(
-        &gws,
-        "in sync after restart",
-        Duration::from_secs(3),
-        up_is(1.0),
-    );
-    eprintln!(
-        "restart: all replicas in sync {:?} after Redis answered again ({resync:?} polled)",
-        restarted.elapsed()
-    );
+    let resync = wait_up(&gws, 1.0, "in sync after restart");
+    eprintln!("restart: all replicas in sync {resync:?} after Redis answered again");
     for g in &gws {
         assert!(
             g.proc.log_text().contains("shared limits back in sync"),
             "INFO on recovery"
         );
     }
-    // Sharing works again (the new Redis has no scripts: NOSCRIPT → reload).
-    let (admitted, _, bad) = round_robin(
-        &gws,
-        "127.0.0.17",
-        "/v1/sync/b",
-        120,
-        Duration::from_millis(8),
-    )
-    .await;
-    assert!(bad.is_empty(), "{bad:?}");
+    // Sharing works again (the new Redis had no scripts: NOSCRIPT → reload).
+    let (admitted, _) = round_robin(&gws, "127.0.0.17", "/v1/sync/b", 120, paced).await;
     assert!(
         (30..=45).contains(&admitted),
         "{admitted} of 120 after recovery"
     );
 
     // 6. SIGSTOP: a hung socket, not a refused one. Same outcome, then recovery.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = tokio::spawn(background_traffic(
-        gws.iter().map(|g| g.addr).collect(),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let traffic = Traffic::start(&gws).await;
     redis.signal("-STOP");
-    let degraded_in = wait_all(
-        &gws,
-        "degraded after SIGSTOP",
-        Duration::from_secs(3),
-        up_is(0.0),
-    );
+    let degraded_in = wait_up(&gws, 0.0, "degraded after SIGSTOP");
     tokio::time::sleep(Duration::from_millis(500)).await;
     redis.signal("-CONT");
-    let resync = wait_all(
-        &gws,
-        "in sync after SIGCONT",
-        Duration::from_secs(3),
-        up_is(1.0),
-    );
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, slowest, bad) = traffic.await.unwrap();
+    let resync = wait_up(&gws, 1.0, "in sync after SIGCONT");
+    let (sent, slowest) = traffic.finish("SIGSTOP").await;
     eprintln!("SIGSTOP: degraded in {degraded_in:?}, back in sync {resync:?} after SIGCONT; {sent} requests, slowest {slowest:?}");
-    assert!(bad.is_empty(), "{bad:?}");
-    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
-    let dropped: f64 = gws
-        .iter()
-        .map(|g| g.metric_sum("gateway_shared_limits_dropped_hits_total", &[]))
-        .sum();
+    let dropped = fleet_sum(&gws, "gateway_shared_limits_dropped_hits_total", &[]);
     eprintln!("hits dropped over the outages: {dropped}");
 
     // 7. Hot reload: a new key_prefix reconnects (new engine), a new burst is a new
     //    fingerprint: the client exhausted in step 1 starts fresh.
     let yaml = fleet_yaml_with(&redis.url(), "edge2", 24);
     for g in &gws {
-        let before = g.metric_sum("gateway_config_reloads_total", &[("result", "ok")]);
+        let reloads = || g.metric_sum("gateway_config_reloads_total", &[("result", "ok")]);
+        let before = reloads();
         let text = gateway_yaml(g.addr, g.admin, stub.addr, &g.key_file(), &yaml);
         let tmp = g.config_path.with_extension("yaml.new");
         std::fs::write(&tmp, text).unwrap();
         std::fs::rename(&tmp, &g.config_path).unwrap();
         assert!(
-            wait_for(Duration::from_secs(5), || g
-                .metric_sum("gateway_config_reloads_total", &[("result", "ok")])
-                > before),
+            wait_until(Duration::from_secs(5), || reloads() > before),
             "reload not applied"
         );
     }
-    wait_all(&gws, "in sync after reload", Duration::from_secs(5), |g| {
-        g.metric_sum(UP, &[]) == 1.0 && g.metric_sum("gateway_shared_limits_replicas", &[]) == 3.0
-    });
-    let (admitted, _, bad) = round_robin(
+    wait_all(
         &gws,
-        "127.0.0.11",
-        "/v1/sync/a",
-        60,
-        Duration::from_millis(8),
-    )
-    .await;
-    assert!(bad.is_empty(), "{bad:?}");
+        "in sync after reload",
+        Duration::from_secs(5),
+        in_sync,
+    );
+    let (admitted, _) = round_robin(&gws, "127.0.0.11", "/v1/sync/a", 60, paced).await;
     assert!(
         (24..=34).contains(&admitted),
         "{admitted} of 60 after the reload"
@@ -606,4 +547,35 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         .unwrap();
     assert!(!keys.is_empty(), "new prefix in use");
     assert!(keys.iter().all(|k| !k.contains("127.0.0")), "{keys:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
+    require_redis!();
+    let stub = Stub::start(StubMode::Echo).await;
+    let port = free_port();
+    let yaml = fleet_yaml(&format!("redis://127.0.0.1:{port}/0"));
+    let gws = vec![GatewayProc::start(stub.addr, &yaml)];
+    // No Redis: requests are served and limited locally, never failed or slowed.
+    let (admitted, _) = round_robin(&gws, "127.0.0.21", "/v1/share/a", 12, Duration::ZERO).await;
+    assert_eq!(
+        admitted, 9,
+        "share with the last known n = 1: the whole burst"
+    );
+    assert_eq!(gws[0].metric_sum(UP, &[]), 0.0);
+    assert!(wait_until(Duration::from_secs(3), || gws[0]
+        .proc
+        .log_text()
+        .contains("shared limits not in sync")));
+    assert_eq!(get_blocking(gws[0].admin, "/readyz").unwrap().status, 200);
+    // Redis appears: in sync within 3 s (probes run every ~1 s).
+    let mut redis = Redis {
+        child: None,
+        port,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    redis.spawn();
+    let took = wait_up(&gws, 1.0, "in sync once Redis is up");
+    eprintln!("first sync {took:?} after Redis started");
+    assert!(gws[0].proc.log_text().contains("shared limits in sync"));
 }

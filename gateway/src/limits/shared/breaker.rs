@@ -52,6 +52,11 @@ impl Breaker {
         self.up
     }
 
+    /// Never had a good reply since start.
+    pub fn never_up(&self) -> bool {
+        !self.ever_up
+    }
+
     pub fn last_good(&self) -> Option<u64> {
         self.last_good
     }
@@ -113,9 +118,9 @@ impl Breaker {
         Transition::Degraded { reason }
     }
 
-    /// True once a minute while degraded (after having been up).
+    /// True once a minute while degraded (or not yet in sync since start).
     pub fn reminder_due(&mut self, now: u64) -> bool {
-        if self.up || !self.ever_up || now.saturating_sub(self.last_reminder) < REMINDER_NS {
+        if self.up || now.saturating_sub(self.last_reminder) < REMINDER_NS {
             return false;
         }
         self.last_reminder = now;

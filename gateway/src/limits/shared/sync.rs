@@ -80,6 +80,7 @@ struct Driver {
     next_probe: u64,
     next_purge: u64,
     replicas_key: String,
+    warned_at_start: bool,
 }
 
 fn is_noscript(e: &redis::RedisError) -> bool {
@@ -145,6 +146,7 @@ impl Driver {
             next_heartbeat: now,
             next_probe: now,
             next_purge: now,
+            warned_at_start: false,
         })
     }
 
@@ -359,7 +361,7 @@ impl Driver {
             Ok(c) => c,
             Err(e) => {
                 SharedMetrics::get().sync_error("connect");
-                tracing::debug!(target: "shared_limits", error = %e, "probe failed");
+                self.probe_failed(&e);
                 return;
             }
         };
@@ -374,8 +376,22 @@ impl Driver {
             }
             Err(e) => {
                 SharedMetrics::get().sync_error(error_kind(&e));
-                tracing::debug!(target: "shared_limits", error = %e, "probe failed");
+                self.probe_failed(&e);
             }
+        }
+    }
+
+    fn probe_failed(&mut self, e: &redis::RedisError) {
+        if self.breaker.never_up() && !self.warned_at_start {
+            // Never in sync since start: that state change deserves its WARN too.
+            self.warned_at_start = true;
+            tracing::warn!(
+                target: "shared_limits",
+                reason = %format!("{}: {e}", error_kind(e)),
+                "shared limits not in sync: Redis unavailable since start, enforcing locally per on_unavailable"
+            );
+        } else {
+            tracing::debug!(target: "shared_limits", error = %e, "probe failed");
         }
     }
 
