@@ -36,6 +36,9 @@ scripts/alert-delivery-test.sh
 step "container tests on the Docker engine (loud skip without one)"
 tests/containers/run.sh
 
+step "shared rate limits on the Docker engine: 3 replicas + Redis, network cut (loud skip without one)"
+tests/containers/shared-limits.sh
+
 step "load-test smoke: goose scenarios through gateway + app, SLO thresholds, reports"
 OUT=$smoke_out perf/smoke.sh
 

@@ -5,7 +5,8 @@
 //! /metrics, with the label values the query selects. The test starts the real app
 //! and two real gateways (one in front of the app, one in front of a dead port),
 //! drives the traffic that makes each labeled series appear, scrapes both, and
-//! checks every selector. A panel querying a renamed or invented metric fails here.
+//! checks every selector. The `gateway_shared_limits_*` series come from a third gateway
+//! with `shared_limits` against a real redis-server (skipped loudly without one). A panel querying a renamed or invented metric fails here.
 //! It also checks the alert annotations, the dashboard datasources, Loki's config
 //! and the labels Alloy ships.
 
@@ -32,6 +33,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "RateLimitRejectionsSpike",
     "ForwardedHeaderSpoofSpike",
     "ConfigReloadFailed",
+    "SharedLimitsDegraded",
     "TargetDown",
 ];
 
@@ -588,6 +590,129 @@ async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &st
     .await;
 }
 
+const SHARED_SYNC: &str = "obs-shared";
+const SHARED_EXACT: &str = "obs-exact";
+
+/// A redis-server on a free loopback port, killed on drop.
+struct RedisProc {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisProc {
+    /// None when Debian's `redis-server` is not installed (.ci/run installs it).
+    fn start() -> Option<RedisProc> {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let r = RedisProc { child, port };
+        let listening = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(listening, "redis-server did not listen on {port}");
+        Some(r)
+    }
+}
+
+impl RedisProc {
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} redis-server");
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `gateway_shared_limits_*` series exist only on a gateway with `shared_limits`: one in
+/// front of the app against a real redis-server, driven through a sync flush and an exact
+/// check, then Redis stopped (SIGSTOP) so an exact fallback and degraded decisions appear.
+/// None, loudly, without redis-server; the caller then skips only those metrics.
+async fn scrape_shared_gateway(upstream: SocketAddr) -> Option<Exposition> {
+    let Some(redis) = RedisProc::start() else {
+        eprintln!(
+            "\n########################################################\n\
+             #  SKIPPED: gateway_shared_limits_* queries — no redis-server here\n\
+             #  (apt-get install redis-server; .ci/run installs it).\n\
+             ########################################################\n"
+        );
+        return None;
+    };
+    let extra = format!(
+        "shared_limits:\n  redis: redis://127.0.0.1:{}/0\n  sync_interval: 50ms\n\
+         rate_limits:\n  policies:\n    \
+         - {{name: {SHARED_SYNC}, key: ip, rate: 1/hour, burst: 2, match: {{path_prefix: /v1/documents}}}}\n    \
+         - {{name: {SHARED_EXACT}, key: ip, rate: 1/hour, burst: 5, shared: exact, match: {{path_prefix: /v1/auth}}}}\n",
+        redis.port
+    );
+    let gw = GatewayProc::start(upstream, &extra);
+    let up = |gw: &GatewayProc| gw.metric_sum("gateway_shared_limits_up", &[]);
+    let wait_up = |want: f64| {
+        assert!(
+            wait_until(Duration::from_secs(10), || up(&gw) == want),
+            "gateway_shared_limits_up never {want}; log:\n{}",
+            tail(&gw.proc.log, 20)
+        );
+    };
+    wait_up(1.0);
+    // The exact policy covers /v1/auth: a GET there is cheap for the app (no password hash).
+    let exact = "GET /v1/auth/probe HTTP/1.1";
+    // In sync: a flushed key (synced_keys, sync round trips) and one exact check.
+    send(gw.addr, "127.0.0.31", "GET /v1/documents HTTP/1.1", "").await;
+    send(gw.addr, "127.0.0.31", exact, "").await;
+    gw.wait_metric_above(
+        "gateway_shared_limits_synced_keys_total",
+        &[],
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    // Redis hung (SIGSTOP): an exact check times out (20 ms) and falls back before the
+    // breaker opens (~1 s); a fresh client each round, bounded rounds.
+    let fallbacks = "gateway_shared_limits_exact_fallbacks_total";
+    for round in 0..5u8 {
+        redis.signal("-STOP");
+        send(gw.addr, &format!("127.0.1.{round}"), exact, "").await;
+        if gw.metric_sum(fallbacks, &[("policy", SHARED_EXACT)]) > 0.0 {
+            break;
+        }
+        redis.signal("-CONT");
+        wait_up(1.0);
+    }
+    assert!(
+        gw.metric_sum(fallbacks, &[("policy", SHARED_EXACT)]) > 0.0,
+        "no exact fallback while Redis was stopped; log:\n{}",
+        tail(&gw.proc.log, 20)
+    );
+    // Degraded: the replica decides alone (burst 2 → allowed, allowed, rejected).
+    wait_up(0.0);
+    for _ in 0..3 {
+        send(gw.addr, "127.0.0.32", "GET /v1/documents HTTP/1.1", "").await;
+    }
+    let decisions = "gateway_shared_limits_degraded_decisions_total";
+    for decision in ["allowed", "rejected"] {
+        gw.wait_metric_above(
+            decisions,
+            &[("policy", SHARED_SYNC), ("decision", decision)],
+            0.0,
+            Duration::from_secs(10),
+        )
+        .await;
+    }
+    Some(parse_exposition(&gw.metrics()))
+}
+
 /// Starts the app and gateways, drives traffic that makes every labeled series the
 /// configs select appear, and returns job name → exposition, as Prometheus would see it.
 async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
@@ -671,11 +796,16 @@ async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert!(gw_dead.metric_sum("gateway_upstream_errors_total", &[("kind", "connect")]) >= 1.0);
 
+    // A third gateway with shared_limits against a real Redis (when there is one).
+    let shared = scrape_shared_gateway(app.addr).await;
+
     let app_text = get_blocking(app.addr, "/metrics").unwrap().text();
-    let gateway = Exposition::merge(&[
-        &parse_exposition(&gw.metrics()),
-        &parse_exposition(&gw_dead.metrics()),
-    ]);
+    let mut parts = vec![
+        parse_exposition(&gw.metrics()),
+        parse_exposition(&gw_dead.metrics()),
+    ];
+    parts.extend(shared);
+    let gateway = Exposition::merge(&parts.iter().collect::<Vec<_>>());
     BTreeMap::from([
         ("gateway".to_string(), gateway),
         ("app".to_string(), parse_exposition(&app_text)),
@@ -700,9 +830,22 @@ async fn every_queried_metric_exists_on_the_live_services() {
     assert!(used.len() > 20, "too few selectors found: {used:?}");
 
     let scraped = scrape_live_stack().await;
+    // Without redis-server (skipped loudly above) only the shared-limits metrics go unchecked.
+    let shared_scraped = scraped["gateway"].has_series_name("gateway_shared_limits_up");
+    assert!(
+        shared_scraped
+            || std::process::Command::new("redis-server")
+                .arg("--version")
+                .output()
+                .is_err(),
+        "redis-server is installed but no gateway_shared_limits_up was scraped"
+    );
     let mut problems = BTreeSet::new();
     for (origin, s) in &used {
         if PROMETHEUS_GENERATED.contains(&s.metric.as_str()) {
+            continue;
+        }
+        if !shared_scraped && s.metric.starts_with("gateway_shared_limits_") {
             continue;
         }
         let wanted: Vec<&str> = match s.equal("job") {

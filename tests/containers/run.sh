@@ -95,6 +95,9 @@ chmod 0644 "$TOKEN_KEYS_FILE"
 mkdir -p secrets && [ -e secrets/grafana_admin_password ] || {
   (umask 077 && head -c 18 /dev/urandom | base64 -w0 >secrets/grafana_admin_password)
 }
+# The gateway service lists the Redis secret (read only with shared_limits on): a scratch one.
+export REDIS_PASSWORD_FILE=$work/redis_password
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$REDIS_PASSWORD_FILE"
 
 dc() { compose -p "$project" -f compose.yaml -f tests/containers/compose.test.yaml "$@"; }
 cleanup() {
