@@ -78,24 +78,7 @@ trap 'rm -rf "$tmp"' EXIT
 for f in "${dashboards[@]}"; do
     # Valid JSON with a fixed uid and panels; then every Prometheus query becomes a
     # recording rule (Grafana's range macros as 5m) so promtool parses its PromQL.
-    python3 - "$f" >"$tmp/dashboard-rules.yml" <<'EOF'
-import json, re, sys
-d = json.load(open(sys.argv[1]))
-assert isinstance(d.get("uid"), str) and d["uid"], "dashboard without a fixed uid"
-assert d.get("panels"), "dashboard without panels"
-rules = []
-def walk(panels):
-    for p in panels:
-        walk(p.get("panels", []))
-        for t in p.get("targets", []):
-            uid = (t.get("datasource") or p.get("datasource") or {}).get("uid")
-            if uid == "prometheus" and t.get("expr"):
-                expr = re.sub(r"\$__(rate_interval|interval|range)", "5m", t["expr"])
-                rules.append({"record": "dashboard:query_%d" % len(rules), "expr": expr})
-walk(d["panels"])
-assert rules, "no Prometheus queries"
-print(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
-EOF
+    python3 scripts/dashboard_queries.py "$f" >"$tmp/dashboard-rules.yml"
     promtool check rules "$tmp/dashboard-rules.yml" >/dev/null ||
         { echo "check-observability: $f has a query promtool cannot parse" >&2; promtool check rules "$tmp/dashboard-rules.yml" >&2; exit 1; }
     echo "  $f: valid JSON; $(grep -o '"record"' "$tmp/dashboard-rules.yml" | wc -l) Prometheus queries parse"

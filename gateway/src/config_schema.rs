@@ -69,67 +69,53 @@ pub fn methods(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-impl JsonSchema for Rate {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Rate".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": RATE_PATTERN,
-            "description": "Requests per period: N/s, N/min, N/h or N/d (also sec/second, m/minute, hour, day); 1 <= N <= 1000000000.",
-            "examples": ["100/min", "10/s"]
-        })
-    }
+/// A type our own parser reads from one YAML string, with the schema that describes it.
+macro_rules! string_schema {
+    ($ty:ident, $schema:tt) => {
+        impl JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($ty).into()
+            }
+            fn json_schema(_: &mut SchemaGenerator) -> Schema {
+                json_schema!($schema)
+            }
+        }
+    };
 }
+
+string_schema!(Rate, {
+    "type": "string",
+    "pattern": RATE_PATTERN,
+    "description": "Requests per period: N/s, N/min, N/h or N/d (also sec/second, m/minute, hour, day); 1 <= N <= 1000000000.",
+    "examples": ["100/min", "10/s"]
+});
 
 /// `redis://` or `rediss://`, printable ASCII, no `user:password@` (the password goes in a file).
 pub const REDIS_URL_PATTERN: &str = r"^rediss?://([^:@/\s]+@)?[!-~]+$";
 pub const REDIS_URL_FORBIDDEN: &str = r"^rediss?://[^/@]*:[^/@]*@";
 
-impl JsonSchema for RedisUrl {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "RedisUrl".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": REDIS_URL_PATTERN,
-            "not": { "pattern": REDIS_URL_FORBIDDEN },
-            "description": "redis://host:port/db or rediss://… without a password in it (shared_limits.password_file).",
-            "examples": ["redis://redis:6379/0"]
-        })
-    }
-}
+string_schema!(RedisUrl, {
+    "type": "string",
+    "pattern": REDIS_URL_PATTERN,
+    "not": { "pattern": REDIS_URL_FORBIDDEN },
+    "description": "redis://host:port/db or rediss://… without a password in it (shared_limits.password_file).",
+    "examples": ["redis://redis:6379/0"]
+});
 
-impl JsonSchema for Upstream {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Upstream".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": UPSTREAM_PATTERN,
-            "description": "host:port of the app: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.",
-            "examples": ["app:8081", "127.0.0.1:8081"]
-        })
-    }
-}
+string_schema!(Upstream, {
+    "type": "string",
+    "pattern": UPSTREAM_PATTERN,
+    "description": "host:port of the app: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.",
+    "examples": ["app:8081", "127.0.0.1:8081"]
+});
 
-impl JsonSchema for RoutePrefix {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "RoutePrefix".into()
-    }
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({
-            "type": "string",
-            "pattern": ROUTE_PATTERN,
-            "maxLength": 256,
-            "not": { "pattern": ROUTE_FORBIDDEN },
-            "description": "A path prefix forwarded to the app (segment-aware), e.g. \"/v1/\": starts with '/', printable ASCII, no '..' or '//'."
-        })
-    }
-}
+string_schema!(RoutePrefix, {
+    "type": "string",
+    "pattern": ROUTE_PATTERN,
+    "maxLength": 256,
+    "not": { "pattern": ROUTE_FORBIDDEN },
+    "description": "A path prefix forwarded to the app (segment-aware), e.g. \"/v1/\": starts with '/', printable ASCII, no '..' or '//'."
+});
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,15 @@ use std::time::Duration;
 
 use common::*;
 
+/// The real app on the dev keys with a ready gateway in front (keep the guards alive).
+fn app_behind_gateway() -> (tempfile::TempDir, AppProc, GatewayProc) {
+    let (keys_dir, keys) = dev_key_file();
+    let app = AppProc::start(&keys);
+    let gw = GatewayProc::start(app.addr, "");
+    gw.wait_ready(200);
+    (keys_dir, app, gw)
+}
+
 /// A bodyless request with a bearer token.
 async fn authed(gw: std::net::SocketAddr, method: &str, path: &str, token: &str) -> Response {
     send(gw, method, path, Some(token), "text/plain", b"").await
@@ -43,10 +52,7 @@ async fn send(
 #[tokio::test]
 async fn login_and_round_trip_a_document_through_the_gateway() {
     // The gateway's port is needed for the app's key file only; start the app first on the gateway's keys.
-    let (_keys_dir, keys) = dev_key_file();
-    let app = AppProc::start(&keys);
-    let gw = GatewayProc::start(app.addr, "");
-    gw.wait_ready(200);
+    let (_keys_dir, app, gw) = app_behind_gateway();
 
     let login = send(
         gw.addr,
@@ -145,10 +151,7 @@ async fn app_stopped_gives_502_and_recovers_when_it_returns() {
 
 #[tokio::test]
 async fn one_401_vocabulary_whether_the_gateway_or_the_app_answers() {
-    let (_keys_dir, keys) = dev_key_file();
-    let app = AppProc::start(&keys);
-    let gw = GatewayProc::start(app.addr, "");
-    gw.wait_ready(200);
+    let (_keys_dir, _app, gw) = app_behind_gateway();
     // No token: the gateway forwards the anonymous request and the app answers.
     let missing = send(gw.addr, "GET", "/v1/documents", None, "text/plain", b"").await;
     // A token that does not verify: the gateway answers itself.

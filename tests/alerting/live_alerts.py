@@ -34,6 +34,8 @@ import urllib.parse
 import urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+from dashboard_queries import prometheus_queries  # noqa: E402
 DEADLINE = time.monotonic() + float(os.environ.get("ALERT_TEST_DEADLINE", "200"))
 BIN = os.environ.get("EDGE_BIN_DIR", os.path.join(ROOT, "target", "debug"))
 PROMETHEUS = os.environ.get("PROMETHEUS", shutil.which("prometheus") or "prometheus")
@@ -281,22 +283,11 @@ def main():
                 continue
             with open(os.path.join(dash_dir, fname)) as f:
                 dash = json.load(f)
-            exprs = []
-
-            def walk(panels):
-                for p in panels:
-                    walk(p.get("panels", []))
-                    for t in p.get("targets", []):
-                        uid = (t.get("datasource") or p.get("datasource") or {}).get("uid")
-                        if uid == "prometheus" and t.get("expr"):
-                            exprs.append(t["expr"])
-
-            walk(dash.get("panels", []))
+            # Grafana's range macros as 1m: about 60 of the test's 1 s scrapes.
+            exprs = prometheus_queries(dash, "1m")
             errors, with_data = [], 0
             for e in exprs:
-                # Grafana's range macros: 1m covers ~60 of the test's 1 s scrapes.
-                expr = re.sub(r"\$__(rate_interval|interval|range)", "1m", e)
-                st, r = query(expr)
+                st, r = query(e)
                 if st != 200 or r.get("status") != "success":
                     errors.append(f"{e!r}: {st} {r.get('error')}")
                 elif r["data"]["result"]:
