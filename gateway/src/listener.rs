@@ -126,7 +126,7 @@ async fn handle<P: HttpServerApp>(
             HeadOutcome::Ready => None,
             HeadOutcome::TimedOut => Some(errors::REQUEST_TIMEOUT),
             HeadOutcome::TooLarge => Some(errors::HEADERS_TOO_LARGE),
-            HeadOutcome::Malformed => Some(errors::BAD_REQUEST),
+            HeadOutcome::Malformed(_) => Some(errors::BAD_REQUEST),
             HeadOutcome::Idle | HeadOutcome::Broken => return,
         };
         if let Some(err) = answer {
