@@ -571,6 +571,78 @@ mod tests {
         }
     }
 
+    /// pingora's real HTTP/1 reader (the one `process_new_http` runs) over in-memory bytes.
+    async fn pingora_reads(bytes: &[u8]) -> Result<usize, String> {
+        let stream = Box::new(std::io::Cursor::new(bytes.to_vec()));
+        let mut session = pingora::protocols::http::v1::server::HttpSession::new(stream);
+        match session.read_request().await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err("no request".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Differential check against pingora itself: every head we pass (after the
+    /// absolute-form rewrite) pingora reads; and the issue's classes that used to get
+    /// pingora's bare 400 are refused by pingora indeed, and now by us first.
+    #[tokio::test]
+    async fn agrees_with_pingoras_reader() {
+        let passed = [
+            "GET /v1/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /v1/%3Cx%3E HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            "GET /v1/{x} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /v1/x#f HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET https://b?q HTTP/1.0\r\n\r\n",
+            "POST /v1/u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for head in passed {
+            let HeadScan::Complete(n) = scan_head(head.as_bytes(), 100) else {
+                panic!("{head:?} refused");
+            };
+            let forwarded = origin_form(head.as_bytes(), n).unwrap_or_else(|| head.into());
+            let read = pingora_reads(&forwarded).await;
+            assert_eq!(read, Ok(forwarded.len()), "{head:?}");
+        }
+        let pingora_refuses = [
+            ("GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            ("GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            ("GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            (
+                "GET /v1/x?a=\" HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Target,
+            ),
+            (
+                "GET /v1/x?a=<> HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Target,
+            ),
+            (
+                "GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Authority,
+            ),
+            (
+                "GET http://a\\b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Authority,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Refusal::HostDuplicate,
+            ),
+            ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Refusal::HostInvalid),
+        ];
+        for (head, refusal) in pingora_refuses {
+            assert!(
+                pingora_reads(head.as_bytes()).await.is_err(),
+                "pingora took {head:?}"
+            );
+            assert_eq!(
+                scan_head(head.as_bytes(), 100),
+                HeadScan::Invalid(refusal),
+                "{head:?}"
+            );
+        }
+    }
+
     #[test]
     fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
         let cases: &[(&str, &str, Option<&str>)] = &[
