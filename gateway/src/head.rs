@@ -520,6 +520,9 @@ mod tests {
             ("backtick in path", "GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
             ("quote in query", "GET /v1/x?a=\" HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
             ("< in query", "GET /v1/x?a=< HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            // Like braces, `^` and `|` are taken by pingora, so they pass.
+            ("caret in path", "GET /v1/^x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("pipe in path", "GET /v1/|x HTTP/1.1\r\nHost: a\r\n\r\n", None),
             ("> in query", "GET /v1/x?a=> HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
             // pingora (the http crate) takes braces, so they pass: this table follows pingora, not taste.
             ("brace in path", "GET /v1/{x} HTTP/1.1\r\nHost: a\r\n\r\n", None),
