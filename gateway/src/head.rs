@@ -90,7 +90,10 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
     let mut req = httparse::Request::new(&mut headers[..max]);
     match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => match unambiguous(&req, &buf[..n]) {
-            Ok(()) => HeadScan::Complete(n),
+            // `origin_form` adds a Host line: the forwarded head must stay within the cap too
+            // (found by the `head` fuzz target: an HTTP/1.0 absolute-form head at the cap).
+            Ok(Rewrite::AddsHost) if req.headers.len() >= max => HeadScan::TooManyHeaders,
+            Ok(_) => HeadScan::Complete(n),
             Err(refusal) => HeadScan::Invalid(refusal),
         },
         Ok(httparse::Status::Partial) => HeadScan::Partial,
@@ -109,7 +112,14 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
 /// CONNECT, and request targets other than origin-form or http(s) absolute-form.
 /// Last, the target and Host go through pingora's own request-target parser and
 /// authority checks, so nothing we pass can be refused by pingora with its bare 400.
-fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<(), Refusal> {
+/// What `origin_form` will do to a head `unambiguous` passed.
+enum Rewrite {
+    None,
+    ReplacesHost,
+    AddsHost,
+}
+
+fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, Refusal> {
     if head
         .iter()
         .enumerate()
@@ -173,12 +183,20 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<(), Refus
         return Err(Refusal::Target);
     }
     // What pingora will see after `origin_form` rewrote an absolute-form head.
-    let (forwarded_target, forwarded_host) = match split_target(target)? {
-        Target::Origin => (target, host),
+    let (forwarded_target, forwarded_host, rewrite) = match split_target(target)? {
+        Target::Origin => (target, host, Rewrite::None),
         Target::Absolute {
             authority,
             path_and_query,
-        } => (path_and_query, Some(authority)),
+        } => (
+            path_and_query,
+            Some(authority),
+            if host.is_some() {
+                Rewrite::ReplacesHost
+            } else {
+                Rewrite::AddsHost
+            },
+        ),
     };
     // pingora's own parser on the same bytes (pingora-core's HTTP/1 `read_request` builds the
     // `RequestHeader` exactly so, then runs `validate_request_authority`): whatever it would
@@ -199,7 +217,8 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<(), Refus
         }
         pingora::protocols::http::authority::validate_request_authority(&parsed)
     };
-    pingora_accepts().map_err(|_| Refusal::Target)
+    pingora_accepts().map_err(|_| Refusal::Target)?;
+    Ok(rewrite)
 }
 
 /// `uri-host [":" port]` without userinfo (RFC 9112 §3.2, §3.2.2), parsed by the `http`
@@ -467,6 +486,20 @@ mod tests {
                 "too many headers",
                 many.into_bytes(),
                 HeadScan::TooManyHeaders,
+            ),
+            (
+                "absolute-form at the field cap, Host to add",
+                format!("GET http://a/ HTTP/1.0\r\n{}\r\n", "X: v\r\n".repeat(100)).into_bytes(),
+                HeadScan::TooManyHeaders,
+            ),
+            (
+                "absolute-form at the field cap, Host replaced",
+                format!(
+                    "GET http://a/ HTTP/1.0\r\nHost: b\r\n{}\r\n",
+                    "X: v\r\n".repeat(99)
+                )
+                .into_bytes(),
+                HeadScan::Complete(24 + 9 + 99 * 6 + 2),
             ),
         ];
         use Refusal::*;
