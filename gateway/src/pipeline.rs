@@ -6,6 +6,8 @@
 //! 3. client block list (403 before anything else can answer);
 //! 4. ambiguous path (400), then the route allowlist (404);
 //! 5. declared body size (413, before a byte of body is read);
+//! 5b. the per-client in-flight cap (429 `too_many_in_flight`), for requests that would
+//!    otherwise go on: the slot is held in the `Admission` until the request ends;
 //! 6. identity, then the user block list (403);
 //! 7. rate limits (429);
 //! 8. a refused token (401) — after the limits, so refused tokens are still charged to
@@ -23,8 +25,10 @@ use crate::client_ip::{self, Resolution, TrustDecision};
 use crate::errors::{self, EdgeError};
 use crate::forwarding;
 use crate::identity::{self, AuthFailure, Identity};
+use crate::inflight::Admission as Slot;
 use crate::limits::{RequestFacts, Verdict};
 use crate::state::Live;
+use pingora_limits::inflight::Guard;
 
 /// The clocks the pipeline reads, injected so tests control them.
 #[derive(Clone, Copy, Debug)]
@@ -67,6 +71,9 @@ pub struct Admission {
     pub identity: Identity,
     /// `None` when the request was refused before the limits ran.
     pub verdict: Option<Verdict>,
+    /// The in-flight slot (`None`: exempt, or refused before the cap ran). Dropping it
+    /// frees the slot, so whoever owns the request's state frees it however it ends.
+    pub inflight: Option<Guard>,
 }
 
 /// Why a request is answered at the edge.
@@ -76,6 +83,7 @@ pub enum RefusalKind {
     AmbiguousPath,
     NoRoute,
     BodyTooLarge,
+    TooManyInFlight,
     RateLimited,
     /// A presented credential did not verify.
     InvalidToken(AuthFailure),
@@ -89,6 +97,7 @@ impl RefusalKind {
             RefusalKind::AmbiguousPath => errors::BAD_REQUEST,
             RefusalKind::NoRoute => errors::NOT_FOUND,
             RefusalKind::BodyTooLarge => errors::PAYLOAD_TOO_LARGE,
+            RefusalKind::TooManyInFlight => errors::TOO_MANY_IN_FLIGHT,
             RefusalKind::RateLimited => errors::RATE_LIMITED,
             RefusalKind::InvalidToken(_) => errors::UNAUTHORIZED,
         }
@@ -120,6 +129,7 @@ pub fn admit(
         route: None,
         identity: Identity::Anonymous,
         verdict: None,
+        inflight: None,
     };
     let refuse = |kind, so_far| Err(Refusal { kind, so_far });
 
@@ -136,6 +146,12 @@ pub fn admit(
     }
     if declared_body_len(req).is_some_and(|n| n > live.config.limits.max_request_body_bytes) {
         return refuse(RefusalKind::BodyTooLarge, found);
+    }
+    let cap = live.config.limits.max_in_flight_per_client;
+    match live.inflight.admit(live.limiter.client_group(client), cap) {
+        Slot::Admitted(guard) => found.inflight = Some(guard),
+        Slot::Exempt => {}
+        Slot::Refused => return refuse(RefusalKind::TooManyInFlight, found),
     }
 
     found.identity =

@@ -12,6 +12,7 @@ use crate::blocklist::Blocklist;
 use crate::client_ip::ClientIpPolicy;
 use crate::config::Config;
 use crate::identity::TokenCache;
+use crate::inflight::InflightCap;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamState;
@@ -25,6 +26,8 @@ pub struct Live {
     /// Tokens already verified with `keys`; new on every reload.
     pub tokens: TokenCache,
     pub limiter: Limiter,
+    /// Per-client in-flight counts: carried over on reload (the cap is read from `config`).
+    pub inflight: Arc<InflightCap>,
     pub blocklist: Blocklist,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
@@ -66,6 +69,7 @@ impl Live {
             keys,
             tokens: TokenCache::default(),
             limiter,
+            inflight: previous.map_or_else(Default::default, |p| Arc::clone(&p.inflight)),
             csp,
             hsts,
         })
