@@ -6,11 +6,11 @@
 //! 3. client block list (403 before anything else can answer);
 //! 4. ambiguous path (400), then the route allowlist (404);
 //! 5. declared body size (413, before a byte of body is read);
-//! 5b. the per-client in-flight cap (429 `too_many_in_flight`), for requests that would
-//!    otherwise go on: the slot is held in the `Admission` until the request ends;
-//! 6. identity, then the user block list (403);
-//! 7. rate limits (429);
-//! 8. a refused token (401) — after the limits, so refused tokens are still charged to
+//! 6. the per-client in-flight cap (429 `too_many_in_flight`): the slot is held in the
+//!    `Admission` until the request ends;
+//! 7. identity, then the user block list (403);
+//! 8. rate limits (429);
+//! 9. a refused token (401) — after the limits, so refused tokens are still charged to
 //!    the per-IP and global policies and guessing tokens is throttled like anything else.
 //!
 //! The pingora adapter (`proxy`) records metrics and answers from the result.

@@ -169,7 +169,8 @@ const HOSTS: &[Option<&str>] = &[
 fn fuzzed_request(rng: &mut Rng) -> Vec<u8> {
     let mut target = rng.pick(PREFIXES).to_string();
     for _ in 0..rng.next() % 6 {
-        target.push_str(*rng.pick(PIECES));
+        let piece = rng.pick(PIECES);
+        target.push_str(piece);
     }
     let mut req = format!("{} {target} {}\r\n", rng.pick(METHODS), rng.pick(VERSIONS));
     if let Some(host) = rng.pick(HOSTS) {
