@@ -294,6 +294,14 @@ fn rooted(path_and_query: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 /// The rewrite happens before pingora parses, so pingora, the route allowlist, the access
 /// log and the upstream all see one request for one authority.
 pub fn origin_form(buf: &[u8]) -> Option<Vec<u8>> {
+    // httparse (and pingora) skip empty lines before the request line (RFC 9112 §2.2), so
+    // must we, or `\r\nGET http://…` would slip past the rewrite (found by the `head`
+    // fuzz target). `scan_head` refused bare LFs, so they come in CRLF pairs; the
+    // rewritten head drops them.
+    let mut buf = buf;
+    while let Some(rest) = buf.strip_prefix(b"\r\n") {
+        buf = rest;
+    }
     // The common case costs one short scan: origin-form's target starts with `/`.
     let target_start = buf.iter().position(|&b| b == b' ')? + 1;
     if buf.get(target_start) == Some(&b'/') {
@@ -702,6 +710,11 @@ mod tests {
                 "Host added in 1.0, path rooted",
                 "GET HTTP://b:8080 HTTP/1.0\r\nX: 1\r\n\r\n",
                 Some("GET / HTTP/1.0\r\nHost: b:8080\r\nX: 1\r\n\r\n"),
+            ),
+            (
+                "empty lines before the request line",
+                "\r\n\r\nGET https://qg HTTP/1.0\r\n\r\n ",
+                Some("GET / HTTP/1.0\r\nHost: qg\r\n\r\n "),
             ),
             (
                 "query without path, fragment dropped",
