@@ -146,6 +146,9 @@ pub struct SizeLimits {
     /// Concurrent client connections; more are closed at accept.
     #[schemars(range(min = 1))]
     pub max_connections: usize,
+    /// Requests one client (IP, IPv6 grouped by `rate_limits.ipv6_prefix`) may have in
+    /// flight; more get 429 `too_many_in_flight`. `rate_limits.exempt` is not counted.
+    pub max_in_flight_per_client: usize,
 }
 
 impl Default for SizeLimits {
@@ -156,6 +159,7 @@ impl Default for SizeLimits {
             max_request_header_bytes: 16 * 1024,
             max_request_headers: 100,
             max_connections: 10_000,
+            max_in_flight_per_client: crate::inflight::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
         }
     }
 }
@@ -423,6 +427,9 @@ impl Config {
         }
         if l.max_connections == 0 {
             return err("limits.max_connections", "must be at least 1");
+        }
+        if l.max_in_flight_per_client == 0 {
+            return err("limits.max_in_flight_per_client", "must be at least 1");
         }
         if let Some(h) = &self.security_headers.hsts {
             if http::HeaderValue::from_str(h).is_err() {

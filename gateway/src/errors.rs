@@ -24,6 +24,7 @@ edge_errors! {
     REQUEST_TIMEOUT = 408, "request_timeout", "The request was not received in time.";
     PAYLOAD_TOO_LARGE = 413, "payload_too_large", "The request body is too large.";
     RATE_LIMITED = 429, "rate_limited", "Too many requests; retry later.";
+    TOO_MANY_IN_FLIGHT = 429, "too_many_in_flight", "Too many requests in progress from this client; retry when one has finished.";
     HEADERS_TOO_LARGE = 431, "request_header_fields_too_large", "The request headers are too large.";
     BAD_GATEWAY = 502, "bad_gateway", "The upstream service is unavailable.";
     UNAVAILABLE = 503, "service_unavailable", "The gateway is not accepting requests right now.";
@@ -105,6 +106,8 @@ pub fn for_proxy_failure(e: &pingora::Error) -> Option<EdgeError> {
 pub enum ProxyError {
     BlockedClient,
     BlockedUser,
+    /// Over `limits.max_in_flight_per_client`.
+    TooManyInFlight,
     /// A limit enforced while proxying (body over `max_request_body_bytes`).
     Limit,
     Timeout,
@@ -117,6 +120,7 @@ impl ProxyError {
         match self {
             ProxyError::BlockedClient => "blocked_client",
             ProxyError::BlockedUser => "blocked_user",
+            ProxyError::TooManyInFlight => "too_many_in_flight",
             ProxyError::Limit => "limit",
             ProxyError::Timeout => "timeout",
             ProxyError::Connect => "connect",

@@ -17,7 +17,70 @@ pub enum HeadScan {
     Complete(usize),
     Partial,
     TooManyHeaders,
-    Invalid,
+    Invalid(Refusal),
+}
+
+/// Why a complete head is refused with 400. Each is one bounded `reason` label of
+/// `gateway_request_head_rejections_total` and the access log's `error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not HTTP/1.x syntax at all (httparse refuses it).
+    Malformed,
+    /// A line ends in a bare LF.
+    BareLf,
+    /// Content-Length other than one run of digits, or more than one.
+    ContentLength,
+    /// Transfer-Encoding other than a single `chunked`, beside Content-Length, or in HTTP/1.0.
+    TransferEncoding,
+    /// `_` spelling of a framing or Host header (some servers fold it to `-`).
+    UnderscoreFraming,
+    /// HTTP/1.1 without Host (RFC 9112 §3.2).
+    HostMissing,
+    /// More than one Host line (RFC 9112 §3.2).
+    HostDuplicate,
+    /// Host is not `uri-host [":" port]`, or carries userinfo (RFC 9112 §3.2, RFC 9110 §4.2.4).
+    HostInvalid,
+    /// CONNECT: we are not a forward proxy.
+    Method,
+    /// A request target pingora's own parser refuses, non-ASCII bytes, asterisk-form,
+    /// or a scheme other than http/https.
+    Target,
+    /// Absolute-form whose authority is empty, ambiguous (`http:/\h`), unparseable
+    /// (`http://[::1/`) or carries userinfo.
+    Authority,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Malformed => "malformed",
+            Refusal::BareLf => "bare_lf",
+            Refusal::ContentLength => "content_length",
+            Refusal::TransferEncoding => "transfer_encoding",
+            Refusal::UnderscoreFraming => "underscore_framing",
+            Refusal::HostMissing => "host_missing",
+            Refusal::HostDuplicate => "host_duplicate",
+            Refusal::HostInvalid => "host_invalid",
+            Refusal::Method => "method",
+            Refusal::Target => "target",
+            Refusal::Authority => "authority",
+        }
+    }
+
+    /// Every value, for tests and for pre-registering metric labels.
+    pub const ALL: [Refusal; 11] = [
+        Refusal::Malformed,
+        Refusal::BareLf,
+        Refusal::ContentLength,
+        Refusal::TransferEncoding,
+        Refusal::UnderscoreFraming,
+        Refusal::HostMissing,
+        Refusal::HostDuplicate,
+        Refusal::HostInvalid,
+        Refusal::Method,
+        Refusal::Target,
+        Refusal::Authority,
+    ];
 }
 
 /// Pure: is `buf` a complete, well-formed HTTP/1.x request head?
@@ -26,11 +89,16 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
     let max = max_headers.min(PARSER_MAX_HEADERS);
     let mut req = httparse::Request::new(&mut headers[..max]);
     match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) if unambiguous(&req, &buf[..n]) => HeadScan::Complete(n),
-        Ok(httparse::Status::Complete(_)) => HeadScan::Invalid,
+        Ok(httparse::Status::Complete(n)) => match unambiguous(&req, &buf[..n]) {
+            // `origin_form` adds a Host line: the forwarded head must stay within the cap too
+            // (found by the `head` fuzz target: an HTTP/1.0 absolute-form head at the cap).
+            Ok(Rewrite::AddsHost) if req.headers.len() >= max => HeadScan::TooManyHeaders,
+            Ok(_) => HeadScan::Complete(n),
+            Err(refusal) => HeadScan::Invalid(refusal),
+        },
         Ok(httparse::Status::Partial) => HeadScan::Partial,
         Err(httparse::Error::TooManyHeaders) => HeadScan::TooManyHeaders,
-        Err(_) => HeadScan::Invalid,
+        Err(_) => HeadScan::Invalid(Refusal::Malformed),
     }
 }
 
@@ -40,15 +108,24 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
 /// bare LF line ends, Content-Length other than one run of digits, any
 /// Transfer-Encoding other than a single `chunked` (and never beside a
 /// Content-Length or in HTTP/1.0), `_` spellings of framing headers (some
-/// servers fold them to `-`), several Host lines or userinfo in Host, CONNECT,
-/// and request targets other than origin-form or absolute-form naming the Host.
-fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> bool {
+/// servers fold them to `-`), Host missing (HTTP/1.1), repeated or invalid,
+/// CONNECT, and request targets other than origin-form or http(s) absolute-form.
+/// Last, the target and Host go through pingora's own request-target parser and
+/// authority checks, so nothing we pass can be refused by pingora with its bare 400.
+/// What `origin_form` will do to a head `unambiguous` passed.
+enum Rewrite {
+    None,
+    ReplacesHost,
+    AddsHost,
+}
+
+fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, Refusal> {
     if head
         .iter()
         .enumerate()
         .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
     {
-        return false;
+        return Err(Refusal::BareLf);
     }
     let (mut cl, mut te, mut hosts) = (0, 0, 0);
     let mut host: Option<&[u8]> = None;
@@ -59,18 +136,15 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> bool {
             cl += 1;
             // At most 19 digits: always fits a u64.
             if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return false;
+                return Err(Refusal::ContentLength);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te += 1;
             if !value.eq_ignore_ascii_case(b"chunked") {
-                return false;
+                return Err(Refusal::TransferEncoding);
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-            if value.contains(&b'@') {
-                return false;
-            }
             host = Some(value);
         } else if name.contains(&b'_') {
             let folded = |want: &[u8]| {
@@ -79,41 +153,203 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> bool {
                         .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
             };
             if folded(b"content-length") || folded(b"transfer-encoding") || folded(b"host") {
-                return false;
+                return Err(Refusal::UnderscoreFraming);
             }
         }
     }
-    if cl > 1 || te > 1 || (cl > 0 && te > 0) || hosts > 1 {
-        return false;
+    if cl > 1 {
+        return Err(Refusal::ContentLength);
     }
-    if te > 0 && req.version == Some(0) {
-        return false;
+    if te > 1 || (cl > 0 && te > 0) || (te > 0 && req.version == Some(0)) {
+        return Err(Refusal::TransferEncoding);
     }
-    if req.method == Some("CONNECT") {
-        return false;
+    // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, with
+    // more than one Host line, or with an invalid Host value (whatever the target form).
+    if hosts > 1 {
+        return Err(Refusal::HostDuplicate);
+    }
+    match host {
+        None if req.version == Some(1) => return Err(Refusal::HostMissing),
+        Some(value) if !valid_authority(value) => return Err(Refusal::HostInvalid),
+        _ => {}
+    }
+    let method = req.method.unwrap_or("");
+    if method == "CONNECT" {
+        return Err(Refusal::Method);
     }
     let target = req.path.unwrap_or("").as_bytes();
-    if target.first() == Some(&b'/') {
-        return true;
+    // RFC 3986 URIs are ASCII; pingora would forward other bytes verbatim (and log them lossily).
+    if !target.is_ascii() {
+        return Err(Refusal::Target);
     }
-    // Absolute-form: only with an authority equal to Host (what pingora would demand).
-    let lower = target
-        .get(..8)
-        .map(<[u8]>::to_ascii_lowercase)
-        .unwrap_or_default();
-    let rest = if lower.starts_with(b"http://") {
-        &target[7..]
-    } else if lower.starts_with(b"https://") {
-        &target[8..]
-    } else {
+    // What pingora will see after `origin_form` rewrote an absolute-form head.
+    let (forwarded_target, forwarded_host, rewrite) = match split_target(target)? {
+        Target::Origin => (target, host, Rewrite::None),
+        Target::Absolute {
+            authority,
+            path_and_query,
+        } => (
+            path_and_query,
+            Some(authority),
+            if host.is_some() {
+                Rewrite::ReplacesHost
+            } else {
+                Rewrite::AddsHost
+            },
+        ),
+    };
+    // pingora's own parser on the same bytes (pingora-core's HTTP/1 `read_request` builds the
+    // `RequestHeader` exactly so, then runs `validate_request_authority`): whatever it would
+    // refuse with its bare 400 (`<`, `>`, `"`, `` ` ``, `{` in the target, ...) is ours to answer.
+    let pingora_accepts = || -> pingora::Result<()> {
+        let mut parsed = pingora::http::RequestHeader::build_no_case(
+            method,
+            rooted(forwarded_target).as_ref(),
+            Some(1),
+        )?;
+        parsed.set_version(if req.version == Some(0) {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+        if let Some(host) = forwarded_host {
+            parsed.insert_header(http::header::HOST, host)?;
+        }
+        pingora::protocols::http::authority::validate_request_authority(&parsed)
+    };
+    pingora_accepts().map_err(|_| Refusal::Target)?;
+    Ok(rewrite)
+}
+
+/// `uri-host [":" port]` without userinfo (RFC 9112 §3.2, §3.2.2), parsed by the `http`
+/// crate's `Authority` as pingora does for absolute-form targets.
+fn valid_authority(value: &[u8]) -> bool {
+    if value.is_empty() || value.contains(&b'@') {
+        return false;
+    }
+    let Ok(authority) = http::uri::Authority::try_from(value) else {
         return false;
     };
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b'/' | b'?' | b'#'))
-        .unwrap_or(rest.len());
-    let authority = &rest[..end];
-    !authority.is_empty() && !authority.contains(&b'@') && host.is_none_or(|h| h == authority)
+    // `Authority` keeps a port it cannot read as u16 (`h:99999`); an empty port (`h:`) is legal.
+    let port = authority.as_str().rsplit_once(':').filter(|_| {
+        // An IPv6 literal's colons are inside the brackets.
+        !authority.as_str().ends_with(']')
+    });
+    match port {
+        Some((_, "")) | None => true,
+        Some((_, p)) => p.parse::<u16>().is_ok(),
+    }
+}
+
+enum Target<'a> {
+    Origin,
+    /// http(s) absolute-form: the authority wins over Host (RFC 9112 §3.2.2).
+    Absolute {
+        authority: &'a [u8],
+        path_and_query: &'a [u8],
+    },
+}
+
+/// Classifies the target with pingora's own absolute-form classifier.
+fn split_target(target: &[u8]) -> Result<Target<'_>, Refusal> {
+    use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
+    if target.first() == Some(&b'/') {
+        return Ok(Target::Origin);
+    }
+    match raw_target_authority(target) {
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") => {
+            if !valid_authority(authority) {
+                return Err(Refusal::Authority);
+            }
+            Ok(Target::Absolute {
+                authority,
+                path_and_query,
+            })
+        }
+        RawTargetAuthority::AmbiguousAuthority => Err(Refusal::Authority),
+        // `*`, `ws://`, `mailto:x`, `foo`: nothing we serve.
+        _ => Err(Refusal::Target),
+    }
+}
+
+/// An absolute-form path-and-query as origin-form: `` → `/`, `?q` → `/?q` (as pingora's Uri does).
+fn rooted(path_and_query: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if path_and_query.first() == Some(&b'/') {
+        std::borrow::Cow::Borrowed(path_and_query)
+    } else {
+        let mut rooted = Vec::with_capacity(path_and_query.len() + 1);
+        rooted.push(b'/');
+        rooted.extend_from_slice(path_and_query);
+        std::borrow::Cow::Owned(rooted)
+    }
+}
+
+/// For a `buf` whose head `scan_head` accepted: when its target is absolute-form, the same request in origin-form with one Host equal to the target's
+/// authority (RFC 9112 §3.2.2: the authority wins, any Host received is replaced), followed
+/// by the rest of `buf` (the start of the body). `None` for origin-form: forward `buf` as is.
+/// The rewrite happens before pingora parses, so pingora, the route allowlist, the access
+/// log and the upstream all see one request for one authority.
+pub fn origin_form(buf: &[u8]) -> Option<Vec<u8>> {
+    // httparse (and pingora) skip empty lines before the request line (RFC 9112 §2.2), so
+    // must we, or `\r\nGET http://…` would slip past the rewrite (found by the `head`
+    // fuzz target). `scan_head` refused bare LFs, so they come in CRLF pairs; the
+    // rewritten head drops them.
+    let mut buf = buf;
+    while let Some(rest) = buf.strip_prefix(b"\r\n") {
+        buf = rest;
+    }
+    // The common case costs one short scan: origin-form's target starts with `/`.
+    let target_start = buf.iter().position(|&b| b == b' ')? + 1;
+    if buf.get(target_start) == Some(&b'/') {
+        return None;
+    }
+    // A head `scan_head` accepted has CRLF line ends only, so this is where it ends.
+    let head_len = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = &buf[..head_len];
+    let line_end = head.windows(2).position(|w| w == b"\r\n")?;
+    let line = &head[..line_end];
+    let mut parts = line.splitn(3, |&b| b == b' ');
+    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
+    let Ok(Target::Absolute {
+        authority,
+        path_and_query,
+    }) = split_target(target)
+    else {
+        return None;
+    };
+    let path_and_query = rooted(path_and_query);
+    // pingora drops a fragment from the target; do it here so the upstream line matches.
+    let path_and_query = match path_and_query.iter().position(|&b| b == b'#') {
+        Some(i) => &path_and_query[..i],
+        None => &path_and_query[..],
+    };
+    let mut out = Vec::with_capacity(buf.len() + authority.len() + 8);
+    let parts: [&[u8]; 7] = [
+        method,
+        b" ",
+        path_and_query,
+        b" ",
+        version,
+        b"\r\nHost: ",
+        authority,
+    ];
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(b"\r\n");
+    // Header lines as received (`scan_head` allowed only CRLF and no obs-fold), minus Host.
+    for field in head[line_end + 2..].split_inclusive(|&b| b == b'\n') {
+        let name = field.split(|&b| b == b':').next().unwrap_or_default();
+        if !name.eq_ignore_ascii_case(b"host") {
+            out.extend_from_slice(field);
+        }
+    }
+    out.extend_from_slice(&buf[head_len..]);
+    Some(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,8 +362,8 @@ pub enum HeadOutcome {
     TimedOut,
     /// Head larger than the cap, or too many fields: 431.
     TooLarge,
-    /// Not HTTP/1.x: 400.
-    Malformed,
+    /// Not HTTP/1.x, or a head we refuse (see `Refusal`): 400.
+    Malformed(Refusal),
     /// The connection broke mid-head: nothing to answer.
     Broken,
 }
@@ -140,7 +376,7 @@ impl HeadOutcome {
             HeadOutcome::Idle => "idle",
             HeadOutcome::TimedOut => "timeout",
             HeadOutcome::TooLarge => "too_large",
-            HeadOutcome::Malformed => "malformed",
+            HeadOutcome::Malformed(refusal) => refusal.reason(),
             HeadOutcome::Broken => "broken",
         }
     }
@@ -176,7 +412,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             HeadScan::Complete(n) if n > limits.max_bytes => return HeadOutcome::TooLarge,
             HeadScan::Complete(_) => return HeadOutcome::Ready,
             HeadScan::TooManyHeaders => return HeadOutcome::TooLarge,
-            HeadScan::Invalid => return HeadOutcome::Malformed,
+            HeadScan::Invalid(refusal) => return HeadOutcome::Malformed(refusal),
             HeadScan::Partial if buf.len() > limits.max_bytes => return HeadOutcome::TooLarge,
             HeadScan::Partial => {}
         }
@@ -209,8 +445,8 @@ mod tests {
             ),
             (
                 "with body",
-                b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
-                HeadScan::Complete(38),
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
+                HeadScan::Complete(47),
             ),
             ("partial line", b"GET / HT".to_vec(), HeadScan::Partial),
             (
@@ -220,127 +456,302 @@ mod tests {
             ),
             ("empty", b"".to_vec(), HeadScan::Partial),
             (
-                "http/1.0",
+                "http/1.0 needs no Host",
                 b"GET / HTTP/1.0\r\n\r\n".to_vec(),
                 HeadScan::Complete(18),
             ),
             (
                 "not http",
                 b"\x16\x03\x01\x02\x00\x01\x00".to_vec(),
-                HeadScan::Invalid,
+                HeadScan::Invalid(Refusal::Malformed),
             ),
             (
                 "space in name",
                 b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n".to_vec(),
-                HeadScan::Invalid,
+                HeadScan::Invalid(Refusal::Malformed),
             ),
             (
                 "obs-fold",
                 b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n".to_vec(),
-                HeadScan::Invalid,
+                HeadScan::Invalid(Refusal::Malformed),
             ),
             (
                 "nul in value",
                 b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n".to_vec(),
-                HeadScan::Invalid,
+                HeadScan::Invalid(Refusal::Malformed),
             ),
             (
                 "bad version",
                 b"GET / HTTP/2.0\r\n\r\n".to_vec(),
-                HeadScan::Invalid,
+                HeadScan::Invalid(Refusal::Malformed),
+            ),
+            (
+                "non-ASCII target",
+                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+                HeadScan::Invalid(Refusal::Target),
             ),
             (
                 "too many headers",
                 many.into_bytes(),
                 HeadScan::TooManyHeaders,
             ),
+            (
+                "absolute-form at the field cap, Host to add",
+                format!("GET http://a/ HTTP/1.0\r\n{}\r\n", "X: v\r\n".repeat(100)).into_bytes(),
+                HeadScan::TooManyHeaders,
+            ),
+            (
+                "absolute-form at the field cap, Host replaced",
+                format!(
+                    "GET http://a/ HTTP/1.0\r\nHost: b\r\n{}\r\n",
+                    "X: v\r\n".repeat(99)
+                )
+                .into_bytes(),
+                HeadScan::Complete(24 + 9 + 99 * 6 + 2),
+            ),
         ];
+        use Refusal::*;
         // Ambiguous framing or addressing: refused before pingora or the app sees it.
-        for (name, head, ok) in [
-            (
-                "chunked",
-                "POST / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n",
-                true,
-            ),
-            (
-                "one length",
-                "POST / HTTP/1.1\r\nContent-Length:  42 \r\n\r\n",
-                true,
-            ),
-            (
-                "absolute-form = Host",
-                "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n",
-                true,
-            ),
-            ("bare LF", "GET / HTTP/1.1\nHost: a\n\n", false),
-            (
-                "TE and CL",
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
-                false,
-            ),
-            (
-                "two lengths",
-                "POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
-                false,
-            ),
-            (
-                "length list",
-                "POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
-                false,
-            ),
-            (
-                "signed length",
-                "POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
-                false,
-            ),
-            (
-                "20-digit length",
-                "POST / HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n",
-                false,
-            ),
-            (
-                "gzip, chunked",
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-                false,
-            ),
-            (
-                "TE in 1.0",
-                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
-                false,
-            ),
-            (
-                "underscore TE",
-                "POST / HTTP/1.1\r\nTransfer_Encoding: chunked\r\n\r\n",
-                false,
-            ),
-            (
-                "two Hosts",
-                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                false,
-            ),
-            ("userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", false),
-            (
-                "CONNECT",
-                "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
-                false,
-            ),
-            (
-                "absolute-form != Host",
-                "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
-                false,
-            ),
-            ("asterisk", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", false),
-        ] {
-            let want = if ok {
-                HeadScan::Complete(head.len())
-            } else {
-                HeadScan::Invalid
+        let rows: &[(&str, &str, Option<Refusal>)] = &[
+            ("chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", None),
+            ("one length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:  42 \r\n\r\n", None),
+            ("absolute-form = Host", "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            // RFC 9112 §3.2.2: the target's authority wins; `origin_form` replaces Host.
+            ("absolute-form != Host: authority wins", "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("absolute-form https, port, query", "GET HTTPS://b:8443?q=1 HTTP/1.1\r\nHost: b:8443\r\n\r\n", None),
+            ("absolute-form in 1.0 without Host", "GET http://b/x HTTP/1.0\r\n\r\n", None),
+            ("IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", None),
+            ("Host with empty port", "GET / HTTP/1.1\r\nHost: a:\r\n\r\n", None),
+            ("fragment", "GET /v1/x#frag HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("bare LF", "GET / HTTP/1.1\nHost: a\n\n", Some(BareLf)),
+            ("TE and CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n", Some(TransferEncoding)),
+            ("two lengths", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n", Some(ContentLength)),
+            ("length list", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", Some(ContentLength)),
+            ("signed length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", Some(ContentLength)),
+            ("20-digit length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n", Some(ContentLength)),
+            ("gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Some(TransferEncoding)),
+            ("TE in 1.0", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", Some(TransferEncoding)),
+            ("underscore TE", "POST / HTTP/1.1\r\nHost: a\r\nTransfer_Encoding: chunked\r\n\r\n", Some(UnderscoreFraming)),
+            ("underscore Host", "GET / HTTP/1.1\r\nHost: a\r\nHo_st: b\r\n\r\n", None),
+            ("underscore Host exact", "GET / HTTP/1.1\r\nHost: a\r\nHOS_T: b\r\n\r\n", None),
+            // Host (RFC 9112 §3.2): missing in 1.1, repeated, or invalid.
+            ("no Host", "GET / HTTP/1.1\r\n\r\n", Some(HostMissing)),
+            ("no Host, absolute-form", "GET http://a/ HTTP/1.1\r\n\r\n", Some(HostMissing)),
+            ("two Hosts", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", Some(HostDuplicate)),
+            ("two equal Hosts", "GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n", Some(HostDuplicate)),
+            ("two Hosts in 1.0", "GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", Some(HostDuplicate)),
+            ("empty Host", "GET / HTTP/1.1\r\nHost: \r\n\r\n", Some(HostInvalid)),
+            ("space in Host", "GET / HTTP/1.1\r\nHost: bad host\r\n\r\n", Some(HostInvalid)),
+            ("userinfo", "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Some(HostInvalid)),
+            ("Host with path", "GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", Some(HostInvalid)),
+            ("Host with query", "GET / HTTP/1.1\r\nHost: a?b\r\n\r\n", Some(HostInvalid)),
+            ("Host port not a number", "GET / HTTP/1.1\r\nHost: a:http\r\n\r\n", Some(HostInvalid)),
+            ("Host port too big", "GET / HTTP/1.1\r\nHost: a:99999\r\n\r\n", Some(HostInvalid)),
+            ("Host open bracket", "GET / HTTP/1.1\r\nHost: [::1\r\n\r\n", Some(HostInvalid)),
+            ("Host two ports", "GET / HTTP/1.1\r\nHost: a:1:2\r\n\r\n", Some(HostInvalid)),
+            ("Host with tab", "GET / HTTP/1.1\r\nHost: a\tb\r\n\r\n", Some(HostInvalid)),
+            ("Host quote", "GET / HTTP/1.1\r\nHost: \"a\"\r\n\r\n", Some(HostInvalid)),
+            ("Host backslash", "GET / HTTP/1.1\r\nHost: a\\b\r\n\r\n", Some(HostInvalid)),
+            ("invalid Host beside absolute-form", "GET http://a/ HTTP/1.1\r\nHost: bad host\r\n\r\n", Some(HostInvalid)),
+            ("CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Some(Method)),
+            ("asterisk", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            // What pingora's own Uri parser refuses (issue #13 §1): must be ours.
+            ("< in path", "GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("> in path", "GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("backtick in path", "GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("quote in query", "GET /v1/x?a=\" HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("< in query", "GET /v1/x?a=< HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            // Like braces, `^` and `|` are taken by pingora, so they pass.
+            ("caret in path", "GET /v1/^x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("pipe in path", "GET /v1/|x HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("> in query", "GET /v1/x?a=> HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            // pingora (the http crate) takes braces, so they pass: this table follows pingora, not taste.
+            ("brace in path", "GET /v1/{x} HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            ("< in absolute-form path", "GET http://a/<x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("query-only target", "GET ?x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("relative target", "GET v1/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("other scheme", "GET ftp://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("ws scheme", "GET ws://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            ("opaque scheme", "GET mailto:x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
+            // Absolute-form authority: pingora's classifier and Authority parser.
+            ("unclosed IPv6 authority", "GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("empty authority", "GET http:///x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("backslash authority", "GET http:/\\a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("backslash inside authority", "GET http://a\\b/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("scheme without //", "GET http:a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("userinfo in target", "GET http://u@a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("bad port in target", "GET http://a:99999/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("space-free junk authority", "GET http://a<b/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+            ("empty scheme", "GET ://a/x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Authority)),
+        ];
+        for (name, head, refusal) in rows {
+            let want = match refusal {
+                None => HeadScan::Complete(head.len()),
+                Some(r) => HeadScan::Invalid(*r),
             };
             cases.push((name, head.as_bytes().to_vec(), want));
         }
         for (name, input, want) in cases {
             assert_eq!(scan_head(&input, 100), want, "{name}");
         }
+    }
+
+    /// Property the listener relies on: pingora accepts every head we pass.
+    #[test]
+    fn pingora_parses_every_head_we_accept() {
+        for head in [
+            "GET /v1/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /v1/%3Cx%3E HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            let HeadScan::Complete(_) = scan_head(head.as_bytes(), 100) else {
+                panic!("{head:?} refused");
+            };
+            let forwarded = origin_form(head.as_bytes()).unwrap_or_else(|| head.into());
+            let mut hs = [httparse::EMPTY_HEADER; 8];
+            let mut req = httparse::Request::new(&mut hs);
+            assert!(req.parse(&forwarded).unwrap().is_complete());
+            let parsed = pingora::http::RequestHeader::build(
+                req.method.unwrap(),
+                req.path.unwrap().as_bytes(),
+                None,
+            )
+            .unwrap();
+            assert!(parsed.uri.path().starts_with('/'));
+        }
+    }
+
+    /// pingora's real HTTP/1 reader (the one `process_new_http` runs) over in-memory bytes.
+    async fn pingora_reads(bytes: &[u8]) -> Result<usize, String> {
+        let stream = Box::new(std::io::Cursor::new(bytes.to_vec()));
+        let mut session = pingora::protocols::http::v1::server::HttpSession::new(stream);
+        match session.read_request().await {
+            Ok(Some(n)) => Ok(n),
+            Ok(None) => Err("no request".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Differential check against pingora itself: every head we pass (after the
+    /// absolute-form rewrite) pingora reads; and the issue's classes that used to get
+    /// pingora's bare 400 are refused by pingora indeed, and now by us first.
+    #[tokio::test]
+    async fn agrees_with_pingoras_reader() {
+        let passed = [
+            "GET /v1/x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /v1/%3Cx%3E HTTP/1.1\r\nHost: a:80\r\n\r\n",
+            "GET /v1/{x} HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET /v1/x#f HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+            "GET http://b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+            "GET https://b?q HTTP/1.0\r\n\r\n",
+            "POST /v1/u HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ];
+        for head in passed {
+            let HeadScan::Complete(_) = scan_head(head.as_bytes(), 100) else {
+                panic!("{head:?} refused");
+            };
+            let forwarded = origin_form(head.as_bytes()).unwrap_or_else(|| head.into());
+            let read = pingora_reads(&forwarded).await;
+            assert_eq!(read, Ok(forwarded.len()), "{head:?}");
+        }
+        let pingora_refuses = [
+            ("GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            ("GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            ("GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            (
+                "GET /v1/x?a=\" HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Target,
+            ),
+            (
+                "GET /v1/x?a=<> HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Target,
+            ),
+            (
+                "GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Authority,
+            ),
+            (
+                "GET http://a\\b/x HTTP/1.1\r\nHost: a\r\n\r\n",
+                Refusal::Authority,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+                Refusal::HostDuplicate,
+            ),
+            ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Refusal::HostInvalid),
+        ];
+        for (head, refusal) in pingora_refuses {
+            assert!(
+                pingora_reads(head.as_bytes()).await.is_err(),
+                "pingora took {head:?}"
+            );
+            assert_eq!(
+                scan_head(head.as_bytes(), 100),
+                HeadScan::Invalid(refusal),
+                "{head:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn absolute_form_becomes_origin_form_with_the_authority_as_host() {
+        let cases: &[(&str, &str, Option<&str>)] = &[
+            (
+                "origin-form is left alone",
+                "GET /x HTTP/1.1\r\nHost: a\r\n\r\n",
+                None,
+            ),
+            (
+                "authority replaces a different Host",
+                "GET http://b/v1/x?y=1 HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\nBODY",
+                Some("GET /v1/x?y=1 HTTP/1.1\r\nHost: b\r\nAccept: */*\r\n\r\nBODY"),
+            ),
+            (
+                "Host added in 1.0, path rooted",
+                "GET HTTP://b:8080 HTTP/1.0\r\nX: 1\r\n\r\n",
+                Some("GET / HTTP/1.0\r\nHost: b:8080\r\nX: 1\r\n\r\n"),
+            ),
+            (
+                "empty lines before the request line",
+                "\r\n\r\nGET https://qg HTTP/1.0\r\n\r\n ",
+                Some("GET / HTTP/1.0\r\nHost: qg\r\n\r\n "),
+            ),
+            (
+                "query without path, fragment dropped",
+                "POST https://b?q#f HTTP/1.1\r\nhOsT: b\r\nContent-Length: 0\r\n\r\n",
+                Some("POST /?q HTTP/1.1\r\nHost: b\r\nContent-Length: 0\r\n\r\n"),
+            ),
+        ];
+        for (name, input, want) in cases {
+            let HeadScan::Complete(n) = scan_head(input.as_bytes(), 100) else {
+                panic!("{name}: refused");
+            };
+            let got = origin_form(input.as_bytes());
+            assert_eq!(
+                got.as_deref().map(String::from_utf8_lossy),
+                want.map(Into::into),
+                "{name}"
+            );
+            if let Some(rewritten) = got {
+                let m = rewritten.len() - (input.len() - n);
+                assert_eq!(
+                    scan_head(&rewritten, 100),
+                    HeadScan::Complete(m),
+                    "{name}: rescan"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_are_distinct_labels() {
+        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.reason()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), Refusal::ALL.len());
+        assert!(labels
+            .iter()
+            .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
     }
 
     fn limits() -> HeadLimits {
@@ -409,7 +820,7 @@ mod tests {
             })
         })
         .await;
-        assert_eq!(bad, HeadOutcome::Malformed);
+        assert_eq!(bad, HeadOutcome::Malformed(Refusal::Malformed));
         let ok = run(|mut c| {
             tokio::spawn(async move {
                 let _ = c.write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n").await;

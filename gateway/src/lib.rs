@@ -16,6 +16,7 @@ pub mod forwarded;
 pub mod forwarding;
 pub mod head;
 pub mod identity;
+pub mod inflight;
 pub mod invalid;
 pub mod limits;
 pub mod listener;

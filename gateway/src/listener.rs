@@ -19,7 +19,7 @@ use tokio::sync::{watch, Semaphore};
 use crate::buffered::Buffered;
 use crate::errors;
 use crate::forwarding;
-use crate::head::{read_head, HeadLimits, HeadOutcome};
+use crate::head::{origin_form, read_head, HeadLimits, HeadOutcome};
 use crate::request_log;
 use crate::respond::raw_error_response;
 use crate::state::Shared;
@@ -126,7 +126,7 @@ async fn handle<P: HttpServerApp>(
             HeadOutcome::Ready => None,
             HeadOutcome::TimedOut => Some(errors::REQUEST_TIMEOUT),
             HeadOutcome::TooLarge => Some(errors::HEADERS_TOO_LARGE),
-            HeadOutcome::Malformed => Some(errors::BAD_REQUEST),
+            HeadOutcome::Malformed(_) => Some(errors::BAD_REQUEST),
             HeadOutcome::Idle | HeadOutcome::Broken => return,
         };
         if let Some(err) = answer {
@@ -141,7 +141,11 @@ async fn handle<P: HttpServerApp>(
             request_log::edge_answer(&shared.metrics, peer, id, err, outcome.reason(), started);
             return;
         }
-        io.rewind(&buf);
+        // Absolute-form: forward origin-form with Host = the target's authority (RFC 9112 §3.2.2).
+        match origin_form(&buf) {
+            Some(rewritten) => io.rewind(&rewritten),
+            None => io.rewind(&buf),
+        }
         drop(buf);
         let mut session = ServerSession::new_http1(io);
         if let Some(s) = settings.take() {

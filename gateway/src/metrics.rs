@@ -20,6 +20,7 @@ pub struct Metrics {
     pub head_rejections: IntCounterVec,
     pub auth_failures: IntCounterVec,
     pub blocked: IntCounterVec,
+    pub inflight_rejections: IntCounter,
     pub upstream_errors: IntCounterVec,
     pub inflight: IntGauge,
     pub connections: IntGauge,
@@ -136,7 +137,7 @@ impl Metrics {
             head_rejections: counter_vec(
                 &r,
                 "gateway_request_head_rejections_total",
-                "Requests refused before routing: timeout (408), too_large (431), malformed (400).",
+                "Requests refused before routing: timeout (408), too_large (431), and 400s by reason (malformed, target, host_missing, ...).",
                 &["reason"],
             ),
             auth_failures: counter_vec(
@@ -146,6 +147,15 @@ impl Metrics {
                 &["reason"],
             ),
             blocked,
+            inflight_rejections: {
+                let c = IntCounter::new(
+                    "gateway_inflight_rejections_total",
+                    "Requests refused (429) because their client had max_in_flight_per_client in flight.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(c.clone())).expect("unique metric");
+                c
+            },
             upstream_errors,
             inflight: gauge(&r, "gateway_inflight_requests", "Requests being processed."),
             connections: gauge(&r, "gateway_open_connections", "Open client connections."),

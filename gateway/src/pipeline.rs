@@ -6,9 +6,11 @@
 //! 3. client block list (403 before anything else can answer);
 //! 4. ambiguous path (400), then the route allowlist (404);
 //! 5. declared body size (413, before a byte of body is read);
-//! 6. identity, then the user block list (403);
-//! 7. rate limits (429);
-//! 8. a refused token (401) — after the limits, so refused tokens are still charged to
+//! 6. the per-client in-flight cap (429 `too_many_in_flight`): the slot is held in the
+//!    `Admission` until the request ends;
+//! 7. identity, then the user block list (403);
+//! 8. rate limits (429);
+//! 9. a refused token (401) — after the limits, so refused tokens are still charged to
 //!    the per-IP and global policies and guessing tokens is throttled like anything else.
 //!
 //! The pingora adapter (`proxy`) records metrics and answers from the result.
@@ -25,8 +27,10 @@ use crate::client_ip::{self, Resolution, TrustDecision};
 use crate::errors::{self, EdgeError};
 use crate::forwarding;
 use crate::identity::{self, AuthFailure, Identity};
+use crate::inflight::Admission as Slot;
 use crate::limits::{RequestFacts, Verdict};
 use crate::state::Live;
+use pingora_limits::inflight::Guard;
 
 /// The clocks the pipeline reads, injected so tests control them.
 #[derive(Clone, Copy, Debug)]
@@ -66,6 +70,9 @@ pub struct Admission {
     pub identity: Identity,
     /// `None` when the request was refused before the limits ran.
     pub verdict: Option<Verdict>,
+    /// The in-flight slot (`None`: exempt, or refused before the cap ran). Dropping it
+    /// frees the slot, so whoever owns the request's state frees it however it ends.
+    pub inflight: Option<Guard>,
 }
 
 /// Why a request is answered at the edge.
@@ -75,6 +82,7 @@ pub enum RefusalKind {
     AmbiguousPath,
     NoRoute,
     BodyTooLarge,
+    TooManyInFlight,
     RateLimited,
     /// A presented credential did not verify.
     InvalidToken(AuthFailure),
@@ -88,6 +96,7 @@ impl RefusalKind {
             RefusalKind::AmbiguousPath => errors::BAD_REQUEST,
             RefusalKind::NoRoute => errors::NOT_FOUND,
             RefusalKind::BodyTooLarge => errors::PAYLOAD_TOO_LARGE,
+            RefusalKind::TooManyInFlight => errors::TOO_MANY_IN_FLIGHT,
             RefusalKind::RateLimited => errors::RATE_LIMITED,
             RefusalKind::InvalidToken(_) => errors::UNAUTHORIZED,
         }
@@ -119,6 +128,7 @@ pub fn admit(
         route: None,
         identity: Identity::Anonymous,
         verdict: None,
+        inflight: None,
     };
     let refuse = |kind, so_far| Err(Refusal { kind, so_far });
 
@@ -135,6 +145,12 @@ pub fn admit(
     }
     if declared_body_len(req).is_some_and(|n| n > live.config.limits.max_request_body_bytes) {
         return refuse(RefusalKind::BodyTooLarge, found);
+    }
+    let cap = live.config.limits.max_in_flight_per_client;
+    match live.inflight.admit(live.limiter.client_group(client), cap) {
+        Slot::Admitted(guard) => found.inflight = Some(guard),
+        Slot::Exempt => {}
+        Slot::Refused => return refuse(RefusalKind::TooManyInFlight, found),
     }
 
     found.identity =

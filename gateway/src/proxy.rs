@@ -44,6 +44,10 @@ pub struct RequestCtx {
     /// Set when the gateway itself answered (edge error).
     answered: Option<EdgeError>,
     proxy_error: Option<ProxyError>,
+    /// This request's slot under `limits.max_in_flight_per_client`. Dropped with the
+    /// ctx, which pingora does when the request is over however it ended (answered,
+    /// upstream error, client abort, timeout); `logging` drops it first.
+    inflight: Option<pingora_limits::inflight::Guard>,
 }
 
 impl RequestCtx {
@@ -59,6 +63,7 @@ impl RequestCtx {
         self.resolution = Some(found.resolution);
         self.identity = found.identity;
         self.verdict = found.verdict;
+        self.inflight = found.inflight;
     }
 }
 
@@ -86,11 +91,15 @@ impl Gateway {
         kind: RefusalKind,
     ) -> Result<bool> {
         let err = kind.edge_error();
-        if let RefusalKind::Blocked(reason) = kind {
-            ctx.proxy_error = Some(match reason {
-                BlockReason::Client => ProxyError::BlockedClient,
-                BlockReason::User => ProxyError::BlockedUser,
-            });
+        match kind {
+            RefusalKind::Blocked(BlockReason::Client) => {
+                ctx.proxy_error = Some(ProxyError::BlockedClient)
+            }
+            RefusalKind::Blocked(BlockReason::User) => {
+                ctx.proxy_error = Some(ProxyError::BlockedUser)
+            }
+            RefusalKind::TooManyInFlight => ctx.proxy_error = Some(ProxyError::TooManyInFlight),
+            _ => {}
         }
         // Jitter from the clock's low bits: enough to spread retries, no RNG call.
         let (resp, body) = respond::refusal(
@@ -132,6 +141,7 @@ impl ProxyHttp for Gateway {
             upstream_elapsed: None,
             answered: None,
             proxy_error: None,
+            inflight: None,
         }
     }
 
@@ -305,6 +315,8 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let m = &self.shared.metrics;
         m.inflight.dec();
+        // The slot frees as soon as the answer is complete, before the log line is written.
+        ctx.inflight.take();
         let Some(live) = ctx.live.clone() else { return };
         let status = session
             .response_written()

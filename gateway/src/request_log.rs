@@ -30,6 +30,7 @@ pub fn admission(m: &Metrics, found: &Admission, refusal: Option<RefusalKind>) {
     }
     match refusal {
         Some(RefusalKind::Blocked(reason)) => m.blocked.with_label_values(&[reason.as_str()]).inc(),
+        Some(RefusalKind::TooManyInFlight) => m.inflight_rejections.inc(),
         Some(RefusalKind::InvalidToken(reason)) => {
             m.auth_failures.with_label_values(&[reason.as_str()]).inc()
         }

@@ -12,6 +12,7 @@ use crate::blocklist::Blocklist;
 use crate::client_ip::ClientIpPolicy;
 use crate::config::Config;
 use crate::identity::TokenCache;
+use crate::inflight::InflightCap;
 use crate::limits::shared::Engine;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
@@ -28,6 +29,8 @@ pub struct Live {
     pub limiter: Limiter,
     /// Set with `shared_limits:`; kept across reloads unless Redis settings change.
     pub shared_limits: Option<Arc<Engine>>,
+    /// Per-client in-flight counts: carried over on reload (the cap is read from `config`).
+    pub inflight: Arc<InflightCap>,
     pub blocklist: Blocklist,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
@@ -78,6 +81,7 @@ impl Live {
             tokens: TokenCache::default(),
             limiter,
             shared_limits,
+            inflight: previous.map_or_else(Default::default, |p| Arc::clone(&p.inflight)),
             csp,
             hsts,
         })

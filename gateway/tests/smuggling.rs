@@ -576,9 +576,13 @@ fn hostile_cases() -> Vec<Case> {
             b"",
             BAD,
         ),
+        // An absolute-form authority disagreeing with Host is no longer refused: it wins
+        // and is forwarded as the only Host (RFC 9112 §3.2.2, issue #13), asserted by
+        // hostile_head.rs `host_rules_and_absolute_form_authority_wins`. What stays
+        // refused is an authority parsers could read two ways.
         req(
-            "absolute-form disagreeing with Host",
-            "GET http://evil.example/v1/x HTTP/1.1\r\nHost: gw\r\n\r\n",
+            "absolute-form with an ambiguous authority",
+            "GET http:/\\evil.example/v1/x HTTP/1.1\r\nHost: gw\r\n\r\n",
             b"",
             BAD,
         ),

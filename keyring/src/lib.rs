@@ -18,6 +18,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -44,6 +46,10 @@ pub enum VerifyError {
     Expired,
     #[error("token is not valid yet")]
     NotYetValid,
+    /// The JOSE header carries a parameter we do not accept (`crit`, key-carrying
+    /// headers, `b64`, JWE fields, an unknown name) or an `alg`/`typ` other than ours.
+    #[error("token header is not one we accept")]
+    UnsupportedHeader,
 }
 
 impl VerifyError {
@@ -55,6 +61,7 @@ impl VerifyError {
             VerifyError::BadSignature => "bad_signature",
             VerifyError::Expired => "expired",
             VerifyError::NotYetValid => "not_yet_valid",
+            VerifyError::UnsupportedHeader => "unsupported_header",
         }
     }
 }
@@ -79,6 +86,76 @@ struct KeyFile {
 struct KeyEntry {
     kid: String,
     secret: String,
+}
+
+/// The only JOSE header we accept: exactly what `Keyring::sign` writes. An allowlist,
+/// not a blocklist (RFC 8725 §3.1, §3.11; RFC 7515 §4.1.11):
+/// - `crit` in any form (present, empty, malformed) is refused: we understand no
+///   extension, and an empty list is itself invalid (RFC 7515 §4.1.11);
+/// - `jku`, `jwk`, `x5u`, `x5c`, `x5t`, `x5t#S256` would let the token name its own
+///   key; we only ever use the key `kid` selects from our own key file;
+/// - `b64` (RFC 7797 unencoded payload) changes what the signature covers;
+/// - `enc`, `zip`, `cty` belong to JWE or nested tokens, never to ours;
+/// - any other name: unknown parameters are the next `crit` or `b64`.
+///
+/// Duplicate names are refused too (RFC 7515 §4: a parser may take the last one and
+/// another the first), which a derived struct does for free.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JoseHeader {
+    /// Case-sensitive (RFC 7515 §4.1.1): only `HS256`; `none`, `hs256`, `HS512` are refused.
+    alg: String,
+    /// `JWT` when present (compared case-insensitively, RFC 7515 §4.1.9). We sign one kind of
+    /// token with these keys, so a different `typ` is a token made for something else.
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    kid: Option<String>,
+}
+
+/// Longest `kid` a key file may hold (`Keyring::from_yaml`).
+const MAX_KID_BYTES: usize = 64;
+
+/// Decodes and checks the header segment. `Malformed`: not base64url JSON object;
+/// `UnsupportedHeader`: a JSON object we refuse; else the `kid` to look up.
+fn check_header(token: &str) -> Result<String, VerifyError> {
+    let segment = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| VerifyError::Malformed)?;
+    // A derived struct also deserialises from a JSON array (`["HS256"]`): demand an object.
+    if json.trim_ascii_start().first() != Some(&b'{') {
+        return Err(VerifyError::Malformed);
+    }
+    let header: JoseHeader = serde_json::from_slice(&json).map_err(|_| {
+        // Only on the error path: tell a hostile header from garbage.
+        match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json) {
+            Ok(_) => VerifyError::UnsupportedHeader,
+            Err(_) => VerifyError::Malformed,
+        }
+    })?;
+    // Kept as `Malformed` (its label before the allowlist existed): `alg: none` and friends.
+    if header.alg != "HS256" {
+        return Err(VerifyError::Malformed);
+    }
+    if header
+        .typ
+        .as_deref()
+        .is_some_and(|typ| !typ.eq_ignore_ascii_case("JWT"))
+    {
+        return Err(VerifyError::UnsupportedHeader);
+    }
+    match header.kid {
+        Some(kid)
+            if !kid.is_empty()
+                && kid.len() <= MAX_KID_BYTES
+                && kid.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(kid)
+        }
+        // Missing, empty, overlong or with control/space/non-ASCII bytes: never one of ours.
+        _ => Err(VerifyError::UnknownKey),
+    }
 }
 
 struct Key {
@@ -113,8 +190,13 @@ impl Keyring {
         let file: KeyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
         let mut keys = HashMap::new();
         for entry in file.keys {
-            if entry.kid.is_empty() || entry.kid.len() > 64 {
-                return Err("keys[].kid must be 1 to 64 characters".into());
+            if entry.kid.is_empty()
+                || entry.kid.len() > MAX_KID_BYTES
+                || !entry.kid.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(
+                    "keys[].kid must be 1 to 64 printable ASCII characters, no spaces".into(),
+                );
             }
             if entry.secret.len() < MIN_SECRET_BYTES {
                 return Err(format!(
@@ -167,20 +249,18 @@ impl Keyring {
         jsonwebtoken::encode(&header, &claims, key).expect("HS256 signing")
     }
 
-    /// Verifies signature (HS256 only, key chosen by `kid`), `exp` with leeway and `nbf`.
+    /// Verifies the header (`check_header`: HS256 only, no `crit` or key-carrying
+    /// parameters), the signature with the key `kid` chooses, `exp` with leeway and `nbf`.
     pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::Malformed);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
-        if header.alg != Algorithm::HS256 {
+        // Compact JWS is exactly three segments; a JWE (five) or anything else is not ours.
+        if token.bytes().filter(|&b| b == b'.').count() != 2 {
             return Err(VerifyError::Malformed);
         }
-        let key = header
-            .kid
-            .as_deref()
-            .and_then(|kid| self.keys.get(kid))
-            .ok_or(VerifyError::UnknownKey)?;
+        let kid = check_header(token)?;
+        let key = self.keys.get(&kid).ok_or(VerifyError::UnknownKey)?;
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &self.validation).map_err(
             |e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -310,6 +390,235 @@ keys:
         ];
         for (name, token, want) in cases {
             assert_eq!(ring.verify(&token), Err(want), "case {name}");
+        }
+    }
+
+    /// Signs `header_json` + a valid payload with the real `new` key, so only the header
+    /// can be the reason for a refusal.
+    fn signed_with_header(header_json: &str) -> String {
+        let t = now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let payload = format!(r#"{{"sub":"u","iat":{t},"exp":{}}}"#, t + 600);
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-new");
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
+        format!("{msg}.{sig}")
+    }
+
+    #[test]
+    fn hostile_headers_are_refused_even_when_correctly_signed() {
+        use VerifyError::*;
+        let ring = ring(TWO_KEYS);
+        let long_kid = format!(r#"{{"alg":"HS256","kid":"{}"}}"#, "n".repeat(65));
+        let cases: &[(&str, &str, Result<(), VerifyError>)] = &[
+            // Accepted: what `sign` writes, and the same without `typ` or with another case.
+            ("ours", r#"{"typ":"JWT","alg":"HS256","kid":"new"}"#, Ok(())),
+            ("no typ", r#"{"alg":"HS256","kid":"new"}"#, Ok(())),
+            (
+                "typ lower case",
+                r#"{"typ":"jwt","alg":"HS256","kid":"new"}"#,
+                Ok(()),
+            ),
+            // crit (RFC 7515 §4.1.11): we understand no extension, so every form is refused.
+            (
+                "crit unknown",
+                r#"{"alg":"HS256","kid":"new","crit":["exp2"],"exp2":1}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "crit listed but absent",
+                r#"{"alg":"HS256","kid":"new","crit":["x"]}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "crit empty",
+                r#"{"alg":"HS256","kid":"new","crit":[]}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "crit string",
+                r#"{"alg":"HS256","kid":"new","crit":"b64"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "crit null",
+                r#"{"alg":"HS256","kid":"new","crit":null}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "crit registered name",
+                r#"{"alg":"HS256","kid":"new","crit":["kid"]}"#,
+                Err(UnsupportedHeader),
+            ),
+            // RFC 7797: b64=false changes what the signature covers.
+            (
+                "b64 false",
+                r#"{"alg":"HS256","kid":"new","b64":false,"crit":["b64"]}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "b64 without crit",
+                r#"{"alg":"HS256","kid":"new","b64":false}"#,
+                Err(UnsupportedHeader),
+            ),
+            // Key-carrying headers (RFC 8725 §3.10 and the jwk-injection class).
+            (
+                "jku",
+                r#"{"alg":"HS256","kid":"new","jku":"https://evil.example/jwks"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "jwk",
+                r#"{"alg":"HS256","kid":"new","jwk":{"kty":"oct","k":"AAAA"}}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "x5u",
+                r#"{"alg":"HS256","kid":"new","x5u":"https://evil.example/c"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "x5c",
+                r#"{"alg":"HS256","kid":"new","x5c":["MIIB"]}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "x5t",
+                r#"{"alg":"HS256","kid":"new","x5t":"abc"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "x5t#S256",
+                r#"{"alg":"HS256","kid":"new","x5t#S256":"abc"}"#,
+                Err(UnsupportedHeader),
+            ),
+            // JWE / nested-token confusion.
+            (
+                "enc",
+                r#"{"alg":"HS256","kid":"new","enc":"A128GCM"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "zip",
+                r#"{"alg":"HS256","kid":"new","zip":"DEF"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "cty JWT",
+                r#"{"alg":"HS256","kid":"new","cty":"JWT"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "unknown name",
+                r#"{"alg":"HS256","kid":"new","x-admin":true}"#,
+                Err(UnsupportedHeader),
+            ),
+            // typ confusion (RFC 8725 §3.11).
+            (
+                "typ at+jwt",
+                r#"{"typ":"at+jwt","alg":"HS256","kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "typ JOSE+JSON",
+                r#"{"typ":"JOSE+JSON","alg":"HS256","kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "typ number",
+                r#"{"typ":1,"alg":"HS256","kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            // alg (RFC 8725 §3.1): only HS256, case-sensitive.
+            ("alg none", r#"{"alg":"none","kid":"new"}"#, Err(Malformed)),
+            (
+                "alg lower case",
+                r#"{"alg":"hs256","kid":"new"}"#,
+                Err(Malformed),
+            ),
+            (
+                "alg HS512",
+                r#"{"alg":"HS512","kid":"new"}"#,
+                Err(Malformed),
+            ),
+            (
+                "alg RS256",
+                r#"{"alg":"RS256","kid":"new"}"#,
+                Err(Malformed),
+            ),
+            ("alg missing", r#"{"kid":"new"}"#, Err(UnsupportedHeader)),
+            (
+                "alg array",
+                r#"{"alg":["HS256"],"kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            // Duplicate names: parsers disagree on which one wins.
+            (
+                "alg twice",
+                r#"{"alg":"none","alg":"HS256","kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            (
+                "kid twice",
+                r#"{"alg":"HS256","kid":"old","kid":"new"}"#,
+                Err(UnsupportedHeader),
+            ),
+            // kid oddities.
+            ("kid empty", r#"{"alg":"HS256","kid":""}"#, Err(UnknownKey)),
+            (
+                "kid number",
+                r#"{"alg":"HS256","kid":1}"#,
+                Err(UnsupportedHeader),
+            ),
+            ("kid null", r#"{"alg":"HS256","kid":null}"#, Err(UnknownKey)),
+            (
+                "kid NUL",
+                r#"{"alg":"HS256","kid":"new\u0000"}"#,
+                Err(UnknownKey),
+            ),
+            (
+                "kid traversal",
+                r#"{"alg":"HS256","kid":"../../new"}"#,
+                Err(UnknownKey),
+            ),
+            (
+                "kid space",
+                r#"{"alg":"HS256","kid":"new "}"#,
+                Err(UnknownKey),
+            ),
+            ("kid too long", &long_kid, Err(UnknownKey)),
+            // Not a JSON object at all.
+            ("header array", r#"["HS256"]"#, Err(Malformed)),
+            ("header string", r#""HS256""#, Err(Malformed)),
+            (
+                "header truncated",
+                r#"{"alg":"HS256","kid":"new""#,
+                Err(Malformed),
+            ),
+        ];
+        for (name, header, want) in cases {
+            let got = ring.verify(&signed_with_header(header)).map(|c| {
+                assert_eq!(c.sub, "u");
+            });
+            assert_eq!(&got, want, "case {name}: {header}");
+        }
+    }
+
+    #[test]
+    fn token_shape_is_exactly_three_segments() {
+        let ring = ring(TWO_KEYS);
+        let good = ring.sign("u", Duration::from_secs(60), now());
+        assert!(ring.verify(&good).is_ok());
+        for (name, token) in [
+            ("JWE-like five segments", format!("{good}.x.y")),
+            ("four segments", format!("{good}.")),
+            ("padded header", good.replacen('.', "=.", 1)),
+            ("header with whitespace", format!(" {good}")),
+        ] {
+            assert!(ring.verify(&token).is_err(), "case {name}");
         }
     }
 

@@ -413,6 +413,16 @@ impl Limiter {
         })
     }
 
+    /// The client as per-IP policies see it (IPv4-mapped IPv6 as IPv4, IPv6 grouped by
+    /// `ipv6_prefix`), for other per-client counters; `None` when `exempt`.
+    pub fn client_group(&self, ip: IpAddr) -> Option<(u8, u128)> {
+        match self.ip_key(canonical_ip(ip))? {
+            ClientKey::V4(a) => Some((4, u128::from(a))),
+            ClientKey::V6(a) => Some((6, a)),
+            ClientKey::User(_) | ClientKey::Global => None,
+        }
+    }
+
     /// `None` when the client is exempt from per-IP policies.
     fn ip_key(&self, ip: IpAddr) -> Option<ClientKey<'static>> {
         if self.exempt.iter().any(|n| n.contains(&ip)) {

@@ -266,6 +266,7 @@ fn refusal_kinds_map_to_edge_errors() {
         (RefusalKind::NoRoute, 404),
         (RefusalKind::BodyTooLarge, 413),
         (RefusalKind::RateLimited, 429),
+        (RefusalKind::TooManyInFlight, 429),
         (
             RefusalKind::InvalidToken(AuthFailure::Token(VerifyError::Expired)),
             401,
@@ -297,4 +298,71 @@ fn ambiguous_paths_are_refused() {
     for (path, want) in cases {
         assert_eq!(is_ambiguous_path(path), want, "{path}");
     }
+}
+
+/// Stage 5b: two requests in flight per client (IPv6 by /64), exempt CIDRs not counted;
+/// a slot frees when the admission (the request's state) is dropped.
+#[test]
+fn in_flight_cap_per_client() {
+    let config = Config::parse(
+        "test.yaml",
+        "upstream: 127.0.0.1:8081\ntoken_key_file: unused.yaml\nroutes: [\"/v1/\"]\n\
+         limits:\n  max_in_flight_per_client: 2\n\
+         rate_limits:\n  ipv6_prefix: 64\n  exempt: [\"192.0.2.0/24\"]\n",
+    )
+    .expect("test config");
+    let live = Live::with_keys(config, Keyring::from_yaml(KEYS).unwrap(), None).unwrap();
+    let req = request("GET", "/v1/x", &[]);
+    let (a1, held1) = run(&live, "198.51.100.1", &req);
+    let (a2, held2) = run(&live, "::ffff:198.51.100.1", &req);
+    assert_eq!((a1, a2), (Ok(()), Ok(())), "mapped IPv4 is the same client");
+    assert_eq!(
+        run(&live, "198.51.100.1", &req).0,
+        Err(RefusalKind::TooManyInFlight)
+    );
+    assert_eq!(run(&live, "198.51.100.2", &req).0, Ok(()), "another client");
+    // Refused before the cap: holds nothing.
+    let (nope, none) = run(&live, "198.51.100.1", &request("GET", "/nope", &[]));
+    assert_eq!(
+        (nope, none.inflight.is_none()),
+        (Err(RefusalKind::NoRoute), true)
+    );
+    drop(held1);
+    let (again, _held3) = run(&live, "198.51.100.1", &req);
+    assert_eq!(again, Ok(()), "a finished request frees its slot");
+    drop(held2);
+
+    let v6: Vec<_> = ["2001:db8:1:1::1", "2001:db8:1:1::2"]
+        .iter()
+        .map(|ip| run(&live, ip, &req))
+        .collect();
+    assert!(v6.iter().all(|(o, _)| o.is_ok()));
+    assert_eq!(
+        run(&live, "2001:db8:1:1:ffff::3", &req).0,
+        Err(RefusalKind::TooManyInFlight),
+        "same /64"
+    );
+    assert_eq!(run(&live, "2001:db8:1:2::1", &req).0, Ok(()), "next /64");
+
+    let exempt: Vec<_> = (0..10).map(|_| run(&live, "192.0.2.9", &req)).collect();
+    assert!(exempt
+        .iter()
+        .all(|(o, a)| o.is_ok() && a.inflight.is_none()));
+
+    // A reload keeps the counts (the sketch is carried over) and applies the new cap.
+    let bigger = Config::parse(
+        "test.yaml",
+        "upstream: 127.0.0.1:8081\ntoken_key_file: unused.yaml\nroutes: [\"/v1/\"]\n\
+         limits:\n  max_in_flight_per_client: 3\n",
+    )
+    .unwrap();
+    let reloaded = Live::with_keys(bigger, Keyring::from_yaml(KEYS).unwrap(), Some(&live)).unwrap();
+    let (third, _h) = run(&reloaded, "2001:db8:1:1::9", &req);
+    assert_eq!(third, Ok(()), "cap 3 now");
+    assert_eq!(
+        run(&reloaded, "2001:db8:1:1::9", &req).0,
+        Err(RefusalKind::TooManyInFlight),
+        "the two held before the reload still count"
+    );
+    drop(v6);
 }

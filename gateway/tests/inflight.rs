@@ -1,0 +1,137 @@
+//! `limits.max_in_flight_per_client` through the real gateway (issue #13 §4): one client
+//! holding slow requests is capped with fast 429s while another client goes on, and its
+//! slots come back when its requests end, however they end.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CLIENT_A: &str = "127.0.0.3";
+const CLIENT_B: &str = "127.0.0.4";
+
+async fn timed_get(
+    client: &'static str,
+    gw: std::net::SocketAddr,
+    path: &str,
+) -> (u16, Duration, Response) {
+    let started = Instant::now();
+    let r = get_from(client, gw, path, &[]).await;
+    (r.status, started.elapsed(), r)
+}
+
+/// 12 concurrent slow requests from one client against a cap of 8: 8 × 200 and 4 fast
+/// 429s; another client meanwhile 200; afterwards the first client's slots are free.
+#[tokio::test]
+async fn one_client_is_capped_another_is_not_and_slots_come_back() {
+    let slow = Duration::from_millis(1500);
+    let stub = Stub::start(StubMode::Slow(slow)).await;
+    let gw = GatewayProc::start(stub.addr, "limits:\n  max_in_flight_per_client: 8\n");
+    let addr = gw.addr;
+    let burst: Vec<_> = (0..12)
+        .map(|i| {
+            tokio::spawn(async move { timed_get(CLIENT_A, addr, &format!("/v1/slow/{i}")).await })
+        })
+        .collect();
+    // While A holds its 8 slots, B is served (after the slow upstream's delay).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (b_status, _, _) = timed_get(CLIENT_B, addr, "/v1/other").await;
+    assert_eq!(b_status, 200, "another client is not capped");
+    let mut ok = 0;
+    let mut refused = Vec::new();
+    for task in burst {
+        let (status, took, r) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(r.json()["error"]["code"], "too_many_in_flight");
+                assert!(r.header("x-request-id").is_some());
+                assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+                refused.push(took);
+            }
+            other => panic!("unexpected {other}: {}", r.text()),
+        }
+    }
+    assert_eq!((ok, refused.len()), (8, 4), "8 served, 4 refused");
+    let slowest_refusal = refused.iter().max().unwrap();
+    assert!(
+        *slowest_refusal < slow / 2,
+        "429s must be immediate, took {slowest_refusal:?}"
+    );
+    assert_eq!(gw.metric_sum("gateway_inflight_rejections_total", &[]), 4.0);
+    // Every slot came back: 8 more at once are all served.
+    let again: Vec<_> = (0..8)
+        .map(|i| {
+            tokio::spawn(
+                async move { timed_get(CLIENT_A, addr, &format!("/v1/again/{i}")).await.0 },
+            )
+        })
+        .collect();
+    for task in again {
+        assert_eq!(task.await.unwrap(), 200, "slots were freed");
+    }
+    let logged = gw.proc.access_logs();
+    let refusals = logged
+        .iter()
+        .filter(|l| l["error"] == "too_many_in_flight")
+        .count();
+    assert_eq!(refusals, 4, "each refusal logged once");
+    eprintln!(
+        "in-flight cap: 8 of 12 served, 4 refused in at most {slowest_refusal:?}, other client 200, 8/8 after"
+    );
+}
+
+/// Slots free when the request fails: upstream timeouts (504) and clients that hang up.
+#[tokio::test]
+async fn slots_free_on_upstream_timeout_and_client_abort() {
+    let stub = Stub::start(StubMode::Stall).await;
+    let gw = GatewayProc::start(
+        stub.addr,
+        "limits:\n  max_in_flight_per_client: 4\ntimeouts:\n  upstream_read: 400ms\n",
+    );
+    let addr = gw.addr;
+    for round in 0..2 {
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                tokio::spawn(
+                    async move { timed_get(CLIENT_A, addr, &format!("/v1/t/{i}")).await.0 },
+                )
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 504, "round {round}: a timeout, not 429");
+        }
+    }
+    // Client abort: 4 requests whose clients hang up while the upstream stalls.
+    for i in 0..4 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(format!("{CLIENT_A}:0").parse().unwrap())
+            .unwrap();
+        let mut s = socket.connect(addr).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        s.write_all(format!("GET /v1/abort/{i} HTTP/1.1\r\nHost: gw\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(s);
+    }
+    // Bounded wait: the aborted requests end at the latest at the upstream timeout.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let tasks: Vec<_> = (0..4)
+        .map(|i| {
+            tokio::spawn(
+                async move { timed_get(CLIENT_A, addr, &format!("/v1/after/{i}")).await.0 },
+            )
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(
+            t.await.unwrap(),
+            504,
+            "slots came back after the client aborts"
+        );
+    }
+    assert_eq!(gw.metric_sum("gateway_inflight_rejections_total", &[]), 0.0);
+}
