@@ -52,57 +52,6 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
 /// (request smuggling / desync, host confusion).
 const NEVER_STRIP: &[&str] = &["host", "content-length", "transfer-encoding"];
 
-/// The `X-Forwarded-Proto` we send: a trusted peer's own `X-Forwarded-Proto` (one value) or
-/// its `Forwarded` element's `proto=` (the last element: the one that peer wrote), when it
-/// is `http` or `https`; otherwise what we saw (`https` when we terminated TLS).
-pub fn forwarded_proto(headers: &HeaderMap, peer_trusted: bool, tls: bool) -> &'static str {
-    let seen = if tls { "https" } else { "http" };
-    if !peer_trusted {
-        return seen;
-    }
-    let xfp = headers.get_all("x-forwarded-proto").iter();
-    if let Some(v) = single(xfp).and_then(|v| scheme(v.as_bytes())) {
-        return v;
-    }
-    let last = headers.get_all("forwarded").iter().next_back();
-    let element =
-        last.and_then(|v| crate::forwarded::SplitOutsideQuotes::new(v.as_bytes(), b',').last());
-    let proto = element
-        .into_iter()
-        .flat_map(|e| crate::forwarded::SplitOutsideQuotes::new(e, b';'));
-    for pair in proto {
-        if let Some((name, value)) = trim_ows(pair).split_at_checked(6) {
-            if name.eq_ignore_ascii_case(b"proto=") {
-                let value = value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(value);
-                return scheme(value).unwrap_or(seen);
-            }
-        }
-    }
-    seen
-}
-
-/// The one value of a header, if it has exactly one line.
-fn single<'a>(
-    mut values: http::header::ValueIter<'a, http::HeaderValue>,
-) -> Option<&'a http::HeaderValue> {
-    let first = values.next()?;
-    values.next().is_none().then_some(first)
-}
-
-fn scheme(v: &[u8]) -> Option<&'static str> {
-    let v = trim_ows(v);
-    if v.eq_ignore_ascii_case(b"https") {
-        Some("https")
-    } else if v.eq_ignore_ascii_case(b"http") {
-        Some("http")
-    } else {
-        None
-    }
-}
-
 /// ASCII lower-case with `_` folded to `-`, so `X_Forwarded_For` matches
 /// `x-forwarded-for`: many servers (CGI, some frameworks) treat the two as the
 /// same header, so an attacker can use either spelling.
@@ -380,47 +329,5 @@ mod tests {
         m.append("x-a", HeaderValue::from_static("1"));
         let got = headers_to_strip(&m);
         assert!(got.iter().any(|h| h == "x-a"));
-    }
-
-    #[test]
-    fn forwarded_proto_believes_only_trusted_peers_and_only_http_or_https() {
-        // flags (t = peer trusted, s = we terminated TLS) | header lines, '|'-separated | want
-        let cases = r#"
-            -- ~  ~ http
-            -s ~  ~ https
-            -- ~ x-forwarded-proto: https ~ http
-            -s ~ x-forwarded-proto: http ~ https
-            t- ~ x-forwarded-proto: https ~ https
-            t- ~ x-forwarded-proto: HTTPS  ~ https
-            ts ~ x-forwarded-proto: http ~ http
-            t- ~ x-forwarded-proto: ftp ~ http
-            t- ~ x-forwarded-proto: https, http ~ http
-            t- ~ x-forwarded-proto: https|x-forwarded-proto: https ~ http
-            ts ~ x-forwarded-proto: javascript: ~ https
-            t- ~ forwarded: for=1.2.3.4;proto=https ~ https
-            t- ~ forwarded: for=1.2.3.4;PROTO="https" ~ https
-            t- ~ forwarded: for=9.9.9.9;proto=http, for=1.2.3.4;proto=https ~ https
-            t- ~ forwarded: for=9.9.9.9;proto=https, for=1.2.3.4 ~ http
-            ts ~ forwarded: proto=https|forwarded: for=1.2.3.4;proto=http ~ http
-            t- ~ forwarded: for="a,proto=https";proto=gopher ~ http
-            -- ~ forwarded: for=1.2.3.4;proto=https ~ http
-            ts ~ forwarded: ;;;==,,," ~ https
-            t- ~ x-forwarded-proto: nope|forwarded: proto=https ~ https
-        "#;
-        let rows = cases.lines().filter_map(|l| {
-            let mut f = l.trim().splitn(3, " ~ ");
-            Some((f.next()?, f.next()?, f.next()?))
-        });
-        let mut n = 0;
-        for (flags, lines, want) in rows {
-            n += 1;
-            let mut h = HeaderMap::new();
-            for (name, v) in lines.split('|').filter_map(|l| l.split_once(": ")) {
-                h.append(name, http::HeaderValue::from_str(v).unwrap());
-            }
-            let got = forwarded_proto(&h, flags.starts_with('t'), flags.ends_with('s'));
-            assert_eq!(got, want, "{flags} {lines}");
-        }
-        assert_eq!(n, 20, "every row parsed");
     }
 }

@@ -203,7 +203,9 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         }
     };
     tokio::pin!(keepalive);
-    let mut header_check = tokio::time::interval(h.header_timeout / 4);
+    // Checks the open header block's age; a 1 ms header_timeout must not make a 0 period.
+    let mut header_check =
+        tokio::time::interval((h.header_timeout / 4).max(Duration::from_millis(50)));
     let active = Arc::new(Active::default());
     let mut rejected = 0usize;
     let mut served_any = false;
