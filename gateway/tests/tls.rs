@@ -117,6 +117,22 @@ async fn wait_reason(gw: &GatewayProc, metric: &str, reason: &str) -> f64 {
         .await
 }
 
+/// An answer of the gateway's own (`curl -i` output, `-w` status last): JSON error with our
+/// security headers, HSTS included since `tls` is on.
+fn assert_edge_json(ok: bool, out: &str, status: &str, flag: &str) {
+    let head = &out[..out.len().min(400)];
+    assert!(ok && out.ends_with(status), "{flag}: want {status}: {head}");
+    let lower = out.to_ascii_lowercase();
+    for want in [
+        "content-type: application/json",
+        "strict-transport-security: max-age=31536000",
+        "x-content-type-options: nosniff",
+    ] {
+        assert!(lower.contains(want), "{flag} {status}: no {want}: {head}");
+    }
+    assert!(out.contains(r#""error""#), "{flag} {status}: {head}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
     let w = world("", "").await;
@@ -149,23 +165,42 @@ async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
             "{flag}"
         );
 
-        // Route allowlist and JSON errors, with the security headers (HSTS on with tls).
-        let target = url(gw, "/admin");
-        let args = [flag, "--resolve", &r, "-i", "-w", "\n%{http_code}", &target];
-        let (ok, out) = tokio::task::block_in_place(|| curl(gw, &args));
-        assert!(ok && out.ends_with("404"), "{flag}: {out}");
-        let lower = out.to_ascii_lowercase();
-        assert!(lower.contains("content-type: application/json"), "{out}");
-        assert!(
-            lower.contains("strict-transport-security: max-age=31536000"),
-            "{out}"
+        // Answers of our own never reach the app.
+        let edge = |status: &str, args: &[&str]| {
+            let (ok, out) = tokio::task::block_in_place(|| curl(gw, args));
+            assert_edge_json(ok, &out, status, flag);
+            assert_eq!(stub.count(), before + 1, "{flag}: {status} reached the app");
+        };
+        // Route allowlist: JSON 404.
+        edge(
+            "404",
+            &[
+                flag,
+                "--resolve",
+                &r,
+                "-i",
+                "-w",
+                "\n%{http_code}",
+                &url(gw, "/admin"),
+            ],
         );
-        assert!(lower.contains("x-content-type-options: nosniff"), "{out}");
-        assert!(out.contains(r#""error""#), "{out}");
-        assert_eq!(
-            stub.count(),
-            before + 1,
-            "{flag}: 404 never reached the app"
+        // A header list over limits.max_request_header_bytes (16 KiB), under the h2 codec's
+        // hard cap (64 KiB): our JSON 431 on h2, the head reader's on HTTP/1.1.
+        let big = format!("x-big: {}", "a".repeat(20_000));
+        let target = url(gw, "/v1/documents");
+        edge(
+            "431",
+            &[
+                flag,
+                "--resolve",
+                &r,
+                "-i",
+                "-H",
+                &big,
+                "-w",
+                "\n%{http_code}",
+                &target,
+            ],
         );
 
         // The access log says how the client spoke to us.
