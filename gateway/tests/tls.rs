@@ -357,6 +357,23 @@ async fn slow_handshake_and_slow_h2_headers_are_cut_at_their_deadlines() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed_at_their_deadlines() {
+    let w = world("", "http2:\n  header_timeout: 1s\n  idle_timeout: 2s\n").await;
+    let gw = &w.gw;
+    // No request at all: the first-request deadline (header_timeout).
+    let r = tokio::task::block_in_place(|| h2_client(gw, &["idle", "0", "6"]));
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(r["closed"] == true && (0.9..2.5).contains(&secs), "{r}");
+    wait_reason(gw, H2_CLOSED, "header_timeout").await;
+    // Served, then silent: idle_timeout after the last stream ended.
+    let r = tokio::task::block_in_place(|| h2_client(gw, &["idle", "3", "6"]));
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(r["closed"] == true && (1.9..3.5).contains(&secs), "{r}");
+    wait_reason(gw, H2_CLOSED, "idle_timeout").await;
+    assert_eq!(w.stub.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_floods_close_the_connection_and_spare_other_clients() {
     let w = world("", "").await;
     let (stub, gw) = (&w.stub, &w.gw);
