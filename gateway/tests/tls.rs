@@ -378,38 +378,44 @@ async fn h2_floods_close_the_connection_and_spare_other_clients() {
     let w = world("", "").await;
     let (stub, gw) = (&w.stub, &w.gw);
     // A rapid-reset client alongside the normal one: cut long before its 5000 pairs and
-    // counted, while the normal client's p99 stays within 2x its unloaded p99. Three
-    // interleaved rounds, medians compared: other builds share this machine.
+    // counted, while the normal client's p99 stays within 2x its unloaded p99. Each attempt
+    // is three interleaved rounds, medians compared; loopback p99s of a few ms swing 2x
+    // between identical runs on this shared box, so (as faults.rs' slowloris test does) up
+    // to three attempts, each with its own baseline. A real regression fails all three.
     tokio::task::block_in_place(|| h2_client(gw, &["normal", "20"]));
     let cut = || {
         gw.metric_sum(H2_CLOSED, &[("reason", "rapid_reset")])
             + gw.metric_sum(H2_CLOSED, &[("reason", "enhance_your_calm")])
     };
-    let (mut base, mut beside) = (Vec::new(), Vec::new());
-    for round in 0..3 {
-        let quiet = tokio::task::block_in_place(|| h2_client(gw, &["normal", "200"]));
-        base.push(quiet["p99_ms"].as_f64().unwrap());
-        let attacker = spawn_h2_client(gw, &["rapid-reset", "5000", "5"]);
-        let loaded = tokio::task::block_in_place(|| h2_client(gw, &["normal", "200"]));
-        beside.push(loaded["p99_ms"].as_f64().unwrap());
-        let one = tokio::task::block_in_place(|| attacker_result(attacker));
-        assert_eq!(one["closed"], true, "{one}");
-        assert!(
-            one["sent"].as_u64().unwrap() < 5000,
-            "cut before the end: {one}"
-        );
-        assert!(cut() > round as f64, "{}", gw.metrics());
+    let (mut attempts, mut pairs, mut normal) = (Vec::new(), 0, 20);
+    for _ in 0..3 {
+        let (mut base, mut beside) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let cut_before = cut();
+            let quiet = tokio::task::block_in_place(|| h2_client(gw, &["normal", "200"]));
+            base.push(quiet["p99_ms"].as_f64().unwrap());
+            let attacker = spawn_h2_client(gw, &["rapid-reset", "5000", "5"]);
+            let loaded = tokio::task::block_in_place(|| h2_client(gw, &["normal", "200"]));
+            beside.push(loaded["p99_ms"].as_f64().unwrap());
+            let one = tokio::task::block_in_place(|| attacker_result(attacker));
+            assert_eq!(one["closed"], true, "{one}");
+            let sent = one["sent"].as_u64().unwrap();
+            assert!(sent < 5000, "cut before the end: {one}");
+            (pairs, normal) = (pairs + sent, normal + 400);
+            assert!(cut() > cut_before, "not counted: {}", gw.metrics());
+        }
+        base.sort_by(f64::total_cmp);
+        beside.sort_by(f64::total_cmp);
+        let (base_p99, loaded_p99) = (base[1], beside[1]);
+        attempts.push(format!(
+            "{base_p99} -> {loaded_p99} ms ({base:?} / {beside:?})"
+        ));
+        // 2 ms floor against sub-millisecond noise.
+        if loaded_p99 <= (2.0 * base_p99).max(base_p99 + 2.0) {
+            break;
+        }
+        assert!(attempts.len() < 3, "median p99 unloaded -> beside a rapid-reset client over 2x in every attempt: {attempts:?}");
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[1]
-    };
-    let (base_p99, loaded_p99) = (median(&mut base), median(&mut beside));
-    // 2 ms floor against sub-millisecond noise.
-    assert!(
-        loaded_p99 <= (2.0 * base_p99).max(base_p99 + 2.0),
-        "median p99 {loaded_p99} ms beside a rapid-reset client vs {base_p99} ms unloaded ({beside:?} vs {base:?})"
-    );
 
     // The attacker keeps coming back (reconnecting after every cut, up to 10 times a second):
     // every connection is cut and the normal client is never disconnected. Its p99 is printed,
@@ -418,15 +424,21 @@ async fn h2_floods_close_the_connection_and_spare_other_clients() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sustained = tokio::task::block_in_place(|| h2_client(gw, &["normal", "200"]));
     let attack = tokio::task::block_in_place(|| attacker_result(attacker));
+    (pairs, normal) = (pairs + attack["sent"].as_u64().unwrap(), normal + 200);
+    // A stream reset before its task runs does no work: almost none reach the app.
+    let reached = stub.count() as u64 - normal;
+    assert!(
+        reached * 20 <= pairs,
+        "{reached} of {pairs} reset streams reached the app"
+    );
     assert!(attack["connections"].as_u64().unwrap() >= 2, "{attack}");
     // Every connection but the last (ended by the attacker's own clock) was cut by us.
     let (conns, closed) = (attack["connections"].as_u64(), attack["closed"].as_u64());
     assert!(closed.unwrap() + 1 >= conns.unwrap(), "{attack}");
     assert!(cut() >= closed.unwrap() as f64, "{}", gw.metrics());
     eprintln!(
-        "normal client p99 (median of 3): unloaded {base_p99} ms {base:?}, beside a rapid-reset client {loaded_p99} ms {beside:?}; under a sustained one {} ms (attacker {attack}); upstream requests {}",
+        "normal client p99 (median of 3) unloaded -> beside a rapid-reset client: {attempts:?}; under a sustained one {} ms (attacker {attack}); {reached} of {pairs} reset streams reached the app",
         sustained["p99_ms"],
-        stub.count(),
     );
 
     // PING and CONTINUATION floods: closed and counted.

@@ -270,6 +270,18 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _guard = guard;
+            let mut session = session;
+            // Rapid reset: a stream the client reset before we got to it does no work (no
+            // pipeline, no upstream request). Its RST_STREAM usually came in the same read.
+            tokio::task::yield_now().await;
+            let reset = tokio::select! {
+                biased;
+                _ = session.idle() => true,
+                _ = std::future::ready(()) => false,
+            };
+            if reset {
+                return;
+            }
             let (bytes, fields) = header_list_size(session.req_header());
             let mut session = ServerSession::new_http2(session);
             let limits = &shared.live.load().config.limits;
