@@ -5,6 +5,7 @@
 
 normal N            N sequential GETs on one connection; prints latencies (ms) p50/p99
 idle N S            N GETs, then silence: how long until the server closes (at most S s)
+no-pong N S         a POST whose body never comes, then never reads (so never answers PING)
 rapid-reset N S     HEADERS + RST_STREAM pairs, up to N or S seconds (CVE-2023-44487)
 rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a second), for S s
 ping-flood N S      PING frames
@@ -128,6 +129,26 @@ def idle(port, n, seconds):
     print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
 
 
+def no_pong(port, seconds):
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs, end_stream=False)
+    s.sendall(conn.data_to_send())
+    start = time.monotonic()
+    # Only look for EOF: reading frames through `conn` would answer the PINGs.
+    done = False
+    s.settimeout(seconds)
+    try:
+        while time.monotonic() - start < seconds:
+            if not s.recv(65536):
+                done = True
+                break
+    except (socket.timeout, ssl.SSLError, OSError):
+        done = not isinstance(sys.exc_info()[1], socket.timeout)
+    print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
+
+
 def normal(port, n):
     s, conn = connect(port)
     lat = get_all(s, conn, port, n)
@@ -165,6 +186,8 @@ if __name__ == "__main__":
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     if mode == "normal":
         normal(port, n)
+    elif mode == "no-pong":
+        no_pong(port, seconds)
     elif mode == "idle":
         idle(port, n, seconds)
     elif mode == "rapid-reset-loop":

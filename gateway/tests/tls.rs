@@ -308,12 +308,17 @@ async fn tls_1_1_is_refused_and_1_2_accepted() {
         "--tlsv1.2",
         "--tls-max",
         "1.2",
+        // No ALPN offered at all: HTTP/1.1.
+        "--no-alpn",
         "-w",
-        "\n%{http_code}",
+        "\n%{http_code} %{http_version}",
         &target,
     ];
     let (ok, out) = tokio::task::block_in_place(|| curl(gw, &v12));
-    assert!(ok && out.ends_with("200"), "TLS 1.2 works: {out}");
+    assert!(
+        ok && out.ends_with("200 1.1"),
+        "TLS 1.2 without ALPN works: {out}"
+    );
     let ok = wait_until(Duration::from_secs(5), || {
         gw.proc
             .access_logs()
@@ -371,6 +376,18 @@ async fn idle_h2_connections_are_closed_at_their_deadlines() {
     assert!(r["closed"] == true && (1.9..3.5).contains(&secs), "{r}");
     wait_reason(gw, H2_CLOSED, "idle_timeout").await;
     assert_eq!(w.stub.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_ping_closes_the_connection() {
+    let h2 = "http2:\n  keepalive_interval: 1s\n  keepalive_timeout: 500ms\n";
+    let w = world("", &format!("{h2}timeouts:\n  downstream_read: 20s\n")).await;
+    let gw = &w.gw;
+    // A stream stays open (its body never comes), so only the PING can notice the silence.
+    let r = tokio::task::block_in_place(|| h2_client(gw, &["no-pong", "0", "6"]));
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(r["closed"] == true && (1.3..3.0).contains(&secs), "{r}");
+    wait_reason(gw, H2_CLOSED, "ping_timeout").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
