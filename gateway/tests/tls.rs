@@ -135,7 +135,7 @@ fn assert_edge_json(ok: bool, out: &str, status: &str, flag: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
-    let w = world("", "").await;
+    let w = world("", "limits:\n  max_request_body_bytes: 4096\n").await;
     let (stub, gw) = (&w.stub, &w.gw);
     for (flag, version, protocol) in [("--http1.1", "1.1", "HTTP/1.1"), ("--http2", "2", "HTTP/2")]
     {
@@ -201,6 +201,13 @@ async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
                 "\n%{http_code}",
                 &target,
             ],
+        );
+        // Body cap (limits.max_request_body_bytes: 4096 here): JSON 413, per stream on h2.
+        let body = "b".repeat(10_000);
+        let post = [flag, "--resolve", &r, "-i", "--data-binary", &body];
+        edge(
+            "413",
+            &[&post[..], &["-w", "\n%{http_code}", &target]].concat(),
         );
 
         // The access log says how the client spoke to us.
