@@ -217,6 +217,19 @@ async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
             })
         });
         assert!(ok, "{flag}: no access line with protocol {protocol}");
+        // The listener's own answers name the connection too (HTTP/1.1's 431 comes from the
+        // head reader, before a request exists: no protocol there).
+        let lines = gw.proc.access_logs();
+        let proto = if flag == "--http2" {
+            protocol.into()
+        } else {
+            serde_json::Value::Null
+        };
+        let own_431 = lines
+            .iter()
+            .find(|l| l["status"] == 431 && l["error"] == "too_large" && l["protocol"] == proto);
+        let line = own_431.unwrap_or_else(|| panic!("{flag}: no 431 line"));
+        assert_eq!(line["tls_version"], "TLSv1.3", "{flag}: {line}");
     }
 }
 

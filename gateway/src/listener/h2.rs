@@ -298,6 +298,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
 /// Our JSON 431 on the stream (the codec's bare 431 is only above `max_header_list_bytes`).
 async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: &Shared) {
     let started = Instant::now();
+    let tls = session.digest().and_then(|d| d.ssl_digest.clone());
     let live = shared.live.load();
     let id = forwarding::new_request_id();
     let err = errors::HEADERS_TOO_LARGE;
@@ -310,7 +311,12 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
         };
         let _ = tokio::time::timeout(live.config.timeouts.downstream_write, write).await;
     }
-    request_log::edge_answer(&shared.metrics, peer, id, err, "too_large", started);
+    let conn = request_log::EdgeConn {
+        peer,
+        protocol: "HTTP/2",
+        tls_version: tls.as_deref().map(request_log::tls_name),
+    };
+    request_log::edge_answer(&shared.metrics, conn, id, err, "too_large", started);
 }
 
 /// Pure: why the codec ended the connection.
