@@ -6,6 +6,7 @@
 normal N            N sequential GETs on one connection; prints latencies (ms) p50/p99
 idle N S            N GETs, then silence: how long until the server closes (at most S s)
 no-pong N S         a POST whose body never comes, then never reads (so never answers PING)
+post N              one POST with an N-byte body; prints the response status, headers, body
 rapid-reset N S     HEADERS + RST_STREAM pairs, up to N or S seconds (CVE-2023-44487)
 rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a second), for S s
 ping-flood N S      PING frames
@@ -149,6 +150,43 @@ def no_pong(port, seconds):
     print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
 
 
+def post(port, n):
+    """Unlike curl 7.88, reads a complete response even if RST_STREAM(NO_ERROR) follows it,
+    as RFC 9113 §8.1 lets a server answer before the body is in."""
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs + [("content-length", str(n))], end_stream=False)
+    conn.send_data(1, b"b" * n, end_stream=True)
+    s.sendall(conn.data_to_send())
+    status, head, body, done, reset = None, {}, b"", False, None
+    while not done:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                head = {k.decode(): v.decode() for k, v in ev.headers}
+                status = int(head.get(":status", 0))
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            elif isinstance(ev, h2.events.StreamReset):
+                reset, done = int(ev.error_code), True
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+                # An RST_STREAM right behind the answer: read it too, briefly.
+                s.settimeout(0.2)
+                try:
+                    for ev2 in conn.receive_data(s.recv(65536)):
+                        if isinstance(ev2, h2.events.StreamReset):
+                            reset = int(ev2.error_code)
+                except (socket.timeout, ssl.SSLError, OSError):
+                    pass
+        s.sendall(conn.data_to_send())
+    print(json.dumps({"status": status, "headers": head, "body": body.decode(errors="replace"),
+                      "reset": reset}))
+
+
 def normal(port, n):
     s, conn = connect(port)
     lat = get_all(s, conn, port, n)
@@ -186,6 +224,8 @@ if __name__ == "__main__":
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     if mode == "normal":
         normal(port, n)
+    elif mode == "post":
+        post(port, n)
     elif mode == "no-pong":
         no_pong(port, seconds)
     elif mode == "idle":

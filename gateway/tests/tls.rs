@@ -202,13 +202,28 @@ async fn curl_h1_and_h2_over_tls_reach_the_upstream_as_https() {
                 &target,
             ],
         );
-        // Body cap (limits.max_request_body_bytes: 4096 here): JSON 413, per stream on h2.
-        let body = "b".repeat(10_000);
-        let post = [flag, "--resolve", &r, "-i", "--data-binary", &body];
-        edge(
-            "413",
-            &[&post[..], &["-w", "\n%{http_code}", &target]].concat(),
-        );
+        // Body cap (limits.max_request_body_bytes: 4096 here): JSON 413. On h2 the refusal
+        // can come before the upload is in; curl 7.88 then ends about 1 upload in 10 with
+        // exit 92 (HTTP/2 stream error) instead of showing the 413 (RELIABILITY "Known
+        // issues"), so h2 uses the Python client, which sends headers and body at once.
+        if flag == "--http2" {
+            let r = tokio::task::block_in_place(|| h2_client(gw, &["post", "10000"]));
+            assert_eq!(r["status"], 413, "{r}");
+            assert_eq!(r["headers"]["content-type"], "application/json", "{r}");
+            assert_eq!(
+                r["headers"]["strict-transport-security"], "max-age=31536000",
+                "{r}"
+            );
+            assert!(r["body"].as_str().unwrap().contains(r#""error""#), "{r}");
+            assert_eq!(stub.count(), before + 1, "{flag}: 413 reached the app");
+        } else {
+            let body = "b".repeat(10_000);
+            let post = [flag, "--resolve", &r, "-i", "--data-binary", &body];
+            edge(
+                "413",
+                &[&post[..], &["-w", "\n%{http_code}", &target]].concat(),
+            );
+        }
 
         // The access log says how the client spoke to us.
         let ok = wait_until(Duration::from_secs(5), || {
