@@ -2,6 +2,7 @@
 //! size cap, before pingora sees the connection: slow heads get 408, large ones
 //! 431, unparsable ones 400 — answers pingora's own reader does not give.
 
+use std::mem::MaybeUninit;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -85,10 +86,12 @@ impl Refusal {
 
 /// Pure: is `buf` a complete, well-formed HTTP/1.x request head?
 pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
-    let mut headers = [httparse::EMPTY_HEADER; PARSER_MAX_HEADERS];
+    // Uninitialised slots: httparse writes only those it fills, instead of this function
+    // clearing all 256 (8 KiB) on every scan.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; PARSER_MAX_HEADERS];
     let max = max_headers.min(PARSER_MAX_HEADERS);
-    let mut req = httparse::Request::new(&mut headers[..max]);
-    match req.parse(buf) {
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(buf, &mut headers[..max]) {
         Ok(httparse::Status::Complete(n)) => match unambiguous(&req, &buf[..n]) {
             // `origin_form` adds a Host line: the forwarded head must stay within the cap too
             // (found by the `head` fuzz target: an HTTP/1.0 absolute-form head at the cap).
@@ -120,11 +123,8 @@ enum Rewrite {
 }
 
 fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, Refusal> {
-    if head
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
-    {
+    // memchr jumps from line end to line end instead of testing every byte of the head.
+    if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
         return Err(Refusal::BareLf);
     }
     let (mut cl, mut te, mut hosts) = (0, 0, 0);

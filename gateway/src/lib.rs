@@ -29,4 +29,5 @@ pub mod reload;
 pub mod request_log;
 pub mod respond;
 pub mod state;
+pub mod textfmt;
 pub mod upstream;
