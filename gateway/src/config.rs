@@ -244,6 +244,40 @@ pub struct SizeLimits {
     /// Requests one client (IP, IPv6 grouped by `rate_limits.ipv6_prefix`) may have in
     /// flight; more get 429 `too_many_in_flight`. `rate_limits.exempt` is not counted.
     pub max_in_flight_per_client: usize,
+    /// Connections one client (the socket peer; IPv6 grouped by `rate_limits.ipv6_prefix`)
+    /// may hold open; more are closed at accept, before any TLS handshake (cleartext gets a
+    /// JSON 429 `too_many_connections`). 0: no per-client cap. Peers in `trusted_proxies` or
+    /// `rate_limits.exempt` are not counted (a load balancer carries many clients).
+    pub max_connections_per_client: usize,
+    /// New connections one client may open: `rate` with `burst` at once, checked at accept
+    /// like `max_connections_per_client` (what bounds handshakes per client). Absent: the
+    /// default (10/s, burst 200); `null`: no per-client rate.
+    pub new_connections_per_client: Option<ConnectionRate>,
+}
+
+/// `limits.new_connections_per_client`, spelled like a rate-limit policy's `rate`/`burst`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRate {
+    pub rate: crate::limits::Rate,
+    /// New connections a client may open at once.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: u32,
+}
+
+impl Default for ConnectionRate {
+    /// Far above a browser (≤ 6 connections per host, kept alive) or a NAT of a few dozen
+    /// of them loading pages at once; an unpaced reconnecting client gets 10 handshakes a
+    /// second (the paced flood in RELIABILITY.md did not move others' p99).
+    fn default() -> Self {
+        ConnectionRate {
+            rate: crate::limits::Rate {
+                count: 10,
+                period: Duration::from_secs(1),
+            },
+            burst: 200,
+        }
+    }
 }
 
 impl Default for SizeLimits {
@@ -255,6 +289,9 @@ impl Default for SizeLimits {
             max_request_headers: 100,
             max_connections: 10_000,
             max_in_flight_per_client: crate::inflight::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT,
+            // A few dozen browsers behind one NAT (6 connections each) fit.
+            max_connections_per_client: 256,
+            new_connections_per_client: Some(ConnectionRate::default()),
         }
     }
 }
@@ -545,6 +582,13 @@ impl Config {
         if l.max_in_flight_per_client == 0 {
             return err("limits.max_in_flight_per_client", "must be at least 1");
         }
+        if let Some(c) = &l.new_connections_per_client {
+            crate::limits::policy::validate_rate_burst(
+                "limits.new_connections_per_client",
+                c.rate,
+                c.burst,
+            )?;
+        }
         if let Some(h) = &self.security_headers.hsts {
             if http::HeaderValue::from_str(h).is_err() {
                 return err("security_headers.hsts", "is not a valid header value");
@@ -713,6 +757,16 @@ mod tests {
         assert_eq!(c.routes, vec![RoutePrefix("/v1/".into())]);
         assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(15));
         assert_eq!(c.timeouts.keepalive_idle, Duration::from_secs(60));
+        assert_eq!(c.limits.max_connections_per_client, 256);
+        assert_eq!(
+            c.limits.new_connections_per_client,
+            Some(ConnectionRate::default())
+        );
+        // `null` turns the per-client rate off; 0 the open cap.
+        let off = format!("{MINIMAL}limits:\n  max_connections_per_client: 0\n  new_connections_per_client: null\n");
+        let c = Config::parse("g.yaml", &off).unwrap();
+        assert_eq!(c.limits.max_connections_per_client, 0);
+        assert_eq!(c.limits.new_connections_per_client, None);
     }
 
     #[test]
@@ -729,6 +783,8 @@ mod tests {
             ("bad header name", "upstream: a:1\ntoken_key_file: k\nforwarded_headers: [x-client-ip]\n", Some(3), "forwarded_headers[0]"),
             ("same ports", "upstream: a:1\ntoken_key_file: k\nlisten: 127.0.0.1:1\nadmin_listen: 127.0.0.1:1\n", Some(4), "admin_listen"),
             ("header cap", "upstream: a:1\ntoken_key_file: k\nlimits:\n  max_request_headers: 1000\n", Some(4), "limits.max_request_headers"),
+            ("conn burst", "upstream: a:1\ntoken_key_file: k\nlimits:\n  new_connections_per_client:\n    rate: 10/s\n    burst: 0\n", Some(6), "limits.new_connections_per_client.burst"),
+            ("conn rate", "upstream: a:1\ntoken_key_file: k\nlimits:\n  new_connections_per_client:\n    rate: ten\n    burst: 5\n", Some(5), "limits.new_connections_per_client.rate"),
             ("unterminated string", "token_key_file: k\nupstream: \"unterminated\n", Some(3), "upstream"),
         ];
         for (name, text, line, field) in cases {

@@ -25,6 +25,7 @@ edge_errors! {
     PAYLOAD_TOO_LARGE = 413, "payload_too_large", "The request body is too large.";
     RATE_LIMITED = 429, "rate_limited", "Too many requests; retry later.";
     TOO_MANY_IN_FLIGHT = 429, "too_many_in_flight", "Too many requests in progress from this client; retry when one has finished.";
+    TOO_MANY_CONNECTIONS = 429, "too_many_connections", "Too many connections from this client; retry later.";
     HEADERS_TOO_LARGE = 431, "request_header_fields_too_large", "The request headers are too large.";
     BAD_GATEWAY = 502, "bad_gateway", "The upstream service is unavailable.";
     UNAVAILABLE = 503, "service_unavailable", "The gateway is not accepting requests right now.";

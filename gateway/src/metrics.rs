@@ -33,6 +33,7 @@ pub struct Metrics {
     pub access_log_dropped: IntGauge,
     pub tls_handshake_failures: IntCounterVec,
     pub h2_closed: IntCounterVec,
+    pub connection_rejections: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -128,6 +129,12 @@ impl Metrics {
             "TLS handshakes that failed, by reason (timeout, not_tls, protocol_version, ...).",
             crate::tls::acceptor::HANDSHAKE_FAILURE_REASONS,
         );
+        let connection_rejections = reason_counter(
+            &r,
+            "gateway_connection_rejections_total",
+            "Connections closed at accept by a per-client cap, by reason (per_client_open, per_client_rate).",
+            crate::listener::admission::REASONS,
+        );
         let h2_closed = reason_counter(
             &r,
             "gateway_h2_connections_closed_total",
@@ -137,6 +144,7 @@ impl Metrics {
         Metrics {
             tls_handshake_failures,
             h2_closed,
+            connection_rejections,
             requests_total: counter_vec(
                 &r,
                 "http_requests_total",

@@ -15,6 +15,7 @@ use crate::identity::TokenCache;
 use crate::inflight::InflightCap;
 use crate::limits::shared::Engine;
 use crate::limits::Limiter;
+use crate::listener::admission::ConnLimits;
 use crate::metrics::Metrics;
 use crate::tls::TlsState;
 use crate::upstream::UpstreamState;
@@ -97,6 +98,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     /// Set with `tls:` at startup; a reload swaps the certificate through `tls.resolver`.
     pub tls: Option<TlsState>,
+    /// Per-client connection counts and rates: outlive a reload (caps are read per accept).
+    pub conn_limits: ConnLimits,
     draining: AtomicBool,
 }
 
@@ -109,6 +112,7 @@ impl Shared {
             upstream,
             config_path,
             tls: None,
+            conn_limits: ConnLimits::default(),
             draining: AtomicBool::new(false),
         }
     }

@@ -12,6 +12,8 @@ rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a s
 ping-flood N S      PING frames
 continuation N S    one HEADERS without END_HEADERS, then empty CONTINUATION frames
 slow-headers N S    one HEADERS without END_HEADERS, then one 1-byte CONTINUATION per second
+handshake-flood N S SRC  new TLS connections from address SRC, unpaced, each closed after its
+                    handshake, up to N or S seconds; counts handshakes done and refused
 
 Every mode is bounded (count and wall time) and prints one JSON line: whether the server
 closed the connection, after how long, and how much was sent.
@@ -118,6 +120,25 @@ def flood_loop(port, n, seconds):
         time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
     print(json.dumps({"connections": len(runs), "closed": sum(r["closed"] for r in runs),
                       "sent": sum(r["sent"] for r in runs),
+                      "seconds": round(time.monotonic() - start, 3)}))
+
+
+def handshake_flood(port, n, seconds, source):
+    """Unpaced reconnects: every attempt asks for a full handshake, then hangs up."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    start, done, refused = time.monotonic(), 0, 0
+    while time.monotonic() - start < seconds and done + refused < n:
+        try:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=2,
+                                           source_address=(source, 0))
+            with ctx.wrap_socket(raw, server_hostname="localhost"):
+                done += 1
+        except OSError:
+            refused += 1
+    print(json.dumps({"handshakes": done, "refused": refused,
                       "seconds": round(time.monotonic() - start, 3)}))
 
 
@@ -230,6 +251,8 @@ if __name__ == "__main__":
         no_pong(port, seconds)
     elif mode == "idle":
         idle(port, n, seconds)
+    elif mode == "handshake-flood":
+        handshake_flood(port, n, seconds, sys.argv[5])
     elif mode == "rapid-reset-loop":
         flood_loop(port, n, seconds)
     else:

@@ -126,3 +126,53 @@ async fn slots_free_on_upstream_timeout_and_client_abort() {
     assert_eq!(after, [504; 4], "slots came back after the client aborts");
     assert_eq!(gw.metric_sum("gateway_inflight_rejections_total", &[]), 0.0);
 }
+
+/// `limits.max_connections_per_client` on the cleartext listener: a client holding its 2
+/// connections gets a JSON 429 `too_many_connections` (with our headers) on a third, at
+/// accept; another client is served; the slots come back when the connections close.
+#[tokio::test]
+async fn per_client_connection_cap_answers_429_and_slots_come_back() {
+    const HOLDER: &str = "127.0.0.5";
+    let stub = Stub::start(StubMode::Echo).await;
+    let gw = GatewayProc::start(stub.addr, "limits:\n  max_connections_per_client: 2\n");
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{HOLDER}:0").parse().unwrap()).unwrap();
+        held.push(socket.connect(gw.addr).await.unwrap());
+    }
+    // Both are counted once accepted; the gauge says when.
+    gw.wait_metric_above("gateway_open_connections", &[], 1.0, Duration::from_secs(5))
+        .await;
+    let started = Instant::now();
+    let r = get_from(HOLDER, gw.addr, "/v1/third", &[]).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "too_many_connections");
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    let labels = [("reason", "per_client_open")];
+    assert_eq!(
+        gw.metric_sum("gateway_connection_rejections_total", &labels),
+        1.0
+    );
+    assert_eq!(
+        get_from(CLIENT_B, gw.addr, "/v1/other", &[]).await.status,
+        200
+    );
+    drop(held);
+    // The gateway sees the closes on its next read; then the holder is served again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status = get_from(HOLDER, gw.addr, "/v1/again", &[]).await.status;
+        if status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "slots never came back: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -140,24 +140,30 @@ impl PolicyConfig {
                 format!("{:?} must match ^[a-z0-9_-]{{1,64}}$", self.name),
             ));
         }
-        if !(1..=MAX_BURST).contains(&self.burst) {
-            return Err(err(
-                format!("{at}.burst"),
-                format!("must be 1..={MAX_BURST}, got {}", self.burst),
-            ));
-        }
-        if self.rate.interval_error() > 0.01 {
-            return Err(err(
-                format!("{at}.rate"),
-                format!(
-                    "{} is too fine to enforce within 1 % (interval {:?} per request); use a rate that divides the period into whole nanoseconds or a lower rate",
-                    self.rate,
-                    self.rate.emission_interval()
-                ),
-            ));
-        }
+        validate_rate_burst(at, self.rate, self.burst)?;
         self.matcher.validate(&format!("{at}.match"))
     }
+}
+
+/// A `rate` + `burst` pair at `at` (policies and `limits.new_connections_per_client`).
+pub fn validate_rate_burst(at: &str, rate: Rate, burst: u32) -> Result<(), Invalid> {
+    if !(1..=MAX_BURST).contains(&burst) {
+        return Err(err(
+            format!("{at}.burst"),
+            format!("must be 1..={MAX_BURST}, got {burst}"),
+        ));
+    }
+    if rate.interval_error() > 0.01 {
+        return Err(err(
+            format!("{at}.rate"),
+            format!(
+                "{} is too fine to enforce within 1 % (interval {:?} per request); use a rate that divides the period into whole nanoseconds or a lower rate",
+                rate,
+                rate.emission_interval()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl MatchConfig {

@@ -1,7 +1,9 @@
 //! The public accept loop: caps connections, with `tls` runs the handshake under a
 //! deadline and picks HTTP/1.1 (`h1`) or HTTP/2 (`h2`) by ALPN; cleartext is HTTP/1.1.
-//! `frames` is the pure h2 frame-flood watcher.
+//! `frames` is the pure h2 frame-flood watcher; `admission` the per-client connection caps,
+//! checked before anything else (no handshake is spent on a refused client).
 
+pub mod admission;
 mod frames;
 pub mod h1;
 pub mod h2;
@@ -14,13 +16,17 @@ use std::time::{Duration, Instant};
 use pingora::apps::HttpServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl, ALPN};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+
+use admission::{Reason, Verdict};
+use pingora_limits::inflight::Guard;
 
 use crate::buffered::Buffered;
 use crate::errors;
 use crate::forwarding;
+use crate::limits::shared::monotonic_ns;
 use crate::request_log;
 use crate::respond::raw_error_response;
 use crate::state::Shared;
@@ -48,6 +54,13 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
             },
             _ = shutdown.changed() => return,
         };
+        let slot = match admit(peer, &shared) {
+            Ok(slot) => slot,
+            Err(_) => {
+                refuse_client(tcp, &shared);
+                continue;
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.metrics.connections_refused.inc();
             let shared = shared.clone();
@@ -60,9 +73,59 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
             handle(tcp, peer, proxy, &shared, shutdown).await;
             shared.metrics.connections.dec();
             drop(permit);
+            drop(slot);
         });
     }
 }
+
+/// The per-client caps for a new connection; `Ok` holds its open slot (if counted) until
+/// dropped, however the connection ends.
+fn admit(peer: SocketAddr, shared: &Shared) -> Result<Option<Guard>, Reason> {
+    let live = shared.live.load();
+    let key = admission::client_key(peer.ip(), &live.client_ip, &live.limiter);
+    let caps = admission::Caps::from_config(&live.config.limits);
+    match shared.conn_limits.admit(key, caps, monotonic_ns()) {
+        Verdict::Exempt => Ok(None),
+        Verdict::Admitted(slot) => Ok(slot),
+        Verdict::Refused(reason) => {
+            shared
+                .metrics
+                .connection_rejections
+                .with_label_values(&[reason.as_str()])
+                .inc();
+            if shared.conn_limits.should_log(key, monotonic_ns()) {
+                tracing::warn!(peer = %peer.ip(), reason = reason.as_str(), "connections refused: per-client cap (logged once per 10 s per client)");
+            }
+            Err(reason)
+        }
+    }
+}
+
+/// Over a per-client cap: TLS is closed at once (no handshake); cleartext gets a short
+/// JSON 429 and a lingering close (so the client's unread request does not turn it into a
+/// reset), all under a tiny deadline so a flood cannot park tasks.
+fn refuse_client(tcp: TcpStream, shared: &Arc<Shared>) {
+    if shared.tls.is_some() {
+        return drop(tcp);
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let id = forwarding::new_request_id();
+        let bytes = raw_error_response(errors::TOO_MANY_CONNECTIONS, &shared.live.load(), &id);
+        let mut tcp = tcp;
+        let answer = async {
+            tcp.write_all(&bytes).await?;
+            tcp.shutdown().await?;
+            let mut sink = [0u8; 512];
+            while tcp.read(&mut sink).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        };
+        let _ = tokio::time::timeout(REFUSE_DEADLINE, answer).await;
+    });
+}
+
+/// Writing a refusal and draining the client's request: a local client needs well under this.
+const REFUSE_DEADLINE: Duration = Duration::from_millis(250);
 
 /// Over the connection cap: a short 503 (cleartext listener only) and close, without reading
 /// the request.
