@@ -239,6 +239,7 @@ async fn slow_client(
 }
 
 const SLOW: usize = 1000;
+
 const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One attack: `SLOW` slowloris connections ramped over one header timeout, the
@@ -313,7 +314,10 @@ async fn slowloris_gets_408_and_normal_clients_keep_their_latency() {
     let samples = 300 * scale();
     ensure_nofile(4 * SLOW as u64);
     let stub = Stub::start(StubMode::Echo).await;
-    let gw = GatewayProc::start(stub.addr, "timeouts:\n  request_header: 2s\n");
+    let gw = GatewayProc::start(
+        stub.addr,
+        &format!("timeouts:\n  request_header: 2s\n{NO_CONN_CAPS}"),
+    );
     // Every sampling window spans more than one header timeout, so it covers a
     // full cycle of the attack (every slow connection answered and replaced).
     let window = HEADER_TIMEOUT + Duration::from_millis(500);
@@ -511,7 +515,7 @@ async fn app_killed_under_load_gives_only_json_502_503_and_recovers() {
     // Short upstream idle so pooled connections (and their fds) expire quickly.
     let gw = GatewayProc::start(
         app_addr,
-        "timeouts:\n  upstream_idle: 1s\n  upstream_connect: 1s\n",
+        &format!("timeouts:\n  upstream_idle: 1s\n  upstream_connect: 1s\n{NO_CONN_CAPS}"),
     );
     gw.wait_ready(200);
     let token = alice_token();
@@ -603,7 +607,7 @@ async fn stalled_app_gives_504_at_the_configured_timeout_and_recovers() {
     let app = AppProc::start(&keys);
     let gw = GatewayProc::start(
         app.addr,
-        "timeouts:\n  upstream_read: 1s\n  upstream_connect: 1s\n  upstream_idle: 1s\n",
+        &format!("timeouts:\n  upstream_read: 1s\n  upstream_connect: 1s\n  upstream_idle: 1s\n{NO_CONN_CAPS}"),
     );
     gw.wait_ready(200);
     let token = alice_token();

@@ -188,7 +188,8 @@ fn fuzzed_request(rng: &mut Rng) -> Vec<u8> {
 #[tokio::test]
 async fn fuzzed_request_lines_always_get_our_answer_and_one_log_line() {
     let stub = Stub::start(StubMode::Echo).await;
-    let gw = GatewayProc::start(stub.addr, "");
+    // 400 connections from one address, one per case.
+    let gw = GatewayProc::start(stub.addr, NO_CONN_CAPS);
     let mut rng = Rng(0x5eed_0013_cafe_f00d);
     let cases = 400;
     let mut ids = Vec::new();

@@ -72,6 +72,13 @@ pub struct GatewayProc {
     pub config_path: PathBuf,
 }
 
+/// Per-client connection caps off, for tests that drive one address far past a browser (a
+/// connection per request as fast as they can, or a thousand slow clients) and measure
+/// another defence on its own; inflight.rs and tls.rs test the caps.
+#[allow(dead_code)]
+pub const NO_CONN_CAPS: &str =
+    "limits:\n  max_connections_per_client: 0\n  new_connections_per_client: null\n";
+
 /// Config body with the listen/admin/key lines filled in; `extra` is appended.
 pub fn gateway_yaml(
     addr: SocketAddr,
