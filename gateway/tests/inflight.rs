@@ -135,15 +135,7 @@ async fn per_client_connection_cap_answers_429_and_slots_come_back() {
     const HOLDER: &str = "127.0.0.5";
     let stub = Stub::start(StubMode::Echo).await;
     let gw = GatewayProc::start(stub.addr, "limits:\n  max_connections_per_client: 2\n");
-    let mut held = Vec::new();
-    for _ in 0..2 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{HOLDER}:0").parse().unwrap()).unwrap();
-        held.push(socket.connect(gw.addr).await.unwrap());
-    }
-    // Both are counted once accepted; the gauge says when.
-    gw.wait_metric_above("gateway_open_connections", &[], 1.0, Duration::from_secs(5))
-        .await;
+    let held = hold_two(HOLDER, &gw).await;
     let started = Instant::now();
     let r = get_from(HOLDER, gw.addr, "/v1/third", &[]).await;
     assert_eq!(r.status, 429, "{}", r.text());
@@ -175,4 +167,36 @@ async fn per_client_connection_cap_answers_429_and_slots_come_back() {
         assert!(Instant::now() < deadline, "slots never came back: {status}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A reload applies to new connections: holding 2 again, the third is refused at cap 2
+    // and served once the cap is 3.
+    let _held = hold_two(HOLDER, &gw).await;
+    assert_eq!(get_from(HOLDER, gw.addr, "/v1/c", &[]).await.status, 429);
+    reload(
+        &gw,
+        stub.addr,
+        "limits:\n  max_connections_per_client: 3\n",
+        "ok",
+    )
+    .await;
+    assert_eq!(get_from(HOLDER, gw.addr, "/v1/d", &[]).await.status, 200);
+}
+
+/// Two idle connections from `client`, returned once the gateway has accepted both (the
+/// test's earlier connections closed first, so the gauge counts just these).
+async fn hold_two(client: &str, gw: &GatewayProc) -> Vec<tokio::net::TcpStream> {
+    const OPEN: &str = "gateway_open_connections";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gw.metric_sum(OPEN, &[]) > 0.0 {
+        assert!(Instant::now() < deadline, "connections never closed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{client}:0").parse().unwrap()).unwrap();
+        held.push(socket.connect(gw.addr).await.unwrap());
+    }
+    gw.wait_metric_above(OPEN, &[], 1.0, Duration::from_secs(5))
+        .await;
+    held
 }

@@ -174,25 +174,6 @@ async fn allowed_then_limited(
     assert_rate_limited(&resp, policy);
 }
 
-/// Replaces the config file atomically (temp file in the same dir, then rename).
-fn write_config(gw: &GatewayProc, upstream: SocketAddr, extra: &str) {
-    let text = gateway_yaml(gw.addr, gw.admin, upstream, &gw.key_file(), extra);
-    let tmp = gw.config_path.with_extension("yaml.new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &gw.config_path).unwrap();
-}
-
-/// Rewrites the config and waits (bounded) for exactly one reload with `result`.
-async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &str) {
-    let labels = [("result", result)];
-    let before = gw.metric_sum(RELOADS, &labels);
-    write_config(gw, upstream, extra);
-    let after = gw
-        .wait_metric_above(RELOADS, &labels, before, Duration::from_secs(5))
-        .await;
-    assert_eq!(after, before + 1.0, "one reload attempt per rewrite");
-}
-
 /// Access-log lines for `path`, waiting (bounded) until there are `n` of them.
 async fn wait_access_logs(gw: &GatewayProc, path: &str, n: usize) -> Vec<serde_json::Value> {
     let start = Instant::now();

@@ -573,23 +573,6 @@ async fn send(gw: SocketAddr, from: &str, head: &str, body: &str) -> Response {
     send_from(from, gw, req.as_bytes()).await
 }
 
-/// Rewrites the gateway's config file atomically and waits for the reload `result`.
-async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &str) {
-    let labels = [("result", result)];
-    let before = gw.metric_sum("gateway_config_reloads_total", &labels);
-    let text = gateway_yaml(gw.addr, gw.admin, upstream, &gw.key_file(), extra);
-    let tmp = gw.config_path.with_extension("yaml.new");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, &gw.config_path).unwrap();
-    gw.wait_metric_above(
-        "gateway_config_reloads_total",
-        &labels,
-        before,
-        Duration::from_secs(10),
-    )
-    .await;
-}
-
 const SHARED_SYNC: &str = "obs-shared";
 const SHARED_EXACT: &str = "obs-exact";
 

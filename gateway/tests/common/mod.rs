@@ -72,6 +72,26 @@ pub struct GatewayProc {
     pub config_path: PathBuf,
 }
 
+/// Replaces the gateway's config file atomically (temp file in the same dir, then rename).
+pub fn write_config(gw: &GatewayProc, upstream: SocketAddr, extra: &str) {
+    let text = gateway_yaml(gw.addr, gw.admin, upstream, &gw.key_file(), extra);
+    let tmp = gw.config_path.with_extension("yaml.new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, &gw.config_path).unwrap();
+}
+
+/// Rewrites the config and waits (bounded) for exactly one reload with `result`.
+pub async fn reload(gw: &GatewayProc, upstream: SocketAddr, extra: &str, result: &str) {
+    const RELOADS: &str = "gateway_config_reloads_total";
+    let labels = [("result", result)];
+    let before = gw.metric_sum(RELOADS, &labels);
+    write_config(gw, upstream, extra);
+    let after = gw
+        .wait_metric_above(RELOADS, &labels, before, Duration::from_secs(10))
+        .await;
+    assert_eq!(after, before + 1.0, "one reload attempt per rewrite");
+}
+
 /// Per-client connection caps off, for tests that drive one address far past a browser (a
 /// connection per request as fast as they can, or a thousand slow clients) and measure
 /// another defence on its own; inflight.rs and tls.rs test the caps.
