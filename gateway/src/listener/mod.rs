@@ -103,13 +103,21 @@ fn admit(peer: SocketAddr, shared: &Shared) -> Result<Option<Guard>, Reason> {
 
 /// Over a per-client cap: TLS is closed at once (no handshake); cleartext gets a short
 /// JSON 429 and a lingering close (so the client's unread request does not turn it into a
-/// reset), all under a tiny deadline so a flood cannot park tasks.
+/// reset), under a tiny deadline and at most `REFUSING` at a time, so a flood can hold
+/// neither many tasks nor many fds (beyond that it is just closed).
 fn refuse_client(tcp: TcpStream, shared: &Arc<Shared>) {
-    if shared.tls.is_some() {
+    static REFUSING: Semaphore = Semaphore::const_new(64);
+    let Some(turn) = shared
+        .tls
+        .is_none()
+        .then(|| REFUSING.try_acquire().ok())
+        .flatten()
+    else {
         return drop(tcp);
-    }
+    };
     let shared = shared.clone();
     tokio::spawn(async move {
+        let _turn = turn;
         let id = forwarding::new_request_id();
         let bytes = raw_error_response(errors::TOO_MANY_CONNECTIONS, &shared.live.load(), &id);
         let mut tcp = tcp;
