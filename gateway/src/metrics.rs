@@ -30,6 +30,10 @@ pub struct Metrics {
     pub rate_limit_active_keys: IntGaugeVec,
     pub rate_limit_evictions: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub tls_certificate_reloads: IntCounterVec,
+    /// Registered only while `tls` is on (`export_tls_certificate_expiry`): a cleartext gateway
+    /// exporting 0 would read as a certificate that expired in 1970.
+    tls_certificate_expiry: IntGauge,
     pub access_log_dropped: IntGauge,
 }
 
@@ -88,8 +92,15 @@ impl Metrics {
             "Config reload attempts by result (ok, error).",
             &["result"],
         );
+        let tls_certificate_reloads = counter_vec(
+            &r,
+            "gateway_tls_certificate_reloads_total",
+            "Certificate reload attempts (file change, SIGHUP, new config paths) by result (ok, error).",
+            &["result"],
+        );
         for result in ["ok", "error"] {
             config_reloads.with_label_values(&[result]);
+            tls_certificate_reloads.with_label_values(&[result]);
         }
         let forwarded_rejections = counter_vec(
             &r,
@@ -192,6 +203,12 @@ impl Metrics {
                 &["policy"],
             ),
             config_reloads,
+            tls_certificate_reloads,
+            tls_certificate_expiry: IntGauge::new(
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "not_after of the served leaf certificate, unix seconds.",
+            )
+            .expect("valid metric"),
             access_log_dropped: gauge(
                 &r,
                 "gateway_access_log_dropped",
@@ -205,6 +222,22 @@ impl Metrics {
     /// `shared_limits` is configured.
     pub fn export_shared_limits(&self, on: bool) {
         crate::limits::shared::metrics::SharedMetrics::get().export(&self.registry, on);
+    }
+
+    /// Sets the served leaf's `not_after` (unix seconds) and exports the gauge; `None`
+    /// (cleartext) removes it.
+    pub fn export_tls_certificate_expiry(&self, not_after: Option<i64>) {
+        let g = &self.tls_certificate_expiry;
+        match not_after {
+            Some(t) => {
+                g.set(t);
+                // AlreadyReg on every reload after the first: the gauge is the same one.
+                let _ = self.registry.register(Box::new(g.clone()));
+            }
+            None => {
+                let _ = self.registry.unregister(Box::new(g.clone()));
+            }
+        }
     }
 
     /// The exposition text for `/metrics`.
@@ -278,6 +311,25 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_exported_only_with_tls() {
+        let m = Metrics::new();
+        let name = "gateway_tls_certificate_expiry_timestamp_seconds";
+        let text = |m: &Metrics| String::from_utf8(m.render()).unwrap();
+        assert!(!text(&m).contains(name), "cleartext: no expiry series");
+        assert!(text(&m).contains("gateway_tls_certificate_reloads_total{result=\"error\"} 0"));
+        m.export_tls_certificate_expiry(Some(1_800_000_000));
+        m.export_tls_certificate_expiry(Some(1_900_000_000)); // a renewal: same series, new value
+        assert!(
+            text(&m).contains(&format!("{name} 1900000000")),
+            "{}",
+            text(&m)
+        );
+        assert_eq!(text(&m).matches(&format!("\n{name} ")).count(), 1);
+        m.export_tls_certificate_expiry(None);
+        assert!(!text(&m).contains(name));
     }
 
     #[test]

@@ -34,6 +34,9 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ForwardedHeaderSpoofSpike",
     "ConfigReloadFailed",
     "SharedLimitsDegraded",
+    "TlsCertificateExpiringSoon",
+    "TlsCertificateExpiryCritical",
+    "TlsCertificateReloadFailed",
     "TargetDown",
 ];
 
