@@ -240,16 +240,9 @@ mod tests {
                     ("proxy-authorization", "Basic x"),
                     ("proxy-authenticate", "Basic"),
                 ],
-                &[
-                    "connection",
-                    "keep-alive",
-                    "proxy-connection",
-                    "te",
-                    "trailer",
-                    "upgrade",
-                    "proxy-authorization",
-                    "proxy-authenticate",
-                ],
+                // Independent of HOP_BY_HOP_HEADERS on purpose: a name dropped there fails here.
+                &"connection keep-alive proxy-connection te trailer upgrade proxy-authorization proxy-authenticate"
+                    .split(' ').collect::<Vec<_>>(),
             ),
             (
                 "connection nominates x-foo",

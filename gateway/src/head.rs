@@ -428,8 +428,12 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
+#[doc(hidden)]
+pub mod oracle;
+
 #[cfg(test)]
 mod tests {
+    use super::oracle::pingora_reads;
     use super::*;
     use tokio::io::AsyncWriteExt;
 
@@ -437,59 +441,25 @@ mod tests {
     fn scan_table() {
         let many_headers: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
         let many = format!("GET / HTTP/1.1\r\n{many_headers}\r\n");
-        let mut cases: Vec<(&str, Vec<u8>, HeadScan)> = vec![
-            (
-                "simple",
-                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
-                HeadScan::Complete(27),
-            ),
-            (
-                "with body",
-                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi".to_vec(),
-                HeadScan::Complete(47),
-            ),
-            ("partial line", b"GET / HT".to_vec(), HeadScan::Partial),
-            (
-                "partial headers",
-                b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec(),
-                HeadScan::Partial,
-            ),
-            ("empty", b"".to_vec(), HeadScan::Partial),
-            (
-                "http/1.0 needs no Host",
-                b"GET / HTTP/1.0\r\n\r\n".to_vec(),
-                HeadScan::Complete(18),
-            ),
-            (
-                "not http",
-                b"\x16\x03\x01\x02\x00\x01\x00".to_vec(),
-                HeadScan::Invalid(Refusal::Malformed),
-            ),
-            (
-                "space in name",
-                b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n".to_vec(),
-                HeadScan::Invalid(Refusal::Malformed),
-            ),
-            (
-                "obs-fold",
-                b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n".to_vec(),
-                HeadScan::Invalid(Refusal::Malformed),
-            ),
-            (
-                "nul in value",
-                b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n".to_vec(),
-                HeadScan::Invalid(Refusal::Malformed),
-            ),
-            (
-                "bad version",
-                b"GET / HTTP/2.0\r\n\r\n".to_vec(),
-                HeadScan::Invalid(Refusal::Malformed),
-            ),
-            (
-                "non-ASCII target",
-                b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
-                HeadScan::Invalid(Refusal::Target),
-            ),
+        use HeadScan::{Complete, Invalid, Partial};
+        #[rustfmt::skip]
+        let fixed: &[(&str, &[u8], HeadScan)] = &[
+            ("simple", b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", Complete(27)),
+            ("with body", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi", Complete(47)),
+            ("partial line", b"GET / HT", Partial),
+            ("partial headers", b"GET / HTTP/1.1\r\nHost: a\r\n", Partial),
+            ("empty", b"", Partial),
+            ("http/1.0 needs no Host", b"GET / HTTP/1.0\r\n\r\n", Complete(18)),
+            ("not http", b"\x16\x03\x01\x02\x00\x01\x00", Invalid(Refusal::Malformed)),
+            ("space in name", b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", Invalid(Refusal::Malformed)),
+            ("obs-fold", b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", Invalid(Refusal::Malformed)),
+            ("nul in value", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", Invalid(Refusal::Malformed)),
+            ("bad version", b"GET / HTTP/2.0\r\n\r\n", Invalid(Refusal::Malformed)),
+            ("non-ASCII target", b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", Invalid(Refusal::Target)),
+        ];
+        let mut cases: Vec<(&str, Vec<u8>, HeadScan)> =
+            fixed.iter().map(|(n, b, w)| (*n, b.to_vec(), *w)).collect();
+        cases.extend([
             (
                 "too many headers",
                 many.into_bytes(),
@@ -509,7 +479,7 @@ mod tests {
                 .into_bytes(),
                 HeadScan::Complete(24 + 9 + 99 * 6 + 2),
             ),
-        ];
+        ]);
         use Refusal::*;
         // Ambiguous framing or addressing: refused before pingora or the app sees it.
         let rows: &[(&str, &str, Option<Refusal>)] = &[
@@ -618,17 +588,6 @@ mod tests {
             )
             .unwrap();
             assert!(parsed.uri.path().starts_with('/'));
-        }
-    }
-
-    /// pingora's real HTTP/1 reader (the one `process_new_http` runs) over in-memory bytes.
-    async fn pingora_reads(bytes: &[u8]) -> Result<usize, String> {
-        let stream = Box::new(std::io::Cursor::new(bytes.to_vec()));
-        let mut session = pingora::protocols::http::v1::server::HttpSession::new(stream);
-        match session.read_request().await {
-            Ok(Some(n)) => Ok(n),
-            Ok(None) => Err("no request".into()),
-            Err(e) => Err(e.to_string()),
         }
     }
 

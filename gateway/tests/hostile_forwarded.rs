@@ -894,28 +894,11 @@ fn build_request(case: &Case) -> Vec<u8> {
 
 /// Folded header names that claim to identify the client (an independent list,
 /// not the gateway's own): upstream may see only the three the gateway writes.
-const CLIENT_CLAIMS: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded",
-    "forwarded",
-    "forwarded-for",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-    "x-original-forwarded-for",
-    "x-originating-ip",
-    "x-remote-ip",
-    "x-remote-addr",
-    "x-proxyuser-ip",
-];
+const CLIENT_CLAIMS: &str = "
+    x-forwarded-for x-forwarded-host x-forwarded-proto x-forwarded-port x-forwarded-server
+    x-forwarded forwarded forwarded-for x-real-ip x-client-ip client-ip true-client-ip
+    cf-connecting-ip fastly-client-ip x-cluster-client-ip x-original-forwarded-for
+    x-originating-ip x-remote-ip x-remote-addr x-proxyuser-ip";
 
 /// Runs every case against `gw`, returns the number of cases run. Collects all
 /// mismatches before failing so one run shows every broken row.
@@ -995,7 +978,7 @@ async fn run_cases(gw: &GatewayProc, stub: &Stub, cases: &[Case]) -> usize {
                         name.as_str(),
                         "x-forwarded-for" | "x-real-ip" | "x-forwarded-proto"
                     );
-                    if CLIENT_CLAIMS.contains(&folded.as_str()) && !ours {
+                    if CLIENT_CLAIMS.split_whitespace().any(|c| c == folded) && !ours {
                         failures.push(format!("{}: {name} leaked upstream", case.name));
                     }
                 }

@@ -413,191 +413,60 @@ keys:
         use VerifyError::*;
         let ring = ring(TWO_KEYS);
         let long_kid = format!(r#"{{"alg":"HS256","kid":"{}"}}"#, "n".repeat(65));
+        #[rustfmt::skip]
         let cases: &[(&str, &str, Result<(), VerifyError>)] = &[
             // Accepted: what `sign` writes, and the same without `typ` or with another case.
             ("ours", r#"{"typ":"JWT","alg":"HS256","kid":"new"}"#, Ok(())),
             ("no typ", r#"{"alg":"HS256","kid":"new"}"#, Ok(())),
-            (
-                "typ lower case",
-                r#"{"typ":"jwt","alg":"HS256","kid":"new"}"#,
-                Ok(()),
-            ),
+            ("typ lower case", r#"{"typ":"jwt","alg":"HS256","kid":"new"}"#, Ok(())),
             // crit (RFC 7515 §4.1.11): we understand no extension, so every form is refused.
-            (
-                "crit unknown",
-                r#"{"alg":"HS256","kid":"new","crit":["exp2"],"exp2":1}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "crit listed but absent",
-                r#"{"alg":"HS256","kid":"new","crit":["x"]}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "crit empty",
-                r#"{"alg":"HS256","kid":"new","crit":[]}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "crit string",
-                r#"{"alg":"HS256","kid":"new","crit":"b64"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "crit null",
-                r#"{"alg":"HS256","kid":"new","crit":null}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "crit registered name",
-                r#"{"alg":"HS256","kid":"new","crit":["kid"]}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("crit unknown", r#"{"alg":"HS256","kid":"new","crit":["exp2"],"exp2":1}"#, Err(UnsupportedHeader)),
+            ("crit listed but absent", r#"{"alg":"HS256","kid":"new","crit":["x"]}"#, Err(UnsupportedHeader)),
+            ("crit empty", r#"{"alg":"HS256","kid":"new","crit":[]}"#, Err(UnsupportedHeader)),
+            ("crit string", r#"{"alg":"HS256","kid":"new","crit":"b64"}"#, Err(UnsupportedHeader)),
+            ("crit null", r#"{"alg":"HS256","kid":"new","crit":null}"#, Err(UnsupportedHeader)),
+            ("crit registered name", r#"{"alg":"HS256","kid":"new","crit":["kid"]}"#, Err(UnsupportedHeader)),
             // RFC 7797: b64=false changes what the signature covers.
-            (
-                "b64 false",
-                r#"{"alg":"HS256","kid":"new","b64":false,"crit":["b64"]}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "b64 without crit",
-                r#"{"alg":"HS256","kid":"new","b64":false}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("b64 false", r#"{"alg":"HS256","kid":"new","b64":false,"crit":["b64"]}"#, Err(UnsupportedHeader)),
+            ("b64 without crit", r#"{"alg":"HS256","kid":"new","b64":false}"#, Err(UnsupportedHeader)),
             // Key-carrying headers (RFC 8725 §3.10 and the jwk-injection class).
-            (
-                "jku",
-                r#"{"alg":"HS256","kid":"new","jku":"https://evil.example/jwks"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "jwk",
-                r#"{"alg":"HS256","kid":"new","jwk":{"kty":"oct","k":"AAAA"}}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "x5u",
-                r#"{"alg":"HS256","kid":"new","x5u":"https://evil.example/c"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "x5c",
-                r#"{"alg":"HS256","kid":"new","x5c":["MIIB"]}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "x5t",
-                r#"{"alg":"HS256","kid":"new","x5t":"abc"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "x5t#S256",
-                r#"{"alg":"HS256","kid":"new","x5t#S256":"abc"}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("jku", r#"{"alg":"HS256","kid":"new","jku":"https://evil.example/jwks"}"#, Err(UnsupportedHeader)),
+            ("jwk", r#"{"alg":"HS256","kid":"new","jwk":{"kty":"oct","k":"AAAA"}}"#, Err(UnsupportedHeader)),
+            ("x5u", r#"{"alg":"HS256","kid":"new","x5u":"https://evil.example/c"}"#, Err(UnsupportedHeader)),
+            ("x5c", r#"{"alg":"HS256","kid":"new","x5c":["MIIB"]}"#, Err(UnsupportedHeader)),
+            ("x5t", r#"{"alg":"HS256","kid":"new","x5t":"abc"}"#, Err(UnsupportedHeader)),
+            ("x5t#S256", r#"{"alg":"HS256","kid":"new","x5t#S256":"abc"}"#, Err(UnsupportedHeader)),
             // JWE / nested-token confusion.
-            (
-                "enc",
-                r#"{"alg":"HS256","kid":"new","enc":"A128GCM"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "zip",
-                r#"{"alg":"HS256","kid":"new","zip":"DEF"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "cty JWT",
-                r#"{"alg":"HS256","kid":"new","cty":"JWT"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "unknown name",
-                r#"{"alg":"HS256","kid":"new","x-admin":true}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("enc", r#"{"alg":"HS256","kid":"new","enc":"A128GCM"}"#, Err(UnsupportedHeader)),
+            ("zip", r#"{"alg":"HS256","kid":"new","zip":"DEF"}"#, Err(UnsupportedHeader)),
+            ("cty JWT", r#"{"alg":"HS256","kid":"new","cty":"JWT"}"#, Err(UnsupportedHeader)),
+            ("unknown name", r#"{"alg":"HS256","kid":"new","x-admin":true}"#, Err(UnsupportedHeader)),
             // typ confusion (RFC 8725 §3.11).
-            (
-                "typ at+jwt",
-                r#"{"typ":"at+jwt","alg":"HS256","kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "typ JOSE+JSON",
-                r#"{"typ":"JOSE+JSON","alg":"HS256","kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "typ number",
-                r#"{"typ":1,"alg":"HS256","kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("typ at+jwt", r#"{"typ":"at+jwt","alg":"HS256","kid":"new"}"#, Err(UnsupportedHeader)),
+            ("typ JOSE+JSON", r#"{"typ":"JOSE+JSON","alg":"HS256","kid":"new"}"#, Err(UnsupportedHeader)),
+            ("typ number", r#"{"typ":1,"alg":"HS256","kid":"new"}"#, Err(UnsupportedHeader)),
             // alg (RFC 8725 §3.1): only HS256, case-sensitive.
             ("alg none", r#"{"alg":"none","kid":"new"}"#, Err(Malformed)),
-            (
-                "alg lower case",
-                r#"{"alg":"hs256","kid":"new"}"#,
-                Err(Malformed),
-            ),
-            (
-                "alg HS512",
-                r#"{"alg":"HS512","kid":"new"}"#,
-                Err(Malformed),
-            ),
-            (
-                "alg RS256",
-                r#"{"alg":"RS256","kid":"new"}"#,
-                Err(Malformed),
-            ),
+            ("alg lower case", r#"{"alg":"hs256","kid":"new"}"#, Err(Malformed)),
+            ("alg HS512", r#"{"alg":"HS512","kid":"new"}"#, Err(Malformed)),
+            ("alg RS256", r#"{"alg":"RS256","kid":"new"}"#, Err(Malformed)),
             ("alg missing", r#"{"kid":"new"}"#, Err(UnsupportedHeader)),
-            (
-                "alg array",
-                r#"{"alg":["HS256"],"kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("alg array", r#"{"alg":["HS256"],"kid":"new"}"#, Err(UnsupportedHeader)),
             // Duplicate names: parsers disagree on which one wins.
-            (
-                "alg twice",
-                r#"{"alg":"none","alg":"HS256","kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
-            (
-                "kid twice",
-                r#"{"alg":"HS256","kid":"old","kid":"new"}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("alg twice", r#"{"alg":"none","alg":"HS256","kid":"new"}"#, Err(UnsupportedHeader)),
+            ("kid twice", r#"{"alg":"HS256","kid":"old","kid":"new"}"#, Err(UnsupportedHeader)),
             // kid oddities.
             ("kid empty", r#"{"alg":"HS256","kid":""}"#, Err(UnknownKey)),
-            (
-                "kid number",
-                r#"{"alg":"HS256","kid":1}"#,
-                Err(UnsupportedHeader),
-            ),
+            ("kid number", r#"{"alg":"HS256","kid":1}"#, Err(UnsupportedHeader)),
             ("kid null", r#"{"alg":"HS256","kid":null}"#, Err(UnknownKey)),
-            (
-                "kid NUL",
-                r#"{"alg":"HS256","kid":"new\u0000"}"#,
-                Err(UnknownKey),
-            ),
-            (
-                "kid traversal",
-                r#"{"alg":"HS256","kid":"../../new"}"#,
-                Err(UnknownKey),
-            ),
-            (
-                "kid space",
-                r#"{"alg":"HS256","kid":"new "}"#,
-                Err(UnknownKey),
-            ),
+            ("kid NUL", r#"{"alg":"HS256","kid":"new\u0000"}"#, Err(UnknownKey)),
+            ("kid traversal", r#"{"alg":"HS256","kid":"../../new"}"#, Err(UnknownKey)),
+            ("kid space", r#"{"alg":"HS256","kid":"new "}"#, Err(UnknownKey)),
             ("kid too long", &long_kid, Err(UnknownKey)),
             // Not a JSON object at all.
             ("header array", r#"["HS256"]"#, Err(Malformed)),
             ("header string", r#""HS256""#, Err(Malformed)),
-            (
-                "header truncated",
-                r#"{"alg":"HS256","kid":"new""#,
-                Err(Malformed),
-            ),
+            ("header truncated", r#"{"alg":"HS256","kid":"new""#, Err(Malformed)),
         ];
         for (name, header, want) in cases {
             let got = ring.verify(&signed_with_header(header)).map(|c| {
