@@ -69,6 +69,97 @@ pub struct Config {
     /// Client CIDRs and user ids refused with 403 (RUNBOOK.md "Block an abusive client").
     #[serde(default)]
     pub block: BlockConfig,
+    /// TLS on the public listener (HTTP/1.1 and HTTP/2 by ALPN); absent = cleartext HTTP/1.1.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// HTTP/2 limits (used only with `tls`: h2 is negotiated by ALPN).
+    #[serde(default)]
+    pub http2: Http2Config,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Re-read on change and on SIGHUP.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) matching the leaf.
+    pub key_file: PathBuf,
+    /// A TLS handshake must complete within this; else the connection is closed and counted.
+    #[serde(default = "defaults::tls_handshake", deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http2Config {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: open streams per connection.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrent_streams: u32,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, the hard cap the h2 codec enforces (RFC 9113 size:
+    /// name + value + 32 per field). Requests between `limits.max_request_header_bytes` and
+    /// this get our JSON 431; above it the codec answers a bare 431.
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_header_list_bytes: u32,
+    /// Response bytes buffered per stream before the writer waits for the client.
+    #[schemars(range(min = 16384, max = 16777216))]
+    pub max_send_buffer_bytes: usize,
+    /// Streams the client may reset before we accept them (h2's rapid-reset guard).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams we may reset for the client's protocol errors before closing the connection.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_local_error_reset_streams: usize,
+    /// RST_STREAM frames a client may send per `flood_window` (rapid reset, CVE-2023-44487).
+    #[schemars(range(min = 1))]
+    pub max_client_resets: u32,
+    /// PING + SETTINGS frames a client may send per `flood_window`.
+    #[schemars(range(min = 1))]
+    pub max_control_frames: u32,
+    /// CONTINUATION frames allowed in one header block (CONTINUATION flood).
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_continuation_frames: u32,
+    /// The window the two frame budgets above are counted in.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub flood_window: Duration,
+    /// A stream's header block (HEADERS to END_HEADERS) and a new connection's first
+    /// request must arrive within this; else the connection is closed.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub header_timeout: Duration,
+    /// A connection with no open stream for this long is closed.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub idle_timeout: Duration,
+    /// How often we PING the client.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub keepalive_interval: Duration,
+    /// A PING unanswered for this long closes the connection.
+    #[serde(deserialize_with = "duration")]
+    #[schemars(schema_with = "schema::duration")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Http2Config {
+    fn default() -> Self {
+        Http2Config {
+            max_concurrent_streams: 100,
+            max_header_list_bytes: 64 * 1024,
+            max_send_buffer_bytes: 256 * 1024,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 64,
+            max_client_resets: 200,
+            max_control_frames: 100,
+            max_continuation_frames: 32,
+            flood_window: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -167,10 +258,26 @@ impl Default for SizeLimits {
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct SecurityHeaders {
-    /// `Strict-Transport-Security` value; off by default because this listener is plain HTTP
-    /// (turn it on when a TLS terminator sits in front).
+    /// `Strict-Transport-Security` value. Absent: `max-age=31536000` when `tls` is set, none
+    /// without it (set one when a TLS terminator sits in front). `"off"`: never sent.
     pub hsts: Option<String>,
     pub content_security_policy: String,
+}
+
+/// HSTS when `tls` is set and no value is configured: one year, no `includeSubDomains`
+/// (that commits sibling hosts the gateway knows nothing about).
+pub const DEFAULT_HSTS: &str = "max-age=31536000";
+
+impl SecurityHeaders {
+    /// The `Strict-Transport-Security` value to send, if any.
+    pub fn effective_hsts(&self, tls: bool) -> Option<&str> {
+        match self.hsts.as_deref() {
+            Some(v) if v.eq_ignore_ascii_case("off") => None,
+            Some(v) => Some(v),
+            None if tls => Some(DEFAULT_HSTS),
+            None => None,
+        }
+    }
 }
 
 impl Default for SecurityHeaders {
@@ -317,6 +424,9 @@ mod defaults {
     pub fn upstream_pool_size() -> usize {
         128
     }
+    pub fn tls_handshake() -> Duration {
+        Duration::from_secs(10)
+    }
 }
 
 /// A config error located in its file: `file:line:column: field: message`.
@@ -442,6 +552,7 @@ impl Config {
                 "is not a valid header value",
             );
         }
+        self.validate_http2()?;
         if self.timeouts.shutdown_grace > Duration::from_secs(300) {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
@@ -451,6 +562,59 @@ impl Config {
             &self.rate_limits.policies,
         )?;
         crate::blocklist::validate(&self.block)?;
+        Ok(())
+    }
+
+    fn validate_http2(&self) -> Result<(), Invalid> {
+        let err = |field: &str, message: &str| Err(Invalid::new(field, message));
+        let h = &self.http2;
+        if !(1..=1000).contains(&h.max_concurrent_streams) {
+            return err("http2.max_concurrent_streams", "must be 1 to 1000");
+        }
+        if !(1024..=1024 * 1024).contains(&h.max_header_list_bytes) {
+            return err("http2.max_header_list_bytes", "must be 1 KiB to 1 MiB");
+        }
+        if (h.max_header_list_bytes as usize) < self.limits.max_request_header_bytes {
+            return err(
+                "http2.max_header_list_bytes",
+                "must be at least limits.max_request_header_bytes (below it a client gets the codec's bare 431, not ours)",
+            );
+        }
+        if !(16 * 1024..=16 * 1024 * 1024).contains(&h.max_send_buffer_bytes) {
+            return err("http2.max_send_buffer_bytes", "must be 16 KiB to 16 MiB");
+        }
+        if !(1..=1000).contains(&h.max_pending_accept_reset_streams) {
+            return err(
+                "http2.max_pending_accept_reset_streams",
+                "must be 1 to 1000",
+            );
+        }
+        if !(1..=10_000).contains(&h.max_local_error_reset_streams) {
+            return err("http2.max_local_error_reset_streams", "must be 1 to 10000");
+        }
+        if h.max_client_resets == 0 || h.max_control_frames == 0 {
+            return err(
+                "http2",
+                "max_client_resets and max_control_frames must be at least 1",
+            );
+        }
+        if !(1..=1000).contains(&h.max_continuation_frames) {
+            return err("http2.max_continuation_frames", "must be 1 to 1000");
+        }
+        if h.keepalive_timeout >= h.keepalive_interval {
+            return err(
+                "http2.keepalive_timeout",
+                "must be shorter than http2.keepalive_interval",
+            );
+        }
+        if let Some(v) = &self.security_headers.hsts {
+            if !v.eq_ignore_ascii_case("off") && !v.trim_start().starts_with("max-age=") {
+                return err(
+                    "security_headers.hsts",
+                    "must be \"off\" or start with max-age=",
+                );
+            }
+        }
         Ok(())
     }
 
@@ -571,6 +735,77 @@ mod tests {
             }
             assert_eq!(e.field, *field, "{name}: {e}");
             assert!(e.to_string().starts_with("g.yaml"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn tls_and_http2_blocks() {
+        let c = Config::parse("g.yaml", MINIMAL).unwrap();
+        assert!(c.tls.is_none(), "absent = cleartext");
+        assert_eq!(c.http2.max_concurrent_streams, 100);
+        let tls = format!("{MINIMAL}tls:\n  cert_file: /run/secrets/tls_cert\n  key_file: k.pem\n");
+        let c = Config::parse("g.yaml", &tls).unwrap();
+        let t = c.tls.as_ref().unwrap();
+        assert_eq!(t.cert_file, Path::new("/run/secrets/tls_cert"));
+        assert_eq!(t.handshake_timeout, Duration::from_secs(10));
+        let bad: &[(&str, &str)] = &[
+            ("tls:\n  cert_file: c\n", "tls"),
+            (
+                "tls:\n  cert_file: c\n  key_file: k\n  ciphers: all\n",
+                "tls.ciphers",
+            ),
+            (
+                "tls:\n  cert_file: c\n  key_file: k\n  handshake_timeout: 0s\n",
+                "tls.handshake_timeout",
+            ),
+            (
+                "http2:\n  max_concurrent_streams: 0\n",
+                "http2.max_concurrent_streams",
+            ),
+            (
+                "http2:\n  max_concurrent_streams: 5000\n",
+                "http2.max_concurrent_streams",
+            ),
+            (
+                "http2:\n  max_header_list_bytes: 8192\n",
+                "http2.max_header_list_bytes",
+            ),
+            (
+                "http2:\n  keepalive_interval: 5s\n  keepalive_timeout: 5s\n",
+                "http2.keepalive_timeout",
+            ),
+            (
+                "http2:\n  max_continuation_frames: 0\n",
+                "http2.max_continuation_frames",
+            ),
+            ("http2:\n  idle_timeout: never\n", "http2.idle_timeout"),
+            (
+                "security_headers:\n  hsts: includeSubDomains\n",
+                "security_headers.hsts",
+            ),
+        ];
+        for (extra, field) in bad {
+            let e = Config::parse("g.yaml", &format!("{MINIMAL}{extra}")).expect_err(extra);
+            assert_eq!(e.field, *field, "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn hsts_defaults_on_with_tls_only() {
+        let h = |v: Option<&str>| SecurityHeaders {
+            hsts: v.map(str::to_string),
+            ..Default::default()
+        };
+        let cases = [
+            (None, false, None),
+            (None, true, Some(DEFAULT_HSTS)),
+            (Some("off"), true, None),
+            (Some("OFF"), false, None),
+            (Some("max-age=60"), true, Some("max-age=60")),
+            (Some("max-age=60"), false, Some("max-age=60")),
+        ];
+        for (set, tls, want) in cases {
+            assert_eq!(h(set).effective_hsts(tls), want, "{set:?} tls={tls}");
         }
     }
 

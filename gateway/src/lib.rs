@@ -30,4 +30,5 @@ pub mod reload;
 pub mod request_log;
 pub mod respond;
 pub mod state;
+pub mod tls;
 pub mod upstream;

@@ -69,7 +69,8 @@ impl Live {
         // Validated at load, so these conversions cannot fail.
         let csp = HeaderValue::from_str(&config.security_headers.content_security_policy)
             .map_err(|e| e.to_string())?;
-        let hsts = match &config.security_headers.hsts {
+        let tls = config.tls.is_some();
+        let hsts = match config.security_headers.effective_hsts(tls) {
             Some(v) => Some(HeaderValue::from_str(v).map_err(|e| e.to_string())?),
             None => None,
         };
