@@ -26,20 +26,8 @@ SYSTEMS=${SYSTEMS:-"direct gateway nginx haproxy"}
 BACKEND_PORT=24081 GATEWAY_PORT=24080 NGINX_PORT=24082 HAPROXY_PORT=24083 ADMIN_PORT=24901
 PATH_UNDER_TEST=/v1/documents
 
-for tool in nginx haproxy wrk oha taskset python3 curl; do
-  command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (see perf/README.md)" >&2; exit 1; }
-done
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --locked -p gateway -p perf >&2
-fi
-
-mkdir -p "$OUT"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-RUN=$(mktemp -d /tmp/perf-bench.XXXXXX)
-TSV="$OUT/bench-$stamp.tsv"
-MD="$OUT/bench-$stamp.md"
-: >"$TSV"
 . perf/lib-bench.sh
+bench_setup bench nginx haproxy wrk oha taskset python3 curl
 trap bench_cleanup EXIT
 
 port_of() {
@@ -144,10 +132,7 @@ print(round(lp["p50"] * 1e3, 3), round(lp["p99"] * 1e3, 3), bad)')"
 done
 
 # --- peak memory, sanity checks ---------------------------------------------------------
-for s in $SYSTEMS; do
-  read -r -a pids <<<"$(system_pids "$s")"
-  record "$s" peak_rss_mb "$(python3 -c "print(round($(peak_rss_kb "${pids[@]}") / 1024, 1))")"
-done
+record_peak_rss
 curl -s "127.0.0.1:$ADMIN_PORT/metrics" >"$RUN/gateway-metrics.txt"
 for s in gateway nginx haproxy; do
   lines=$(grep -c '"status":200' "$RUN/$s-access.log" || true)

@@ -32,20 +32,8 @@ SYSTEMS=${SYSTEMS:-"gateway nginx"}
 BACKEND_PORT=24181 GATEWAY_PORT=24180 NGINX_PORT=24182 ADMIN_PORT=24902
 PATH_UNDER_TEST=/v1/documents
 
-for tool in nginx wrk h2load openssl taskset python3 curl; do
-  command -v "$tool" >/dev/null || { echo "https-bench.sh: $tool is missing (see perf/README.md)" >&2; exit 1; }
-done
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --locked -p gateway -p perf >&2
-fi
-
-mkdir -p "$OUT"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-RUN=$(mktemp -d /tmp/perf-https.XXXXXX)
-TSV="$OUT/https-bench-$stamp.tsv"
-MD="$OUT/https-bench-$stamp.md"
-: >"$TSV"
 . perf/lib-bench.sh
+bench_setup https-bench nginx wrk h2load openssl taskset python3 curl
 trap bench_cleanup EXIT
 
 port_of() { case $1 in gateway) echo $GATEWAY_PORT ;; nginx) echo $NGINX_PORT ;; esac; }
@@ -138,10 +126,7 @@ for rep in $(seq 1 "$REPS"); do
     done
   done
 done
-for s in $SYSTEMS; do
-  read -r -a pids <<<"$(system_pids "$s")"
-  record "$s" peak_rss_mb "$(python3 -c "print(round($(peak_rss_kb "${pids[@]}") / 1024, 1))")"
-done
+record_peak_rss
 record all load_after "$(cut -d' ' -f1 /proc/loadavg)"
 
 python3 - "$TSV" "$DURATION" "$REPS" "$CONNS" "$H2_CONNS" "$H2_STREAMS" "$HS_BATCH" >"$MD" <<'EOF'

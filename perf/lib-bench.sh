@@ -1,8 +1,26 @@
-# Sourced by perf/bench.sh and perf/https-bench.sh: process bookkeeping, CPU accounting and
-# the gateway / nginx / backend start-up they share. The caller sets RUN (a temp dir), BIN,
-# TSV, PROXY_CPU, LOAD_CPU and the *_PORT variables, and traps bench_cleanup on EXIT.
+# Sourced by perf/bench.sh and perf/https-bench.sh: set-up, process bookkeeping, CPU
+# accounting and the gateway / nginx / backend start-up they share. The caller sets OUT, BIN,
+# PROXY_CPU, LOAD_CPU and the *_PORT variables, calls bench_setup and traps bench_cleanup.
 CLK_TCK=$(getconf CLK_TCK)
 pids_started=()
+
+bench_setup() { # name tools... — checks the tools, builds, sets RUN, TSV and MD
+  local name=$1 tool
+  shift
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null || { echo "$name.sh: $tool is missing (see perf/README.md)" >&2; exit 1; }
+  done
+  if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    cargo build --release --locked -p gateway -p perf >&2
+  fi
+  mkdir -p "$OUT"
+  local stamp
+  stamp=$(date -u +%Y%m%dT%H%M%SZ)
+  RUN=$(mktemp -d "/tmp/perf-$name.XXXXXX")
+  TSV="$OUT/$name-$stamp.tsv"
+  MD="$OUT/$name-$stamp.md"
+  : >"$TSV"
+}
 
 bench_cleanup() {
   for p in "${pids_started[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
@@ -43,6 +61,14 @@ peak_rss_kb() { # pids... -> sum of VmHWM
     total=$((total + v))
   done
   echo "$total"
+}
+
+record_peak_rss() { # every system in $SYSTEMS
+  local s pids
+  for s in $SYSTEMS; do
+    read -r -a pids <<<"$(system_pids "$s")"
+    record "$s" peak_rss_mb "$(python3 -c "print(round($(peak_rss_kb "${pids[@]}") / 1024, 1))")"
+  done
 }
 
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$TSV"; } # system metric value

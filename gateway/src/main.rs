@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gateway::config::Config;
 use gateway::state::{Live, Shared};
-use gateway::{admin, listener, logging, proxy, reload, upstream};
+use gateway::{admin, cert_reload, cert_watch, listener, logging, proxy, reload, upstream};
 use pingora::server::configuration::ServerConf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -63,11 +63,13 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &Path, skip_files: bool) -> ExitCode {
+    let mut pair = None;
     let checked = Config::load(file).and_then(|c| {
         if skip_files {
             return Ok(None);
         }
         c.check_referenced_files(file)?;
+        pair = cert_reload::check(&c, file)?;
         Ok(Some(c))
     });
     match checked
@@ -79,7 +81,10 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(()) => {
-            println!("{}: ok", file.display());
+            match pair {
+                Some(p) => println!("{}: ok ({})", file.display(), describe_pair(file, &p)),
+                None => println!("{}: ok", file.display()),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -87,6 +92,27 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// "certificate valid until …" for the ok line; a warning on stderr inside the 14-day window.
+fn describe_pair(file: &Path, p: &gateway::tls::cert::LoadedCert) -> String {
+    let now = p
+        .checked_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let until = humantime::format_rfc3339_seconds(p.not_after);
+    let days = (p.not_after_unix() as i64 - now) / 86_400;
+    if let Some(left) = cert_watch::expires_soon(p.not_after_unix() as i64, now) {
+        eprintln!(
+            "{}: warning: field `tls.cert_file`: certificate expires in {} (not_after {until}); renew it (RUNBOOK.md \"Renew the certificate\")",
+            file.display(),
+            humantime::format_duration(left)
+        );
+    }
+    format!(
+        "certificate chain of {} valid until {until}, {days} days left",
+        p.chain_len
+    )
 }
 
 fn healthcheck(url: &str) -> ExitCode {
