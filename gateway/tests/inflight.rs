@@ -21,6 +21,25 @@ async fn timed_get(
     (r.status, started.elapsed(), r)
 }
 
+/// `n` GETs from `client` at once, to `{prefix}/{i}`; the statuses in order.
+async fn concurrent_statuses(
+    client: &'static str,
+    gw: std::net::SocketAddr,
+    prefix: &'static str,
+    n: usize,
+) -> Vec<u16> {
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            tokio::spawn(async move { timed_get(client, gw, &format!("{prefix}/{i}")).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
 /// 12 concurrent slow requests from one client against a cap of 8: 8 × 200 and 4 fast
 /// 429s; another client meanwhile 200; afterwards the first client's slots are free.
 #[tokio::test]
@@ -61,16 +80,8 @@ async fn one_client_is_capped_another_is_not_and_slots_come_back() {
     );
     assert_eq!(gw.metric_sum("gateway_inflight_rejections_total", &[]), 4.0);
     // Every slot came back: 8 more at once are all served.
-    let again: Vec<_> = (0..8)
-        .map(|i| {
-            tokio::spawn(
-                async move { timed_get(CLIENT_A, addr, &format!("/v1/again/{i}")).await.0 },
-            )
-        })
-        .collect();
-    for task in again {
-        assert_eq!(task.await.unwrap(), 200, "slots were freed");
-    }
+    let again = concurrent_statuses(CLIENT_A, addr, "/v1/again", 8).await;
+    assert_eq!(again, [200; 8], "slots were freed");
     let logged = gw.proc.access_logs();
     let refusals = logged
         .iter()
@@ -92,16 +103,8 @@ async fn slots_free_on_upstream_timeout_and_client_abort() {
     );
     let addr = gw.addr;
     for round in 0..2 {
-        let tasks: Vec<_> = (0..4)
-            .map(|i| {
-                tokio::spawn(
-                    async move { timed_get(CLIENT_A, addr, &format!("/v1/t/{i}")).await.0 },
-                )
-            })
-            .collect();
-        for t in tasks {
-            assert_eq!(t.await.unwrap(), 504, "round {round}: a timeout, not 429");
-        }
+        let statuses = concurrent_statuses(CLIENT_A, addr, "/v1/t", 4).await;
+        assert_eq!(statuses, [504; 4], "round {round}: timeouts, not 429");
     }
     // Client abort: 4 requests whose clients hang up while the upstream stalls.
     for i in 0..4 {
@@ -119,19 +122,7 @@ async fn slots_free_on_upstream_timeout_and_client_abort() {
     }
     // Bounded wait: the aborted requests end at the latest at the upstream timeout.
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let tasks: Vec<_> = (0..4)
-        .map(|i| {
-            tokio::spawn(
-                async move { timed_get(CLIENT_A, addr, &format!("/v1/after/{i}")).await.0 },
-            )
-        })
-        .collect();
-    for t in tasks {
-        assert_eq!(
-            t.await.unwrap(),
-            504,
-            "slots came back after the client aborts"
-        );
-    }
+    let after = concurrent_statuses(CLIENT_A, addr, "/v1/after", 4).await;
+    assert_eq!(after, [504; 4], "slots came back after the client aborts");
     assert_eq!(gw.metric_sum("gateway_inflight_rejections_total", &[]), 0.0);
 }
