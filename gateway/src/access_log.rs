@@ -37,6 +37,10 @@ pub struct AccessRecord {
     pub policy_decision: Option<&'static str>,
     pub shadow_rejected_by: Option<String>,
     pub user_agent: Option<String>,
+    /// "HTTP/1.1", "HTTP/2", "HTTP/1.0"; empty for answers before a request was parsed.
+    pub protocol: &'static str,
+    /// "TLSv1.3" / "TLSv1.2" when the client spoke TLS to us; absent when cleartext.
+    pub tls_version: Option<&'static str>,
     /// Short error kind when the request failed inside the gateway.
     pub error: Option<&'static str>,
 }
@@ -94,6 +98,10 @@ struct Line<'a> {
     shadow_rejected_by: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    protocol: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tls_version: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'static str>,
     target: &'static str,
@@ -139,6 +147,8 @@ impl AccessRecord {
             policy_decision: self.policy_decision,
             shadow_rejected_by: self.shadow_rejected_by.as_deref(),
             user_agent: self.user_agent.as_deref(),
+            protocol: self.protocol,
+            tls_version: self.tls_version,
             error: self.error,
             target: "access_log",
         }
@@ -201,6 +211,8 @@ mod tests {
                 policy_decision = rec.policy_decision,
                 shadow_rejected_by = rec.shadow_rejected_by.as_deref(),
                 user_agent = rec.user_agent.as_deref(),
+                protocol = (!rec.protocol.is_empty()).then_some(rec.protocol),
+                tls_version = rec.tls_version,
                 error = rec.error,
                 "access"
             )
@@ -266,6 +278,8 @@ mod tests {
             policy_decision: Some("rejected"),
             shadow_rejected_by: Some("a,b".into()),
             user_agent: Some("curl\u{0}/8".into()),
+            protocol: "HTTP/2",
+            tls_version: Some("TLSv1.3"),
             error: Some("limit"),
         };
         let sparse = AccessRecord {

@@ -1,6 +1,7 @@
 //! The client connection with a write buffer, so a response head and a small body
-//! leave in one send.
+//! leave in one send. Generic over the transport: plain TCP or our TLS stream.
 
+use std::fmt::Debug;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::tls::{SslDigest, ALPN};
 use pingora::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
@@ -23,15 +25,41 @@ const WRITE_BUFFER: usize = 4096;
 /// `TcpStream`, as our accept loop does, has none, so every response cost a send for the
 /// head and another for the body, each waking the client (perf/RESULTS.md).
 #[derive(Debug)]
-pub struct Buffered {
-    inner: L4Stream,
+pub struct Buffered<S = L4Stream> {
+    inner: S,
     wbuf: Vec<u8>,
     /// Bytes of `wbuf` already sent.
     sent: usize,
 }
 
-impl Buffered {
-    pub fn new(inner: L4Stream) -> Buffered {
+/// What the listener serves HTTP over: a pingora-compatible stream that can put read bytes back.
+pub trait Transport:
+    AsyncRead
+    + AsyncWrite
+    + Unpin
+    + Send
+    + Sync
+    + Debug
+    + UniqueID
+    + Ssl
+    + Peek
+    + GetTimingDigest
+    + GetProxyDigest
+    + GetSocketDigest
+    + 'static
+{
+    /// Puts bytes already read in front of what is read next.
+    fn rewind(&mut self, data: &[u8]);
+}
+
+impl Transport for L4Stream {
+    fn rewind(&mut self, data: &[u8]) {
+        L4Stream::rewind(self, data)
+    }
+}
+
+impl<S: Transport> Buffered<S> {
+    pub fn new(inner: S) -> Buffered<S> {
         Buffered {
             inner,
             wbuf: Vec::new(),
@@ -59,7 +87,7 @@ impl Buffered {
     }
 }
 
-impl AsyncRead for Buffered {
+impl<S: Transport> AsyncRead for Buffered<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -69,7 +97,7 @@ impl AsyncRead for Buffered {
     }
 }
 
-impl AsyncWrite for Buffered {
+impl<S: Transport> AsyncWrite for Buffered<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -98,28 +126,35 @@ impl AsyncWrite for Buffered {
 }
 
 #[async_trait::async_trait]
-impl Shutdown for Buffered {
+impl<S: Transport> Shutdown for Buffered<S> {
     async fn shutdown(&mut self) {
         let _ = AsyncWriteExt::shutdown(self).await;
     }
 }
 
-impl UniqueID for Buffered {
+impl<S: Transport> UniqueID for Buffered<S> {
     fn id(&self) -> UniqueIDType {
         self.inner.id()
     }
 }
 
-impl Ssl for Buffered {}
+impl<S: Transport> Ssl for Buffered<S> {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 #[async_trait::async_trait]
-impl Peek for Buffered {
+impl<S: Transport> Peek for Buffered<S> {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.inner.try_peek(buf).await
     }
 }
 
-impl GetTimingDigest for Buffered {
+impl<S: Transport> GetTimingDigest for Buffered<S> {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.inner.get_timing_digest()
     }
@@ -131,7 +166,7 @@ impl GetTimingDigest for Buffered {
     }
 }
 
-impl GetProxyDigest for Buffered {
+impl<S: Transport> GetProxyDigest for Buffered<S> {
     fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
         self.inner.get_proxy_digest()
     }
@@ -140,7 +175,7 @@ impl GetProxyDigest for Buffered {
     }
 }
 
-impl GetSocketDigest for Buffered {
+impl<S: Transport> GetSocketDigest for Buffered<S> {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
         self.inner.get_socket_digest()
     }
@@ -166,7 +201,7 @@ mod tests {
             got
         });
         let (tcp, _) = listener.accept().await.unwrap();
-        let mut io = Buffered::new(tcp.into());
+        let mut io: Buffered = Buffered::new(tcp.into());
         io.write_all(b"head ").await.unwrap();
         io.write_all(b"body").await.unwrap();
         assert_eq!(io.wbuf, b"head body", "held until flush");

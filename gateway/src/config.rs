@@ -90,6 +90,10 @@ pub struct TlsConfig {
     pub handshake_timeout: Duration,
 }
 
+impl TlsConfig {
+    pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Http2Config {
@@ -425,7 +429,7 @@ mod defaults {
         128
     }
     pub fn tls_handshake() -> Duration {
-        Duration::from_secs(10)
+        TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT
     }
 }
 

@@ -52,6 +52,57 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
 /// (request smuggling / desync, host confusion).
 const NEVER_STRIP: &[&str] = &["host", "content-length", "transfer-encoding"];
 
+/// The `X-Forwarded-Proto` we send: a trusted peer's own `X-Forwarded-Proto` (one value) or
+/// its `Forwarded` element's `proto=` (the last element: the one that peer wrote), when it
+/// is `http` or `https`; otherwise what we saw (`https` when we terminated TLS).
+pub fn forwarded_proto(headers: &HeaderMap, peer_trusted: bool, tls: bool) -> &'static str {
+    let seen = if tls { "https" } else { "http" };
+    if !peer_trusted {
+        return seen;
+    }
+    let xfp = headers.get_all("x-forwarded-proto").iter();
+    if let Some(v) = single(xfp).and_then(|v| scheme(v.as_bytes())) {
+        return v;
+    }
+    let last = headers.get_all("forwarded").iter().next_back();
+    let element =
+        last.and_then(|v| crate::forwarded::SplitOutsideQuotes::new(v.as_bytes(), b',').last());
+    let proto = element
+        .into_iter()
+        .flat_map(|e| crate::forwarded::SplitOutsideQuotes::new(e, b';'));
+    for pair in proto {
+        if let Some((name, value)) = trim_ows(pair).split_at_checked(6) {
+            if name.eq_ignore_ascii_case(b"proto=") {
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                return scheme(value).unwrap_or(seen);
+            }
+        }
+    }
+    seen
+}
+
+/// The one value of a header, if it has exactly one line.
+fn single<'a>(
+    mut values: http::header::ValueIter<'a, http::HeaderValue>,
+) -> Option<&'a http::HeaderValue> {
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+fn scheme(v: &[u8]) -> Option<&'static str> {
+    let v = trim_ows(v);
+    if v.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if v.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
 /// ASCII lower-case with `_` folded to `-`, so `X_Forwarded_For` matches
 /// `x-forwarded-for`: many servers (CGI, some frameworks) treat the two as the
 /// same header, so an attacker can use either spelling.
@@ -329,5 +380,97 @@ mod tests {
         m.append("x-a", HeaderValue::from_static("1"));
         let got = headers_to_strip(&m);
         assert!(got.iter().any(|h| h == "x-a"));
+    }
+
+    #[test]
+    fn forwarded_proto_believes_only_trusted_peers_and_only_http_or_https() {
+        type Headers = &'static [(&'static str, &'static str)];
+        let cases: &[(Headers, bool, bool, &str)] = &[
+            (&[], false, false, "http"),
+            (&[], false, true, "https"),
+            (&[("x-forwarded-proto", "https")], false, false, "http"),
+            (&[("x-forwarded-proto", "http")], false, true, "https"),
+            (&[("x-forwarded-proto", "https")], true, false, "https"),
+            (&[("x-forwarded-proto", "HTTPS ")], true, false, "https"),
+            (&[("x-forwarded-proto", "http")], true, true, "http"),
+            (&[("x-forwarded-proto", "ftp")], true, false, "http"),
+            (&[("x-forwarded-proto", "https, http")], true, false, "http"),
+            (
+                &[
+                    ("x-forwarded-proto", "https"),
+                    ("x-forwarded-proto", "https"),
+                ],
+                true,
+                false,
+                "http",
+            ),
+            (&[("x-forwarded-proto", "javascript:")], true, true, "https"),
+            (
+                &[("forwarded", "for=1.2.3.4;proto=https")],
+                true,
+                false,
+                "https",
+            ),
+            (
+                &[("forwarded", "for=1.2.3.4;PROTO=\"https\"")],
+                true,
+                false,
+                "https",
+            ),
+            (
+                &[(
+                    "forwarded",
+                    "for=9.9.9.9;proto=http, for=1.2.3.4;proto=https",
+                )],
+                true,
+                false,
+                "https",
+            ),
+            (
+                &[("forwarded", "for=9.9.9.9;proto=https, for=1.2.3.4")],
+                true,
+                false,
+                "http",
+            ),
+            (
+                &[
+                    ("forwarded", "proto=https"),
+                    ("forwarded", "for=1.2.3.4;proto=http"),
+                ],
+                true,
+                true,
+                "http",
+            ),
+            (
+                &[("forwarded", "for=\"a,proto=https\";proto=gopher")],
+                true,
+                false,
+                "http",
+            ),
+            (
+                &[("forwarded", "for=1.2.3.4;proto=https")],
+                false,
+                false,
+                "http",
+            ),
+            (&[("forwarded", ";;;==,,,\"")], true, true, "https"),
+            (
+                &[("x-forwarded-proto", "nope"), ("forwarded", "proto=https")],
+                true,
+                false,
+                "https",
+            ),
+        ];
+        for (headers, trusted, tls, want) in cases {
+            let mut h = HeaderMap::new();
+            for (n, v) in *headers {
+                h.append(*n, http::HeaderValue::from_str(v).unwrap());
+            }
+            assert_eq!(
+                forwarded_proto(&h, *trusted, *tls),
+                *want,
+                "{headers:?} trusted={trusted} tls={tls}"
+            );
+        }
     }
 }

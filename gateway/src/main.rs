@@ -169,7 +169,21 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         }
     };
     let c = live.config.clone();
-    let shared = Arc::new(Shared::new(live, config_path.to_path_buf()));
+    let mut shared = Shared::new(live, config_path.to_path_buf());
+    if let Some(t) = &c.tls {
+        let loaded = gateway::tls::load_files(t, std::time::SystemTime::now());
+        match loaded.and_then(|l| gateway::tls::TlsState::new(&l).map(|s| (s, l))) {
+            Ok((state, l)) => {
+                tracing::info!(cert = %t.cert_file.display(), not_after = l.not_after_unix(), "tls on");
+                shared = shared.with_tls(state);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot load the tls certificate pair");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let shared = Arc::new(shared);
 
     let public = match tokio::net::TcpListener::bind(c.listen).await {
         Ok(l) => l,

@@ -35,6 +35,8 @@ pub struct Metrics {
     /// exporting 0 would read as a certificate that expired in 1970.
     tls_certificate_expiry: IntGauge,
     pub access_log_dropped: IntGauge,
+    pub tls_handshake_failures: IntCounterVec,
+    pub h2_closed: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -125,7 +127,27 @@ impl Metrics {
         for reason in ["client", "user"] {
             blocked.with_label_values(&[reason]);
         }
+        let tls_handshake_failures = counter_vec(
+            &r,
+            "gateway_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason (timeout, not_tls, protocol_version, ...).",
+            &["reason"],
+        );
+        for reason in crate::tls::acceptor::HANDSHAKE_FAILURE_REASONS {
+            tls_handshake_failures.with_label_values(&[reason]);
+        }
+        let h2_closed = counter_vec(
+            &r,
+            "gateway_h2_connections_closed_total",
+            "HTTP/2 connections closed, by reason (client_closed, idle_timeout, rapid_reset, ...).",
+            &["reason"],
+        );
+        for reason in crate::listener::h2::CLOSE_REASONS {
+            h2_closed.with_label_values(&[reason]);
+        }
         Metrics {
+            tls_handshake_failures,
+            h2_closed,
             requests_total: counter_vec(
                 &r,
                 "http_requests_total",

@@ -221,21 +221,21 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let trusted = peer_ip(session).is_some_and(|ip| ctx.live().client_ip.is_trusted(ip));
+        let proto = forwarding::forwarded_proto(&upstream.headers, trusted, tls);
         // Drop every client-supplied forwarding and hop-by-hop header, then write our own.
         for name in forwarding::headers_to_strip(&upstream.headers) {
             upstream.remove_header(&name);
         }
         let resolution = ctx.resolution.as_ref().expect("resolved in request_filter");
-        let xff = resolution.x_forwarded_for();
-        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-forwarded-for", resolution.x_forwarded_for())?;
         upstream.insert_header("x-real-ip", resolution.client.to_string())?;
-        // No TLS on this listener; a trusted TLS terminator in front is reported as such
-        // only through the validated chain, so say what we saw.
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
@@ -340,7 +340,7 @@ impl ProxyHttp for Gateway {
                 crate::pipeline::declared_body_len(session.req_header()),
             ),
             bytes_out: session.body_bytes_sent() as u64,
-            peer: peer_ip(session),
+            digest: session.digest(),
             resolution: ctx.resolution.as_ref(),
             identity: &ctx.identity,
             verdict: ctx.verdict.as_ref(),

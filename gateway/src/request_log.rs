@@ -50,11 +50,38 @@ pub struct Finished<'a> {
     /// See `bytes_in`.
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub peer: Option<IpAddr>,
+    /// The connection: socket peer (access log `peer`) and TLS version.
+    pub digest: Option<&'a pingora::protocols::Digest>,
     pub resolution: Option<&'a Resolution>,
     pub identity: &'a Identity,
     pub verdict: Option<&'a Verdict>,
     pub error: Option<&'static str>,
+}
+
+/// The access log's `tls_version` from the connection digest (None = cleartext).
+pub fn tls_version(digest: Option<&pingora::protocols::Digest>) -> Option<&'static str> {
+    let d = digest?.ssl_digest.as_ref()?;
+    Some(match d.version.as_ref() {
+        "TLSv1.3" => "TLSv1.3",
+        "TLSv1.2" => "TLSv1.2",
+        _ => "other",
+    })
+}
+
+/// The socket peer, IPv4-mapped addresses canonicalised.
+fn peer_ip(digest: Option<&pingora::protocols::Digest>) -> Option<IpAddr> {
+    let addr = digest?.socket_digest.as_ref()?.peer_addr()?.as_inet()?;
+    Some(addr.ip().to_canonical())
+}
+
+/// The access log's `protocol`.
+pub fn protocol(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        _ => "other",
+    }
 }
 
 /// The access log's `bytes_in`: request body bytes read; for a request the gateway refused
@@ -104,7 +131,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         bytes_out: f.bytes_out,
         duration_ms: millis(elapsed),
         upstream_ms: f.upstream_elapsed.map(millis),
-        peer: f.peer,
+        peer: peer_ip(f.digest),
         client_ip: f.resolution.map(|r| r.client),
         trust: f.resolution.map(|r| r.decision),
         forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
@@ -122,6 +149,8 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
             .headers
             .get(USER_AGENT)
             .map(|v| clip(&String::from_utf8_lossy(v.as_bytes()), MAX_USER_AGENT).to_owned()),
+        protocol: protocol(req.version),
+        tls_version: tls_version(f.digest),
         error: f.error,
     }
     .emit();
@@ -160,6 +189,40 @@ pub fn edge_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocol_and_tls_version_names() {
+        use pingora::protocols::tls::SslDigest;
+        use pingora::protocols::Digest;
+        let cases = [
+            (http::Version::HTTP_2, "HTTP/2"),
+            (http::Version::HTTP_11, "HTTP/1.1"),
+            (http::Version::HTTP_10, "HTTP/1.0"),
+            (http::Version::HTTP_09, "other"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(protocol(v), want);
+        }
+        let with = |version: &'static str| Digest {
+            ssl_digest: Some(std::sync::Arc::new(SslDigest::new(
+                "",
+                version,
+                None,
+                None,
+                vec![],
+            ))),
+            ..Default::default()
+        };
+        assert_eq!(tls_version(None), None);
+        assert_eq!(tls_version(Some(&Digest::default())), None, "cleartext");
+        assert_eq!(tls_version(Some(&with("TLSv1.3"))), Some("TLSv1.3"));
+        assert_eq!(tls_version(Some(&with("TLSv1.2"))), Some("TLSv1.2"));
+        assert_eq!(
+            tls_version(Some(&with("SSLv3\n"))),
+            Some("other"),
+            "bounded"
+        );
+    }
 
     #[test]
     fn millis_rounds_to_the_microsecond() {

@@ -16,6 +16,7 @@ use crate::inflight::InflightCap;
 use crate::limits::shared::Engine;
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
+use crate::tls::TlsState;
 use crate::upstream::UpstreamState;
 
 /// Everything a request reads from config, swapped atomically on reload. A
@@ -94,6 +95,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub upstream: Arc<UpstreamState>,
     pub config_path: PathBuf,
+    /// Set with `tls:` at startup; a reload swaps the certificate through `tls.resolver`.
+    pub tls: Option<TlsState>,
     draining: AtomicBool,
 }
 
@@ -105,8 +108,15 @@ impl Shared {
             metrics: Metrics::new(),
             upstream,
             config_path,
+            tls: None,
             draining: AtomicBool::new(false),
         }
+    }
+
+    /// Serves TLS with `tls` (see `tls::load_files`).
+    pub fn with_tls(mut self, tls: TlsState) -> Shared {
+        self.tls = Some(tls);
+        self
     }
 
     pub fn is_draining(&self) -> bool {

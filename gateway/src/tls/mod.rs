@@ -1,4 +1,49 @@
 //! TLS on the public listener: `cert` checks a PEM pair (pure), `resolver` holds the
-//! live certificate for hot swaps, `acceptor` builds the rustls server config once.
+//! live certificate for hot swaps, `acceptor` builds the rustls server config once and
+//! runs handshakes under a deadline, `stream` is the TLS connection as pingora sees it.
 
+pub mod acceptor;
 pub mod cert;
+pub mod resolver;
+pub mod stream;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+use cert::LoadedCert;
+use resolver::CertResolver;
+
+/// What the listener needs for TLS; lives in `Shared` so a reload can `resolver.store`.
+pub struct TlsState {
+    pub resolver: Arc<CertResolver>,
+    pub acceptor: TlsAcceptor,
+}
+
+impl TlsState {
+    pub fn new(loaded: &LoadedCert) -> Result<TlsState, String> {
+        let resolver = Arc::new(CertResolver::new(Arc::clone(&loaded.key)));
+        let config = acceptor::server_config(Arc::clone(&resolver)).map_err(|e| e.to_string())?;
+        Ok(TlsState {
+            resolver,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        })
+    }
+}
+
+/// Reads and checks the pair the config names (startup, reload, `check-config`).
+pub fn load_files(cfg: &TlsConfig, now: SystemTime) -> Result<LoadedCert, String> {
+    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+    let cert = read(&cfg.cert_file)?;
+    let key = read(&cfg.key_file)?;
+    cert::load_pair(&cert, &key, now).map_err(|e| {
+        format!(
+            "{} / {}: {e}",
+            cfg.cert_file.display(),
+            cfg.key_file.display()
+        )
+    })
+}

@@ -1,22 +1,18 @@
-//! The public accept loop: caps connections, reads each request head under a
-//! total deadline (408/431/400 answered here), then hands the connection to
-//! pingora's proxy for the rest of the request; repeats for keep-alive.
+//! HTTP/1.1 on one connection (cleartext or TLS): reads each request head under a total
+//! deadline (408/431/400 answered here), then hands the connection to pingora's proxy
+//! for the rest of the request; repeats for keep-alive.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::{GetSocketDigest, SocketDigest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
-use crate::buffered::Buffered;
+use crate::buffered::{Buffered, Transport};
 use crate::errors;
 use crate::forwarding;
 use crate::head::{origin_form, read_head, HeadLimits, HeadOutcome};
@@ -24,76 +20,13 @@ use crate::request_log;
 use crate::respond::raw_error_response;
 use crate::state::Shared;
 
-/// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
-/// so the caller can wait for all of them to come back to know it has drained.
-pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
-    listener: TcpListener,
-    proxy: Arc<P>,
-    shared: Arc<Shared>,
-    permits: Arc<Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            shared.metrics.connections_refused.inc();
-            let shared = shared.clone();
-            tokio::spawn(async move { refuse(tcp, peer, &shared).await });
-            continue;
-        };
-        let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            shared.metrics.connections.inc();
-            handle(tcp, peer, proxy, &shared, shutdown).await;
-            shared.metrics.connections.dec();
-            drop(permit);
-        });
-    }
-}
-
-/// Over the connection cap: a short 503 and close, without reading the request.
-async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
-    let live = shared.live.load();
-    let id = forwarding::new_request_id();
-    let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
-    let started = Instant::now();
-    let m = &shared.metrics;
-    request_log::edge_answer(
-        m,
-        peer,
-        id,
-        errors::UNAVAILABLE,
-        "over_connection_cap",
-        started,
-    );
-}
-
-async fn handle<P: HttpServerApp>(
-    tcp: TcpStream,
+pub async fn serve<S: Transport, P: HttpServerApp>(
+    mut io: Box<Buffered<S>>,
     peer: SocketAddr,
     proxy: Arc<P>,
     shared: &Shared,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let mut stream: L4Stream = tcp.into();
-    // pingora reads the client address from the socket digest.
-    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
-    let _ = digest.peer_addr.set(Some(peer.into()));
-    stream.set_socket_digest(digest);
-    let mut io = Box::new(Buffered::new(stream));
     let mut settings = None;
     let mut first = true;
     loop {
@@ -156,7 +89,7 @@ async fn handle<P: HttpServerApp>(
         };
         let (stream, next_settings) = reused.consume();
         settings = next_settings;
-        io = match stream.into_any().downcast::<Buffered>() {
+        io = match stream.into_any().downcast::<Buffered<S>>() {
             Ok(s) => s,
             Err(_) => return,
         };

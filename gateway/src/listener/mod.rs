@@ -1,0 +1,131 @@
+//! The public accept loop: caps connections, with `tls` runs the handshake under a
+//! deadline and picks HTTP/1.1 (`h1`) or HTTP/2 (`h2`) by ALPN; cleartext is HTTP/1.1.
+//! `frames` is the pure h2 frame-flood watcher.
+
+mod frames;
+pub mod h1;
+pub mod h2;
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::apps::HttpServerApp;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl, ALPN};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use crate::buffered::Buffered;
+use crate::errors;
+use crate::forwarding;
+use crate::request_log;
+use crate::respond::raw_error_response;
+use crate::state::Shared;
+use crate::tls::acceptor;
+
+/// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
+/// so the caller can wait for all of them to come back to know it has drained.
+pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
+    listener: TcpListener,
+    proxy: Arc<P>,
+    shared: Arc<Shared>,
+    permits: Arc<Semaphore>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            shared.metrics.connections_refused.inc();
+            let shared = shared.clone();
+            tokio::spawn(async move { refuse(tcp, peer, &shared).await });
+            continue;
+        };
+        let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shared.metrics.connections.inc();
+            handle(tcp, peer, proxy, &shared, shutdown).await;
+            shared.metrics.connections.dec();
+            drop(permit);
+        });
+    }
+}
+
+/// Over the connection cap: a short 503 and close, without reading the request.
+async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let live = shared.live.load();
+    let id = forwarding::new_request_id();
+    let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
+    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
+    let started = Instant::now();
+    let m = &shared.metrics;
+    request_log::edge_answer(
+        m,
+        peer,
+        id,
+        errors::UNAVAILABLE,
+        "over_connection_cap",
+        started,
+    );
+}
+
+async fn handle<P: HttpServerApp + Send + Sync + 'static>(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<P>,
+    shared: &Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let mut stream: L4Stream = tcp.into();
+    // pingora reads the client address from the socket digest.
+    let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
+    let _ = digest.peer_addr.set(Some(peer.into()));
+    stream.set_socket_digest(digest);
+    let Some(tls) = &shared.tls else {
+        return h1::serve(
+            Box::new(Buffered::new(stream)),
+            peer,
+            proxy,
+            shared,
+            shutdown,
+        )
+        .await;
+    };
+    let deadline = shared
+        .live
+        .load()
+        .config
+        .tls
+        .as_ref()
+        .map_or(crate::config::TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+            t.handshake_timeout
+        });
+    let io = match acceptor::handshake(&tls.acceptor, stream, deadline).await {
+        Ok(io) => io,
+        Err(reason) => {
+            let m = &shared.metrics.tls_handshake_failures;
+            m.with_label_values(&[reason]).inc();
+            return;
+        }
+    };
+    if io.selected_alpn_proto() == Some(ALPN::H2) {
+        let reason = h2::serve(io, peer, proxy, shared.clone(), shutdown).await;
+        shared.metrics.h2_closed.with_label_values(&[reason]).inc();
+    } else {
+        h1::serve(Box::new(Buffered::new(io)), peer, proxy, shared, shutdown).await;
+    }
+}
