@@ -4,12 +4,20 @@
 //! hot-reload watcher (`reload.rs`); when to try is decided in `cert_watch`.
 
 use std::fmt;
-use std::path::Path;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use crate::cert_watch::{FileRead, Snapshot};
+use tokio::task::JoinHandle;
+
+use crate::cert_watch::{tls_change, Debounce, FileRead, Snapshot, Step, TlsChange};
 use crate::config::{locate_field, Config, ConfigError, TlsConfig};
+use crate::state::Shared;
 use crate::tls::cert::{load_pair, CertError, LoadedCert};
+
+/// A read of the two files that takes longer is given up on for this poll (a hung network
+/// file system): the served certificate stays, the stall is logged and counted once.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads both files now. Errors name the file, so a log line says what to fix.
 pub fn read(tls: &TlsConfig) -> Snapshot {
@@ -75,6 +83,150 @@ pub fn check(config: &Config, path: &Path) -> Result<Option<LoadedCert>, ConfigE
             message: e.message,
         }
     })
+}
+
+/// Puts a checked pair in service (or refuses it): resolver, expiry gauge, counter, log.
+/// `why` says what triggered it (file change, SIGHUP, config).
+pub fn apply(shared: &Shared, result: Result<LoadedCert, PairError>, why: &str) -> bool {
+    let (Some(tls), Some(paths)) = (&shared.tls, shared.live.load().config.tls.clone()) else {
+        return false;
+    };
+    let counter = &shared.metrics.tls_certificate_reloads;
+    match result {
+        Ok(pair) => {
+            tls.resolver.store(Arc::clone(&pair.key));
+            let not_after = pair.not_after_unix() as i64;
+            shared
+                .metrics
+                .export_tls_certificate_expiry(Some(not_after));
+            counter.with_label_values(&["ok"]).inc();
+            tracing::info!(
+                cert = %paths.cert_file.display(),
+                not_after = %humantime::format_rfc3339_seconds(pair.not_after),
+                chain = pair.chain_len,
+                trigger = why,
+                "certificate reloaded"
+            );
+            true
+        }
+        Err(error) => {
+            counter.with_label_values(&["error"]).inc();
+            tracing::error!(
+                cert = %paths.cert_file.display(),
+                key = %paths.key_file.display(),
+                %error,
+                trigger = why,
+                "certificate reload rejected; keeping the served certificate"
+            );
+            false
+        }
+    }
+}
+
+/// For a config reload, before the new config is swapped in: `Ok(None)` keeps the served
+/// pair, `Ok(Some)` is the new paths' pair to `apply` with the config, `Err` refuses the
+/// whole config (TLS switched on or off, or the new pair is bad). Blocking (reads files).
+pub fn for_new_config(running: &Config, new: &Config) -> Result<Option<LoadedCert>, String> {
+    let paths = |c: &Config| {
+        c.tls
+            .as_ref()
+            .map(|t| (t.cert_file.clone(), t.key_file.clone()))
+    };
+    match tls_change(paths(running).as_ref(), paths(new).as_ref()) {
+        TlsChange::Off | TlsChange::SamePaths => Ok(None),
+        TlsChange::Refused(why) => Err(format!("field `tls`: {why}")),
+        TlsChange::NewPaths => {
+            let tls = new.tls.as_ref().expect("NewPaths has tls");
+            load(&read(tls), SystemTime::now())
+                .map(Some)
+                .map_err(|e| format!("field `{}`: {}", e.field, e.message))
+        }
+    }
+}
+
+/// The file-watching side of certificate reload, polled by `reload::watch`.
+pub struct CertWatch {
+    debounce: Debounce,
+    paths: (PathBuf, PathBuf),
+    /// A read that outlived `READ_TIMEOUT`; no new read starts until it returns.
+    stalled: Option<JoinHandle<Snapshot>>,
+}
+
+impl CertWatch {
+    /// `None` without TLS. Starts from the files as they are now; if they no longer hold the
+    /// pair being served (changed since startup), the first settled poll tries them.
+    pub async fn start(shared: &Arc<Shared>) -> Option<CertWatch> {
+        let tls = shared.live.load().config.tls.clone()?;
+        let served = shared.tls.as_ref()?.resolver.current();
+        let t = tls.clone();
+        let snap = tokio::task::spawn_blocking(move || read(&t)).await.ok()?;
+        let mut debounce = Debounce::default();
+        if let Ok(pair) = load(&snap, SystemTime::now()) {
+            if pair.key.cert.first() == served.cert.first() {
+                shared
+                    .metrics
+                    .export_tls_certificate_expiry(Some(pair.not_after_unix() as i64));
+                debounce = Debounce::loaded(snap);
+            }
+        }
+        Some(CertWatch {
+            debounce,
+            paths: (tls.cert_file, tls.key_file),
+            stalled: None,
+        })
+    }
+
+    /// One poll (`forced` on SIGHUP): read, and load + apply when the debounce says so.
+    pub async fn poll(&mut self, shared: &Arc<Shared>, forced: bool) {
+        let Some(tls) = shared.live.load().config.tls.clone() else {
+            return;
+        };
+        let Some(snap) = self.read(&tls, shared).await else {
+            return;
+        };
+        let paths = (tls.cert_file.clone(), tls.key_file.clone());
+        if paths != self.paths {
+            // A config reload switched files and already applied their pair.
+            self.paths = paths;
+            self.debounce.reset(snap);
+            return;
+        }
+        if self.debounce.observe(&snap, forced) == Step::Attempt {
+            let why = if forced { "sighup" } else { "file change" };
+            apply(shared, load(&snap, SystemTime::now()), why);
+        }
+    }
+
+    async fn read(&mut self, tls: &TlsConfig, shared: &Shared) -> Option<Snapshot> {
+        let mut handle = match self.stalled.take() {
+            Some(h) if !h.is_finished() => {
+                self.stalled = Some(h);
+                return None;
+            }
+            Some(h) => h,
+            None => {
+                let t = tls.clone();
+                tokio::task::spawn_blocking(move || read(&t))
+            }
+        };
+        match tokio::time::timeout(READ_TIMEOUT, &mut handle).await {
+            Ok(r) => r.ok(),
+            Err(_) => {
+                shared
+                    .metrics
+                    .tls_certificate_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(
+                    cert = %tls.cert_file.display(),
+                    timeout_ms = READ_TIMEOUT.as_millis() as u64,
+                    "certificate reload rejected; keeping the served certificate: reading the files timed out"
+                );
+                self.stalled = Some(handle);
+                None
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,10 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
             Ok((state, l)) => {
                 tracing::info!(cert = %t.cert_file.display(), not_after = l.not_after_unix(), "tls on");
                 shared = shared.with_tls(state);
+                // From the start, not only after a reload: the expiry alerts read it.
+                shared
+                    .metrics
+                    .export_tls_certificate_expiry(Some(l.not_after_unix() as i64));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the tls certificate pair");

@@ -1,5 +1,6 @@
 //! Hot reload: on SIGHUP or when the config or key file's content changes, parse
-//! and validate; swap in the new config atomically only if it is valid.
+//! and validate; swap in the new config atomically only if it is valid. The TLS
+//! certificate pair is watched the same way (`cert_reload::CertWatch`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cert_reload::{self, CertWatch};
 use crate::config::Config;
 use crate::state::{Live, Shared};
 
@@ -25,12 +27,21 @@ pub enum ReloadResult {
 /// One reload attempt. The running config is replaced only by a valid one.
 pub fn reload(shared: &Shared) -> ReloadResult {
     let old = shared.live.load_full();
+    // A config that names other certificate files brings their pair, or is refused whole.
     let result = Config::load(&shared.config_path)
         .map_err(|e| e.to_string())
-        .and_then(|config| Live::build(config, Some(&old)));
+        .and_then(|config| Live::build(config, Some(&old)))
+        .and_then(|live| {
+            cert_reload::for_new_config(&old.config, &live.config)
+                .map(|pair| (live, pair))
+                .map_err(|e| format!("{}: {e}", shared.config_path.display()))
+        });
     match result {
-        Ok(live) => {
+        Ok((live, pair)) => {
             shared.live.store(Arc::new(live));
+            if let Some(pair) = pair {
+                cert_reload::apply(shared, Ok(pair), "config");
+            }
             shared
                 .metrics
                 .config_reloads
@@ -75,13 +86,18 @@ pub async fn watch(shared: Arc<Shared>) {
             .await
             .unwrap_or_default()
     };
+    let mut certs = CertWatch::start(&shared).await;
     loop {
-        tokio::select! {
+        let hangup = tokio::select! {
             _ = hup.recv() => {
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+                true
             }
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => false,
+        };
+        if let Some(c) = certs.as_mut() {
+            c.poll(&shared, hangup).await;
         }
         let s = shared.clone();
         let Ok(now) = tokio::task::spawn_blocking(move || watched(&s)).await else {

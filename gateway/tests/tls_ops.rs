@@ -212,3 +212,173 @@ fn shipped_tls_config_is_the_stack_config_plus_tls() {
         "gateway.tls.yaml must equal gateway.yaml apart from `tls`"
     );
 }
+
+const RELOADS: &str = "gateway_tls_certificate_reloads_total";
+const EXPIRY: &str = "gateway_tls_certificate_expiry_timestamp_seconds";
+
+/// A pair written to `dir/<name>.crt|.key`; returns the cert PEM (what a handshake must show).
+fn write_pair(dir: &Path, name: &str, pair: &(String, String)) -> String {
+    std::fs::write(dir.join(format!("{name}.crt")), &pair.0).unwrap();
+    std::fs::write(dir.join(format!("{name}.key")), &pair.1).unwrap();
+    pair.0.clone()
+}
+
+fn tls_block(dir: &Path, name: &str) -> String {
+    format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\n",
+        dir.join(format!("{name}.crt")).display(),
+        dir.join(format!("{name}.key")).display()
+    )
+}
+
+/// The leaf a new handshake presents (openssl s_client, bounded at 5 s), base64 only.
+fn served(gw: &GatewayProc) -> String {
+    let out = Command::new("timeout")
+        .args(["5", "openssl", "s_client", "-connect"])
+        .arg(gw.addr.to_string())
+        .args(["-servername", "localhost"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl runs");
+    pem_body(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn pem_body(pem: &str) -> String {
+    let start = pem.find("-----BEGIN CERTIFICATE-----");
+    let end = pem.find("-----END CERTIFICATE-----");
+    match (start, end) {
+        (Some(s), Some(e)) => pem[s + 27..e].split_whitespace().collect(),
+        _ => String::new(),
+    }
+}
+
+/// Polls (bounded) until a new handshake presents `cert`; returns how long it took.
+fn wait_served(gw: &GatewayProc, cert: &str, limit: Duration) -> Duration {
+    let (want, start) = (pem_body(cert), std::time::Instant::now());
+    let ok = wait_until(limit, || served(gw) == want);
+    assert!(
+        ok,
+        "not served within {limit:?}; log:\n{}",
+        tail(&gw.proc.log, 20)
+    );
+    start.elapsed()
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64
+}
+
+/// The expiry gauge, once it reads `until` (bounded; X.509 times are whole seconds).
+fn assert_expiry(gw: &GatewayProc, until: SystemTime) {
+    let got = gw.metric_sum(EXPIRY, &[]);
+    assert!(
+        (got - unix(until)).abs() <= 1.0,
+        "{EXPIRY} {got}, want {}",
+        unix(until)
+    );
+}
+
+#[tokio::test]
+async fn certificate_hot_reload_through_a_real_gateway() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let now = SystemTime::now();
+    let valid = |days: u32| {
+        let until = now + days * DAY;
+        (pair_valid(now - DAY, until), until)
+    };
+    let ((a, a_until), (b, b_until), (c, c_until)) = (valid(90), valid(60), valid(30));
+    let a_cert = write_pair(d, "live", &a);
+    let gw = GatewayProc::start(stub.addr, &tls_block(d, "live"));
+    wait_served(&gw, &a_cert, Duration::from_secs(5));
+    assert_expiry(&gw, a_until);
+    let (ok, err) = (("result", "ok"), ("result", "error"));
+    assert_eq!(
+        (
+            gw.metric_sum(RELOADS, &[ok]),
+            gw.metric_sum(RELOADS, &[err])
+        ),
+        (0.0, 0.0)
+    );
+
+    // A renewal written in place (cert, then key): served on a new handshake within seconds.
+    let b_cert = write_pair(d, "live", &b);
+    let took = wait_served(&gw, &b_cert, Duration::from_secs(5));
+    eprintln!("renewed certificate served after {took:?}");
+    assert_expiry(&gw, b_until);
+    gw.wait_metric_above(RELOADS, &[ok], 0.0, Duration::from_secs(2))
+        .await;
+    assert_eq!(
+        gw.metric_sum(RELOADS, &[err]),
+        0.0,
+        "the half-written moment was not tried"
+    );
+
+    // SIGHUP: an attempt at once, files unchanged (ok again, same certificate).
+    gw.proc.signal("-HUP");
+    gw.wait_metric_above(RELOADS, &[ok], 1.0, Duration::from_secs(3))
+        .await;
+    assert_eq!(served(&gw), pem_body(&b_cert));
+
+    // Broken pairs: refused, counted, logged; the renewed certificate keeps serving.
+    let broken: [(&str, &[u8], &[u8]); 3] = [
+        ("key of another certificate", b.0.as_bytes(), c.1.as_bytes()),
+        ("garbage certificate", b"not a certificate", b.1.as_bytes()),
+        ("empty key", b.0.as_bytes(), b""),
+    ];
+    for (i, (name, cert, key)) in broken.iter().enumerate() {
+        std::fs::write(d.join("live.crt"), cert).unwrap();
+        std::fs::write(d.join("live.key"), key).unwrap();
+        gw.wait_metric_above(RELOADS, &[err], i as f64, Duration::from_secs(5))
+            .await;
+        assert_eq!(
+            served(&gw),
+            pem_body(&b_cert),
+            "{name}: old certificate still served"
+        );
+        assert_expiry(&gw, b_until);
+    }
+    assert!(gw.proc.log_text().contains("certificate reload rejected"));
+    assert_eq!(
+        gw.metric_sum(RELOADS, &[err]),
+        3.0,
+        "each broken pair counted once"
+    );
+
+    // A config that names other files loads their pair with the config.
+    let reloads = "gateway_config_reloads_total";
+    let config_ok = gw.metric_sum(reloads, &[ok]); // the SIGHUP above reloaded the config too
+    let c_cert = write_pair(d, "next", &c);
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let next = config.replace(&tls_block(d, "live"), &tls_block(d, "next"));
+    assert_ne!(next, config);
+    std::fs::write(&gw.config_path, &next).unwrap();
+    wait_served(&gw, &c_cert, Duration::from_secs(5));
+    assert_expiry(&gw, c_until);
+    assert_eq!(gw.metric_sum(reloads, &[ok]), config_ok + 1.0);
+
+    // ... or is refused whole: new paths with a broken pair, or `tls` removed.
+    let before = gw.metric_sum(reloads, &[err]);
+    let refused = [
+        next.replace(&tls_block(d, "next"), &tls_block(d, "missing")),
+        next.replace(&tls_block(d, "next"), ""),
+    ];
+    for (i, text) in refused.iter().enumerate() {
+        std::fs::write(&gw.config_path, text).unwrap();
+        gw.wait_metric_above(reloads, &[err], before + i as f64, Duration::from_secs(5))
+            .await;
+        assert_eq!(served(&gw), pem_body(&c_cert));
+    }
+    let log = gw.proc.log_text();
+    assert!(
+        log.contains("field `tls.cert_file`: cannot read"),
+        "{}",
+        tail(&gw.proc.log, 5)
+    );
+    assert!(
+        log.contains("removing `tls` needs a restart"),
+        "{}",
+        tail(&gw.proc.log, 5)
+    );
+}
