@@ -2,7 +2,7 @@
 //! and validate; swap in the new config atomically only if it is valid. The TLS
 //! certificate pair is watched the same way (`cert_reload::CertWatch`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,8 +62,12 @@ pub fn reload(shared: &Shared) -> ReloadResult {
     }
 }
 
-fn fingerprint(paths: &[&Path]) -> Vec<Option<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+/// Each watched file's path and content (None when unreadable).
+fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    paths
+        .iter()
+        .map(|p| (p.to_path_buf(), std::fs::read(p).ok()))
+        .collect()
 }
 
 /// Watches for SIGHUP and content changes until the process exits.
@@ -107,10 +111,17 @@ pub async fn watch(shared: Arc<Shared>) {
             last = now;
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
-            // The reload may have changed which key file we watch.
+            // The reload may have switched key files: watch a new one from its content now.
+            // A file whose path is unchanged keeps its pre-reload content here, so an edit
+            // written while the reload ran is still a change on the next poll (re-reading
+            // everything here lost such an edit).
             let s = shared.clone();
             if let Ok(fp) = tokio::task::spawn_blocking(move || watched(&s)).await {
-                last = fp;
+                for (old, new) in last.iter_mut().zip(fp) {
+                    if old.0 != new.0 {
+                        *old = new;
+                    }
+                }
             }
         }
     }
