@@ -382,3 +382,50 @@ async fn certificate_hot_reload_through_a_real_gateway() {
         tail(&gw.proc.log, 5)
     );
 }
+
+#[tokio::test]
+async fn a_hung_certificate_read_is_given_up_and_the_served_certificate_stays() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let a_cert = write_pair(d, "live", &pair_for(90));
+    let gw = GatewayProc::start(stub.addr, &tls_block(d, "live"));
+    wait_served(&gw, &a_cert, Duration::from_secs(5));
+
+    // The certificate path becomes a FIFO nobody writes: open() blocks, as on a hung network
+    // file system. (A second name for the FIFO lets the test release the reader at the end.)
+    let fifo = d.join("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::hard_link(&fifo, d.join("fifo-link")).unwrap();
+    std::fs::rename(d.join("fifo-link"), d.join("live.crt")).unwrap();
+    let err = [("result", "error")];
+    let start = std::time::Instant::now();
+    gw.wait_metric_above(RELOADS, &err, 0.0, Duration::from_secs(10))
+        .await;
+    let took = start.elapsed();
+    eprintln!("hung read given up after {took:?}");
+    assert!(
+        took >= Duration::from_secs(4),
+        "gave up after {took:?}, before READ_TIMEOUT"
+    );
+    assert!(gw.proc.log_text().contains("reading the files timed out"));
+    // Handshakes go on with the certificate in memory; no second read piles up meanwhile.
+    assert_eq!(served(&gw), pem_body(&a_cert));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        gw.metric_sum(RELOADS, &err),
+        1.0,
+        "the stall is counted once"
+    );
+
+    // The file system comes back: the real file returns and the stuck read ends.
+    let b_cert = write_pair(d, "next", &pair_for(60));
+    std::fs::rename(d.join("next.crt"), d.join("live.crt")).unwrap();
+    std::fs::rename(d.join("next.key"), d.join("live.key")).unwrap();
+    drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
+    wait_served(&gw, &b_cert, Duration::from_secs(8));
+}
