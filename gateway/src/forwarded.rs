@@ -1,8 +1,10 @@
 //! Parsers for forwarding header values: X-Forwarded-For / X-Real-IP address entries
 //! and RFC 7239 `Forwarded` elements. Pure and allocation-free; `client_ip` walks what
-//! they return and decides whom to believe.
+//! they return and decides whom to believe; `forwarded_proto` picks the X-Forwarded-Proto we send.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use http::HeaderMap;
 
 use crate::forwarding::trim_ows;
 
@@ -215,6 +217,58 @@ fn parse_forwarded_node(v: &[u8]) -> Node {
     parsed.map_or(Node::Malformed, |ip| Node::Ip(ip.to_canonical()))
 }
 
+/// The `X-Forwarded-Proto` we send: a trusted peer's own `X-Forwarded-Proto` (one value) or
+/// its `Forwarded` element's `proto=` (the last element: the one that peer wrote), when it
+/// is `http` or `https`; otherwise what we saw (`https` when we terminated TLS).
+pub fn forwarded_proto(headers: &HeaderMap, peer_trusted: bool, tls: bool) -> &'static str {
+    let seen = if tls { "https" } else { "http" };
+    if !peer_trusted {
+        return seen;
+    }
+    let xfp = headers.get_all("x-forwarded-proto").iter();
+    if let Some(v) = single(xfp).and_then(|v| scheme(v.as_bytes())) {
+        return v;
+    }
+    let last = headers.get_all("forwarded").iter().next_back();
+    let element = last.and_then(|v| SplitOutsideQuotes::new(v.as_bytes(), b',').last());
+    // Only from an element the client-IP walker would accept too (exactly one valid `for`).
+    let valid = element.filter(|e| parse_forwarded_element(e) != Node::Malformed);
+    let proto = valid
+        .into_iter()
+        .flat_map(|e| SplitOutsideQuotes::new(e, b';'));
+    for pair in proto {
+        if let Some((name, value)) = trim_ows(pair).split_at_checked(6) {
+            if name.eq_ignore_ascii_case(b"proto=") {
+                let value = value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value);
+                return scheme(value).unwrap_or(seen);
+            }
+        }
+    }
+    seen
+}
+
+/// The one value of a header, if it has exactly one line.
+fn single<'a>(
+    mut values: http::header::ValueIter<'a, http::HeaderValue>,
+) -> Option<&'a http::HeaderValue> {
+    let first = values.next()?;
+    values.next().is_none().then_some(first)
+}
+
+fn scheme(v: &[u8]) -> Option<&'static str> {
+    let v = trim_ows(v);
+    if v.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if v.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
+}
+
 /// Split on `sep` outside quoted strings (`\` escapes inside quotes). An
 /// unterminated quote runs to the end; the element parser then rejects it.
 pub struct SplitOutsideQuotes<'a> {
@@ -253,5 +307,53 @@ impl<'a> Iterator for SplitOutsideQuotes<'a> {
         }
         self.rest = None;
         Some(s)
+    }
+}
+
+#[cfg(test)]
+mod proto_tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_proto_believes_only_trusted_peers_and_only_http_or_https() {
+        // flags (t = peer trusted, s = we terminated TLS) | header lines, '|'-separated | want
+        let cases = r#"
+            -- ~  ~ http
+            -s ~  ~ https
+            -- ~ x-forwarded-proto: https ~ http
+            -s ~ x-forwarded-proto: http ~ https
+            t- ~ x-forwarded-proto: https ~ https
+            t- ~ x-forwarded-proto: HTTPS  ~ https
+            ts ~ x-forwarded-proto: http ~ http
+            t- ~ x-forwarded-proto: ftp ~ http
+            t- ~ x-forwarded-proto: https, http ~ http
+            t- ~ x-forwarded-proto: https|x-forwarded-proto: https ~ http
+            ts ~ x-forwarded-proto: javascript: ~ https
+            t- ~ forwarded: for=1.2.3.4;proto=https ~ https
+            t- ~ forwarded: for=1.2.3.4;PROTO="https" ~ https
+            t- ~ forwarded: for=9.9.9.9;proto=http, for=1.2.3.4;proto=https ~ https
+            t- ~ forwarded: for=9.9.9.9;proto=https, for=1.2.3.4 ~ http
+            ts ~ forwarded: proto=https|forwarded: for=1.2.3.4;proto=http ~ http
+            t- ~ forwarded: for="a,proto=https";proto=gopher ~ http
+            -- ~ forwarded: for=1.2.3.4;proto=https ~ http
+            ts ~ forwarded: ;;;==,,," ~ https
+            t- ~ x-forwarded-proto: nope|forwarded: for=5.6.7.8;proto=https ~ https
+            t- ~ forwarded: proto=https ~ http
+        "#;
+        let rows = cases.lines().filter_map(|l| {
+            let mut f = l.trim().splitn(3, " ~ ");
+            Some((f.next()?, f.next()?, f.next()?))
+        });
+        let mut n = 0;
+        for (flags, lines, want) in rows {
+            n += 1;
+            let mut h = http::HeaderMap::new();
+            for (name, v) in lines.split('|').filter_map(|l| l.split_once(": ")) {
+                h.append(name, http::HeaderValue::from_str(v).unwrap());
+            }
+            let got = forwarded_proto(&h, flags.starts_with('t'), flags.ends_with('s'));
+            assert_eq!(got, want, "{flags} {lines}");
+        }
+        assert_eq!(n, 21, "every row parsed");
     }
 }

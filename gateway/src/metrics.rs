@@ -45,6 +45,15 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
+/// A counter with one `reason` label, every known reason exported at 0 from the start.
+fn reason_counter(r: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
+    let c = counter_vec(r, name, help, &["reason"]);
+    for reason in reasons {
+        c.with_label_values(&[reason]);
+    }
+    c
+}
+
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
     r.register(Box::new(g.clone())).expect("unique metric");
@@ -118,33 +127,24 @@ impl Metrics {
         ] {
             forwarded_rejections.with_label_values(&[reason]);
         }
-        let blocked = counter_vec(
+        let blocked = reason_counter(
             &r,
             "gateway_blocked_requests_total",
             "Requests refused (403) by the block list, by what matched (client, user).",
-            &["reason"],
+            &["client", "user"],
         );
-        for reason in ["client", "user"] {
-            blocked.with_label_values(&[reason]);
-        }
-        let tls_handshake_failures = counter_vec(
+        let tls_handshake_failures = reason_counter(
             &r,
             "gateway_tls_handshake_failures_total",
             "TLS handshakes that failed, by reason (timeout, not_tls, protocol_version, ...).",
-            &["reason"],
+            crate::tls::acceptor::HANDSHAKE_FAILURE_REASONS,
         );
-        for reason in crate::tls::acceptor::HANDSHAKE_FAILURE_REASONS {
-            tls_handshake_failures.with_label_values(&[reason]);
-        }
-        let h2_closed = counter_vec(
+        let h2_closed = reason_counter(
             &r,
             "gateway_h2_connections_closed_total",
             "HTTP/2 connections closed, by reason (client_closed, idle_timeout, rapid_reset, ...).",
-            &["reason"],
+            crate::listener::h2::CLOSE_REASONS,
         );
-        for reason in crate::listener::h2::CLOSE_REASONS {
-            h2_closed.with_label_values(&[reason]);
-        }
         Metrics {
             tls_handshake_failures,
             h2_closed,

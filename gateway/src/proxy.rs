@@ -227,7 +227,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let trusted = peer_ip(session).is_some_and(|ip| ctx.live().client_ip.is_trusted(ip));
-        let proto = forwarding::forwarded_proto(&upstream.headers, trusted, tls);
+        let proto = crate::forwarded::forwarded_proto(&upstream.headers, trusted, tls);
         // Drop every client-supplied forwarding and hop-by-hop header, then write our own.
         for name in forwarding::headers_to_strip(&upstream.headers) {
             upstream.remove_header(&name);

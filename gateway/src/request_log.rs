@@ -60,12 +60,36 @@ pub struct Finished<'a> {
 
 /// The access log's `tls_version` from the connection digest (None = cleartext).
 pub fn tls_version(digest: Option<&pingora::protocols::Digest>) -> Option<&'static str> {
-    let d = digest?.ssl_digest.as_ref()?;
-    Some(match d.version.as_ref() {
+    digest?.ssl_digest.as_deref().map(tls_name)
+}
+
+/// A TLS digest's version as one of a bounded set.
+pub fn tls_name(d: &pingora::protocols::tls::SslDigest) -> &'static str {
+    match d.version.as_ref() {
         "TLSv1.3" => "TLSv1.3",
         "TLSv1.2" => "TLSv1.2",
         _ => "other",
-    })
+    }
+}
+
+/// The connection an edge answer went out on.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeConn {
+    pub peer: SocketAddr,
+    /// Empty when no request was parsed (HTTP/1.1 head refusals).
+    pub protocol: &'static str,
+    pub tls_version: Option<&'static str>,
+}
+
+impl EdgeConn {
+    /// Cleartext, before any request.
+    pub fn plain(peer: SocketAddr) -> EdgeConn {
+        EdgeConn {
+            peer,
+            protocol: "",
+            tls_version: None,
+        }
+    }
 }
 
 /// The socket peer, IPv4-mapped addresses canonicalised.
@@ -160,7 +184,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
 /// connection cap): no method, path or identity is known.
 pub fn edge_answer(
     m: &Metrics,
-    peer: SocketAddr,
+    conn: EdgeConn,
     request_id: String,
     err: EdgeError,
     reason: &'static str,
@@ -177,9 +201,11 @@ pub fn edge_answer(
         route: "unmatched".into(),
         status: err.status,
         duration_ms: millis(started.elapsed()),
-        peer: Some(peer.ip().to_canonical()),
-        client_ip: Some(peer.ip().to_canonical()),
+        peer: Some(conn.peer.ip().to_canonical()),
+        client_ip: Some(conn.peer.ip().to_canonical()),
         auth: "none",
+        protocol: conn.protocol,
+        tls_version: conn.tls_version,
         error: Some(reason),
         ..Default::default()
     }

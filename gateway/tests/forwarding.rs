@@ -47,6 +47,13 @@ const CASES: &[Case] = &[
         want_xff: UNTRUSTED,
     },
     Case {
+        name: "untrusted spoofs X-Forwarded-Proto",
+        from: UNTRUSTED,
+        headers: &[("X-Forwarded-Proto", "https")],
+        want_real_ip: UNTRUSTED,
+        want_xff: UNTRUSTED,
+    },
+    Case {
         name: "untrusted underscore spelling",
         from: UNTRUSTED,
         headers: &[("X_Forwarded_For", "1.2.3.4")],
@@ -172,9 +179,16 @@ async fn upstream_sees_the_validated_client_ip() {
             "{}",
             case.name
         );
+        // Cleartext listener: http, unless a trusted peer says (validly) it saw https.
+        let says_https = case.headers.iter().any(|(_, v)| v.contains("proto=https"));
+        let want_proto = if case.from == TRUSTED && says_https {
+            "https"
+        } else {
+            "http"
+        };
         assert_eq!(
             header_values(&seen, "x-forwarded-proto"),
-            vec!["http"],
+            vec![want_proto],
             "{}",
             case.name
         );
@@ -204,7 +218,7 @@ async fn upstream_sees_the_validated_client_ip() {
         "gateway_forwarded_header_rejections_total",
         &[("reason", "untrusted_peer")],
     );
-    assert_eq!(spoofs, 5.0, "five untrusted spoof cases counted");
+    assert_eq!(spoofs, 6.0, "six untrusted spoof cases counted");
     let logs = gw.proc.access_logs();
     assert!(logs
         .iter()

@@ -4,7 +4,11 @@
     h2_client.py MODE PORT [N] [SECONDS]
 
 normal N            N sequential GETs on one connection; prints latencies (ms) p50/p99
+idle N S            N GETs, then silence: how long until the server closes (at most S s)
+no-pong N S         a POST whose body never comes, then never reads (so never answers PING)
+post N              one POST with an N-byte body; prints the response status, headers, body
 rapid-reset N S     HEADERS + RST_STREAM pairs, up to N or S seconds (CVE-2023-44487)
+rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a second), for S s
 ping-flood N S      PING frames
 continuation N S    one HEADERS without END_HEADERS, then empty CONTINUATION frames
 slow-headers N S    one HEADERS without END_HEADERS, then one 1-byte CONTINUATION per second
@@ -33,6 +37,9 @@ def connect(port):
     ctx.verify_mode = ssl.CERT_NONE
     ctx.set_alpn_protocols(["h2"])
     raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    # Without it Nagle holds our second small write (WINDOW_UPDATE, then the next HEADERS)
+    # for the server's delayed ACK: 40 ms steps in the latencies, nothing to do with the gateway.
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     s = ctx.wrap_socket(raw, server_hostname="localhost")
     assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
@@ -67,7 +74,7 @@ def closed(s, wait=0.0):
         return True
 
 
-def flood(port, n, seconds, mode):
+def flood(port, n, seconds, mode, report=True):
     s, conn = connect(port)
     start = time.monotonic()
     sent, stream = 0, 1
@@ -96,11 +103,100 @@ def flood(port, n, seconds, mode):
         done = True
     if not done:
         done = closed(s, max(0.0, min(3.0, seconds - (time.monotonic() - start))))
-    print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3), "sent": sent}))
+    result = {"closed": done, "seconds": round(time.monotonic() - start, 3), "sent": sent}
+    if report:
+        print(json.dumps(result))
+    return result
+
+
+def flood_loop(port, n, seconds):
+    """Sustained attack: every connection floods until cut; counts the connections."""
+    start, runs = time.monotonic(), []
+    while time.monotonic() - start < seconds and len(runs) < 1000:
+        began = time.monotonic()
+        runs.append(flood(port, n, seconds - (began - start), "rapid-reset", False))
+        time.sleep(max(0.0, 0.1 - (time.monotonic() - began)))
+    print(json.dumps({"connections": len(runs), "closed": sum(r["closed"] for r in runs),
+                      "sent": sum(r["sent"] for r in runs),
+                      "seconds": round(time.monotonic() - start, 3)}))
+
+
+def idle(port, n, seconds):
+    s, conn = connect(port)
+    if n:
+        get_all(s, conn, port, n)
+    start = time.monotonic()
+    done = closed(s, seconds)
+    print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
+
+
+def no_pong(port, seconds):
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs, end_stream=False)
+    s.sendall(conn.data_to_send())
+    start = time.monotonic()
+    # Only look for EOF: reading frames through `conn` would answer the PINGs.
+    done = False
+    s.settimeout(seconds)
+    try:
+        while time.monotonic() - start < seconds:
+            if not s.recv(65536):
+                done = True
+                break
+    except (socket.timeout, ssl.SSLError, OSError):
+        done = not isinstance(sys.exc_info()[1], socket.timeout)
+    print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
+
+
+def post(port, n):
+    """Unlike curl 7.88, reads a complete response even if RST_STREAM(NO_ERROR) follows it,
+    as RFC 9113 §8.1 lets a server answer before the body is in."""
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs + [("content-length", str(n))], end_stream=False)
+    conn.send_data(1, b"b" * n, end_stream=True)
+    s.sendall(conn.data_to_send())
+    status, head, body, done, reset = None, {}, b"", False, None
+    while not done:
+        data = s.recv(65536)
+        if not data:
+            break
+        for ev in conn.receive_data(data):
+            if isinstance(ev, h2.events.ResponseReceived):
+                head = {k.decode(): v.decode() for k, v in ev.headers}
+                status = int(head.get(":status", 0))
+            elif isinstance(ev, h2.events.DataReceived):
+                body += ev.data
+            elif isinstance(ev, h2.events.StreamReset):
+                reset, done = int(ev.error_code), True
+            elif isinstance(ev, h2.events.StreamEnded):
+                done = True
+                # An RST_STREAM right behind the answer: read it too, briefly.
+                s.settimeout(0.2)
+                try:
+                    for ev2 in conn.receive_data(s.recv(65536)):
+                        if isinstance(ev2, h2.events.StreamReset):
+                            reset = int(ev2.error_code)
+                except (socket.timeout, ssl.SSLError, OSError):
+                    pass
+        s.sendall(conn.data_to_send())
+    print(json.dumps({"status": status, "headers": head, "body": body.decode(errors="replace"),
+                      "reset": reset}))
 
 
 def normal(port, n):
     s, conn = connect(port)
+    lat = get_all(s, conn, port, n)
+    lat.sort()
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+    print(json.dumps({"n": n, "p50_ms": round(pick(0.5), 3), "p99_ms": round(pick(0.99), 3)}))
+
+
+def get_all(s, conn, port, n):
+    """N sequential GETs; their latencies in ms."""
     lat = []
     for i in range(n):
         stream = 1 + 2 * i
@@ -119,9 +215,7 @@ def normal(port, n):
                     done = True
             s.sendall(conn.data_to_send())
         lat.append((time.monotonic() - t) * 1000)
-    lat.sort()
-    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
-    print(json.dumps({"n": n, "p50_ms": round(pick(0.5), 3), "p99_ms": round(pick(0.99), 3)}))
+    return lat
 
 
 if __name__ == "__main__":
@@ -130,5 +224,13 @@ if __name__ == "__main__":
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
     if mode == "normal":
         normal(port, n)
+    elif mode == "post":
+        post(port, n)
+    elif mode == "no-pong":
+        no_pong(port, seconds)
+    elif mode == "idle":
+        idle(port, n, seconds)
+    elif mode == "rapid-reset-loop":
+        flood_loop(port, n, seconds)
     else:
         flood(port, n, seconds, mode)

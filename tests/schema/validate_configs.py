@@ -69,6 +69,10 @@ BROKEN = [
     ("an unknown shared_limits key", lambda d: set_path(d, ["shared_limits"], {"redis": "redis://r:6379", "pool": 4})),
     ("a policy shared mode that does not exist", lambda d: first_policy(d).update(shared="global") or d),
     ("an on_unavailable that does not exist", lambda d: first_policy(d).update(on_unavailable="panic") or d),
+    ("tls without key_file", lambda d: set_path(d, ["tls"], {"cert_file": "/run/secrets/tls_cert"})),
+    ("an unknown tls key", lambda d: set_path(d, ["tls"], {"cert_file": "c", "key_file": "k", "ciphers": "ALL"})),
+    ("zero concurrent h2 streams", lambda d: set_path(d, ["http2", "max_concurrent_streams"], 0)),
+    ("an h2 ping interval without a unit", lambda d: set_path(d, ["http2", "keepalive_interval"], "30")),
 ]
 
 

@@ -9,6 +9,7 @@ use std::time::Instant;
 use bytes::BytesMut;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::Ssl;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -71,7 +72,12 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
                 io.shutdown().await
             })
             .await;
-            request_log::edge_answer(&shared.metrics, peer, id, err, outcome.reason(), started);
+            let conn = request_log::EdgeConn {
+                tls_version: io.get_ssl_digest().as_deref().map(request_log::tls_name),
+                ..request_log::EdgeConn::plain(peer)
+            };
+            let m = &shared.metrics;
+            request_log::edge_answer(m, conn, id, err, outcome.reason(), started);
             return;
         }
         // Absolute-form: forward origin-form with Host = the target's authority (RFC 9112 §3.2.2).

@@ -13,7 +13,7 @@ use pingora::http::RequestHeader;
 use pingora::protocols::http::v2::server::{self, H2Accept, H2Options, HttpSession};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Ssl, Stream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 use super::frames::{FrameLimits, FrameWatch, Violation};
 use crate::config::Http2Config;
@@ -106,11 +106,12 @@ impl Signals {
     }
 }
 
-/// Live streams of the connection, so the idle timer runs only when there are none.
-#[derive(Default)]
+/// Live streams of the connection, and since when it has had none (for the idle timeout).
 struct Active {
     count: AtomicUsize,
-    idle: Notify,
+    epoch: Instant,
+    /// Milliseconds after `epoch` the last stream ended (0 = the connection's start).
+    idle_since: AtomicU64,
 }
 
 struct StreamGuard(Arc<Active>);
@@ -120,18 +121,21 @@ impl Active {
         self.count.fetch_add(1, Ordering::Relaxed);
         StreamGuard(Arc::clone(self))
     }
-    async fn idle_for(&self, d: Duration) {
-        while self.count.load(Ordering::Relaxed) != 0 {
-            self.idle.notified().await;
+    /// How long the connection has had no open stream (zero while it has one).
+    fn idle_for(&self) -> Duration {
+        if self.count.load(Ordering::Relaxed) != 0 {
+            return Duration::ZERO;
         }
-        tokio::time::sleep(d).await;
+        let since = Duration::from_millis(self.idle_since.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(since)
     }
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::Relaxed) == 1 {
-            self.0.idle.notify_one();
+            let now = self.0.epoch.elapsed().as_millis() as u64;
+            self.0.idle_since.store(now, Ordering::Relaxed);
         }
     }
 }
@@ -203,8 +207,14 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         }
     };
     tokio::pin!(keepalive);
-    let mut header_check = tokio::time::interval(h.header_timeout / 4);
-    let active = Arc::new(Active::default());
+    // Checks the open header block's age and the idle time; never a zero period.
+    let period = h.header_timeout.min(h.idle_timeout) / 4;
+    let mut deadlines = tokio::time::interval(period.max(Duration::from_millis(50)));
+    let active = Arc::new(Active {
+        count: AtomicUsize::new(0),
+        epoch,
+        idle_since: AtomicU64::new(0),
+    });
     let mut rejected = 0usize;
     let mut served_any = false;
     let mut draining = false;
@@ -223,17 +233,17 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
                 continue;
             }
             _ = &mut keepalive => return "ping_timeout",
-            _ = header_check.tick() => {
+            _ = deadlines.tick() => {
                 let since = signals.block_since.load(Ordering::Relaxed);
                 let open = since != 0
                     && epoch.elapsed() > Duration::from_millis(since - 1) + h.header_timeout;
                 if open {
                     return "header_timeout";
                 }
+                if active.idle_for() > idle {
+                    return if served_any { "idle_timeout" } else { "header_timeout" };
+                }
                 continue;
-            }
-            _ = active.idle_for(idle) => {
-                return if served_any { "idle_timeout" } else { "header_timeout" };
             }
             a = HttpSession::from_h2_conn(&mut conn, Arc::clone(&digest)) => a,
         };
@@ -260,6 +270,18 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _guard = guard;
+            let mut session = session;
+            // Rapid reset: a stream the client reset before we got to it does no work (no
+            // pipeline, no upstream request). Its RST_STREAM usually came in the same read.
+            tokio::task::yield_now().await;
+            let reset = tokio::select! {
+                biased;
+                _ = session.idle() => true,
+                _ = std::future::ready(()) => false,
+            };
+            if reset {
+                return;
+            }
             let (bytes, fields) = header_list_size(session.req_header());
             let mut session = ServerSession::new_http2(session);
             let limits = &shared.live.load().config.limits;
@@ -276,6 +298,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
 /// Our JSON 431 on the stream (the codec's bare 431 is only above `max_header_list_bytes`).
 async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: &Shared) {
     let started = Instant::now();
+    let tls = session.digest().and_then(|d| d.ssl_digest.clone());
     let live = shared.live.load();
     let id = forwarding::new_request_id();
     let err = errors::HEADERS_TOO_LARGE;
@@ -288,7 +311,12 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
         };
         let _ = tokio::time::timeout(live.config.timeouts.downstream_write, write).await;
     }
-    request_log::edge_answer(&shared.metrics, peer, id, err, "too_large", started);
+    let conn = request_log::EdgeConn {
+        peer,
+        protocol: "HTTP/2",
+        tls_version: tls.as_deref().map(request_log::tls_name),
+    };
+    request_log::edge_answer(&shared.metrics, conn, id, err, "too_large", started);
 }
 
 /// Pure: why the codec ended the connection.

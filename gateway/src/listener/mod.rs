@@ -64,17 +64,21 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     }
 }
 
-/// Over the connection cap: a short 503 and close, without reading the request.
+/// Over the connection cap: a short 503 (cleartext listener only) and close, without reading
+/// the request.
 async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let live = shared.live.load();
     let id = forwarding::new_request_id();
     let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
-    let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
+    // A TLS client could not read cleartext; it only sees the close (no handshake is spent).
+    if shared.tls.is_none() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&bytes)).await;
+    }
     let started = Instant::now();
     let m = &shared.metrics;
     request_log::edge_answer(
         m,
-        peer,
+        request_log::EdgeConn::plain(peer),
         id,
         errors::UNAVAILABLE,
         "over_connection_cap",
