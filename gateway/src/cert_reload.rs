@@ -30,6 +30,25 @@ pub fn read(tls: &TlsConfig) -> Snapshot {
     }
 }
 
+/// `read` on its own thread, given up after `READ_TIMEOUT` (for callers that are blocking
+/// already, like a config reload: a hung file system must not stall the config watcher). The
+/// thread of a hung read stays blocked until the file system answers.
+pub fn read_bounded(tls: &TlsConfig) -> Result<Snapshot, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = tls.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(read(&t));
+    });
+    rx.recv_timeout(READ_TIMEOUT).map_err(|_| {
+        format!(
+            "field `tls.cert_file`: reading {} and {} timed out after {} s",
+            tls.cert_file.display(),
+            tls.key_file.display(),
+            READ_TIMEOUT.as_secs()
+        )
+    })
+}
+
 /// A pair refused: which config field to look at, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PairError {
@@ -137,7 +156,7 @@ pub fn for_new_config(running: &Config, new: &Config) -> Result<Option<LoadedCer
         TlsChange::Refused(why) => Err(format!("field `tls`: {why}")),
         TlsChange::NewPaths => {
             let tls = new.tls.as_ref().expect("NewPaths has tls");
-            load(&read(tls), SystemTime::now())
+            load(&read_bounded(tls)?, SystemTime::now())
                 .map(Some)
                 .map_err(|e| format!("field `{}`: {}", e.field, e.message))
         }

@@ -422,10 +422,36 @@ async fn a_hung_certificate_read_is_given_up_and_the_served_certificate_stays() 
         "the stall is counted once"
     );
 
-    // The file system comes back: the real file returns and the stuck read ends.
+    // A config reload naming files on the hung file system is refused after the same bound,
+    // and the config watcher goes on: a good edit right after it applies.
+    let reloads = "gateway_config_reloads_total";
+    let (ok, before) = (
+        gw.metric_sum(reloads, &[("result", "ok")]),
+        gw.metric_sum(reloads, &err),
+    );
+    let config = std::fs::read_to_string(&gw.config_path).unwrap();
+    let hung = config.replace(&tls_block(d, "live"), &tls_block(d, "hung"));
+    std::fs::hard_link(&fifo, d.join("hung.crt")).unwrap();
+    std::fs::write(d.join("hung.key"), "").unwrap();
+    std::fs::write(&gw.config_path, &hung).unwrap();
+    gw.wait_metric_above(reloads, &err, before, Duration::from_secs(10))
+        .await;
+    assert!(
+        gw.proc.log_text().contains("timed out after 5 s"),
+        "{}",
+        tail(&gw.proc.log, 5)
+    );
+    std::fs::write(&gw.config_path, format!("{config}# edited\n")).unwrap();
+    gw.wait_metric_above(reloads, &[("result", "ok")], ok, Duration::from_secs(5))
+        .await;
+    assert_eq!(served(&gw), pem_body(&a_cert));
+
+    // The file system comes back: the real file returns and the stuck reads end.
     let b_cert = write_pair(d, "next", &pair_for(60));
     std::fs::rename(d.join("next.crt"), d.join("live.crt")).unwrap();
     std::fs::rename(d.join("next.key"), d.join("live.key")).unwrap();
+    // One open for writing releases every reader blocked on the FIFO (the watcher's and the
+    // reload's); the watcher's is still blocked, so this open cannot wait forever.
     drop(std::fs::OpenOptions::new().write(true).open(&fifo).unwrap());
     wait_served(&gw, &b_cert, Duration::from_secs(8));
 }
