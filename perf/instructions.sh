@@ -2,7 +2,7 @@
 # User-space instructions per proxied request, counted by callgrind: deterministic for a given
 # build and inputs, whatever else the machine is doing (perf/RESULTS.md "Tuning log" method).
 #
-#   perf/instructions.sh                        # gateway with perf/gateway-bench.yaml (+ nginx if installed)
+#   perf/instructions.sh                        # gateway (perf/gateway-bench.yaml), bare pingora, nginx, haproxy
 #   SYSTEMS=gateway CONFIG=my.yaml perf/instructions.sh
 #   MAX_GATEWAY=100000 perf/instructions.sh     # exit 1 if the gateway needs more (an instruction budget)
 #
@@ -10,24 +10,28 @@
 # (`callgrind_control -z`), load it for DURATION seconds with wrk (keep-alive, perf/wrk-xff.lua:
 # 1000 clients in a trusted XFF, a bearer token on every request), dump (`callgrind_control -d`),
 # and divide the dumped total by the requests the system itself counted in that window (gateway:
-# `http_requests_total`; nginx: its access-log lines). Metrics are scraped outside the counted
-# window. Repeat runs of one build agree within ~0.2 % (log batching amortises differently).
+# `http_requests_total`; nginx and haproxy: their access-log lines; bare-pingora, which counts
+# nothing: the requests wrk completed). Metrics are scraped outside the counted window. Repeat
+# runs of one build agree within ~0.2 % (log batching amortises differently).
+# bare-pingora (perf/bare-pingora/src/main.rs) is pingora with one fixed peer and no stages:
+# the floor. nginx and haproxy are skipped when not installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEMS=${SYSTEMS:-"gateway nginx"}
+SYSTEMS=${SYSTEMS:-"gateway bare-pingora nginx haproxy"}
 CONFIG=${CONFIG:-perf/gateway-bench.yaml}
-BIN=${BIN:-target/release}
+BIN=${BIN:-target/release}       # gateway, bare-pingora
+HELPER_BIN=${HELPER_BIN:-$BIN}   # mint-token, bench-backend (not measured: a debug build will do)
 DURATION=${DURATION:-6}   # seconds of counted load (under valgrind a proxy serves ~1-3 k req/s)
 CONNS=${CONNS:-8}
-BACKEND_PORT=25081 GATEWAY_PORT=25080 ADMIN_PORT=25901 NGINX_PORT=25082
+BACKEND_PORT=25081 GATEWAY_PORT=25080 ADMIN_PORT=25901 NGINX_PORT=25082 BARE_PORT=25083 HAPROXY_PORT=25084
 PATH_UNDER_TEST=/v1/documents
 
 for tool in valgrind callgrind_control wrk curl; do
   command -v "$tool" >/dev/null || { echo "instructions.sh: $tool is missing (apt-get install valgrind wrk curl)" >&2; exit 1; }
 done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --locked -p gateway -p perf >&2
+  cargo build --release --locked -p gateway -p bare-pingora -p perf >&2
 fi
 
 RUN=$(mktemp -d /tmp/perf-instr.XXXXXX)
@@ -52,8 +56,8 @@ wait_port() { # port
 printf 'signing_kid: "bench"\nkeys:\n  - kid: "bench"\n    secret: "%s"\n' \
   "$(head -c 48 /dev/urandom | base64 -w0)" >"$RUN/keys.yaml"
 export BENCH_TOKEN
-BENCH_TOKEN=$("$BIN/mint-token" "$RUN/keys.yaml" u-bench 86400)
-"$BIN/bench-backend" "127.0.0.1:$BACKEND_PORT" 2>"$RUN/backend.err" &
+BENCH_TOKEN=$("$HELPER_BIN/mint-token" "$RUN/keys.yaml" u-bench 86400)
+"$HELPER_BIN/bench-backend" "127.0.0.1:$BACKEND_PORT" 2>"$RUN/backend.err" &
 pids+=($!)
 wait_port $BACKEND_PORT
 
@@ -83,11 +87,15 @@ measure() { # name port pid count_cmd
   callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 0.5
   after=$($count)
+  if [ "$count" = count_wrk ]; then before=0; fi
   ir=$(dumped_total "$RUN/$name.cg")
   local n=$((after - before))
   [ "$n" -gt 0 ] || { echo "instructions.sh: $name served no requests" >&2; exit 1; }
   echo "$name $((ir / n)) $n"
 }
+
+# Requests wrk completed in its last run (for a system that counts nothing itself).
+count_wrk() { awk '/requests in/ {print $1; exit}' "$RUN/wrk.out" 2>/dev/null || echo 0; }
 
 results=()
 for s in $SYSTEMS; do
@@ -121,6 +129,28 @@ for s in $SYSTEMS; do
       # nginx buffers nothing here (no `buffer=` on access_log): one line per request served.
       count_nginx() { wc -l <"$RUN/nginx-access.log"; }
       results+=("$(measure nginx $NGINX_PORT $npid count_nginx)")
+      kill -TERM "$npid" 2>/dev/null || true
+      ;;
+    bare-pingora)
+      valgrind --tool=callgrind --callgrind-out-file="$RUN/bare-pingora.cg.%p" \
+        "$BIN/bare-pingora" "127.0.0.1:$BARE_PORT" "127.0.0.1:$BACKEND_PORT" >"$RUN/bare.out" 2>"$RUN/bare.err" &
+      bpid=$!; pids+=($bpid)
+      wait_port $BARE_PORT
+      results+=("$(measure bare-pingora $BARE_PORT $bpid count_wrk)")
+      kill -TERM "$bpid" 2>/dev/null || true
+      ;;
+    haproxy)
+      command -v haproxy >/dev/null || { echo "instructions.sh: haproxy missing, skipped" >&2; continue; }
+      sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$HAPROXY_PORT#g" \
+        -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" perf/haproxy.cfg >"$RUN/haproxy.cfg"
+      # -db: foreground, one process; the JSON access lines go to stdout, one per request.
+      valgrind --tool=callgrind --callgrind-out-file="$RUN/haproxy.cg.%p" \
+        haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy-access.log" 2>"$RUN/haproxy.err" &
+      hpid=$!; pids+=($hpid)
+      wait_port $HAPROXY_PORT
+      count_haproxy() { wc -l <"$RUN/haproxy-access.log"; }
+      results+=("$(measure haproxy $HAPROXY_PORT $hpid count_haproxy)")
+      kill -TERM "$hpid" 2>/dev/null || true
       ;;
     *) echo "instructions.sh: unknown system $s" >&2; exit 2 ;;
   esac
@@ -134,8 +164,18 @@ for r in "${results[@]}"; do
   per[$name]=$ipr
   echo "| $name | $ipr | $n |"
 done
-if [ -n "${per[gateway]:-}" ] && [ -n "${per[nginx]:-}" ]; then
-  awk -v g="${per[gateway]}" -v n="${per[nginx]}" 'BEGIN {printf "\ngateway / nginx: %.2f×\n", g / n}'
+ratio() { # a b
+  [ -n "${per[$1]:-}" ] && [ -n "${per[$2]:-}" ] &&
+    awk -v a="${per[$1]}" -v b="${per[$2]}" -v n="$1 / $2" 'BEGIN {printf "%s: %.2f×\n", n, a / b}'
+  return 0
+}
+echo
+ratio gateway bare-pingora
+ratio gateway nginx
+ratio gateway haproxy
+ratio bare-pingora nginx
+if [ -n "${per[gateway]:-}" ] && [ -n "${per[bare-pingora]:-}" ]; then
+  echo "gateway over bare pingora: $((per[gateway] - per[bare-pingora])) instructions/request"
 fi
 if [ -n "${MAX_GATEWAY:-}" ] && [ -n "${per[gateway]:-}" ] && [ "${per[gateway]}" -gt "$MAX_GATEWAY" ]; then
   echo "instructions.sh: gateway ${per[gateway]} instructions/request > budget $MAX_GATEWAY" >&2

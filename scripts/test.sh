@@ -42,6 +42,16 @@ tests/containers/shared-limits.sh
 step "load-test smoke: goose scenarios through gateway + app, SLO thresholds, reports"
 OUT=$smoke_out perf/smoke.sh
 
+step "instruction budget: callgrind instructions per proxied request, every feature on (perf/instructions.sh)"
+# Deterministic for a build (not a timed test): a regression in the request path fails here.
+# The bench-ci profile is release without LTO, in parallel: 119 200–119 600 instructions per
+# request measured (release: 112 400); the budget leaves ~5 % for run-to-run amortisation.
+# mint-token and bench-backend are not measured, their debug builds serve.
+cargo build --profile bench-ci --locked -p gateway
+cargo build --locked -p perf --bin mint-token --bin bench-backend
+SKIP_BUILD=1 BIN=target/bench-ci HELPER_BIN=target/debug SYSTEMS=gateway DURATION=4 \
+  MAX_GATEWAY=${MAX_GATEWAY:-125000} perf/instructions.sh
+
 step "bounded fuzzing (stable toolchain; 20 s per target)"
 FUZZ_DEV=1 scripts/fuzz.sh 20
 

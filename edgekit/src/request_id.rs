@@ -17,12 +17,42 @@ pub fn is_valid_request_id(value: &[u8]) -> bool {
 /// A new random request id: 32 lower-case hex chars (128 random bits), so
 /// collisions are negligible and ids are not guessable.
 pub fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    hex32(rand::random::<u128>())
+}
+
+/// `n` as 32 lower-case hex digits, by hand: `format!("{:032x}")` went through
+/// `core::fmt` on every request.
+fn hex32(n: u128) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = vec![0u8; 32];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are ASCII: the check cannot fail.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex32_is_format_032x() {
+        let cases = [
+            0u128,
+            1,
+            0xdead_beef,
+            u128::MAX,
+            1 << 127,
+            0x0123_4567_89ab_cdef,
+        ];
+        for n in cases {
+            assert_eq!(hex32(n), format!("{n:032x}"), "{n}");
+        }
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(is_valid_request_id(id.as_bytes()));
+    }
 
     #[test]
     fn request_id_table() {

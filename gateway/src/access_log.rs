@@ -1,27 +1,29 @@
 //! The access-log record: filled along the request's way, written once as one
-//! escaped JSON line through `tracing` (target `access_log`). It has no field
+//! escaped JSON line through the log writer (target `access_log`). It has no field
 //! that could hold a credential: no headers, no query by default, no token.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
-use serde::Serialize;
-
 use crate::client_ip::TrustDecision;
 use crate::logging;
+use crate::textfmt::{push_f64, push_ip, push_json_str, push_rfc3339_micros, push_u64};
 
 /// Longest User-Agent kept, so one client cannot bloat every log line.
 pub const MAX_USER_AGENT: usize = 256;
 /// Longest path kept.
 pub const MAX_PATH: usize = 1024;
 
+/// Borrows from the request it describes: building one allocates nothing.
 #[derive(Debug, Clone, Default)]
-pub struct AccessRecord {
-    pub request_id: String,
-    pub method: String,
-    pub path: String,
-    pub query: Option<String>,
-    pub route: String,
+pub struct AccessRecord<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub route: &'a str,
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -31,12 +33,12 @@ pub struct AccessRecord {
     pub client_ip: Option<IpAddr>,
     pub trust: Option<TrustDecision>,
     pub forwarded_rejection: Option<&'static str>,
-    pub user_id: Option<String>,
+    pub user_id: Option<&'a str>,
     pub auth: &'static str,
-    pub policy: Option<String>,
+    pub policy: Option<&'a str>,
     pub policy_decision: Option<&'static str>,
-    pub shadow_rejected_by: Option<String>,
-    pub user_agent: Option<String>,
+    pub shadow_rejected_by: Option<Cow<'a, str>>,
+    pub user_agent: Option<Cow<'a, str>>,
     /// "HTTP/1.1", "HTTP/2", "HTTP/1.0"; empty for answers before a request was parsed.
     pub protocol: &'static str,
     /// "TLSv1.3" / "TLSv1.2" when the client spoke TLS to us; absent when cleartext.
@@ -57,109 +59,107 @@ pub fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// The access line, laid out as the tracing JSON formatter lays out operational logs
-/// (flattened event, target last), so one log pipeline reads both. Serialised here rather
-/// than through that formatter, which was ~15 % of a proxied request's instructions.
-/// serde_json escapes every value.
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(serialize_with = "display_timestamp")]
-    timestamp: humantime::Rfc3339Timestamp,
-    level: &'static str,
-    message: &'static str,
-    request_id: &'a str,
-    method: &'a str,
-    path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    query: Option<&'a str>,
-    route: &'a str,
-    status: u16,
-    bytes_in: u64,
-    bytes_out: u64,
-    duration_ms: f64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    upstream_ms: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display")]
-    peer: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "display")]
-    client_ip: Option<IpAddr>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    trust: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    forwarded_rejection: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_id: Option<&'a str>,
-    auth: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    policy_decision: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    shadow_rejected_by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    user_agent: Option<&'a str>,
-    #[serde(skip_serializing_if = "str::is_empty")]
-    protocol: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tls_version: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'static str>,
-    target: &'static str,
+/// `,"name":` as one literal, so each field costs one copy for its key.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
 }
 
-fn display_timestamp<S: serde::Serializer>(
-    t: &humantime::Rfc3339Timestamp,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_str(t)
-}
+/// The rest of a JSON object after its first field: each field is `,"key":value` (`key`
+/// is `key!`'s literal). Keys are ours (plain ASCII); every string value is escaped.
+struct Obj<'o>(&'o mut Vec<u8>);
 
-fn display<S: serde::Serializer>(ip: &Option<IpAddr>, s: S) -> Result<S::Ok, S::Error> {
-    match ip {
-        Some(ip) => s.collect_str(ip),
-        None => s.serialize_none(),
+impl Obj<'_> {
+    fn str(&mut self, key: &str, v: &str) {
+        self.0.extend_from_slice(key.as_bytes());
+        push_json_str(self.0, v);
     }
-}
-
-impl AccessRecord {
-    fn line(&self, now: SystemTime) -> Line<'_> {
-        Line {
-            timestamp: humantime::format_rfc3339_micros(now),
-            level: "INFO",
-            message: "access",
-            request_id: &self.request_id,
-            method: &self.method,
-            path: &self.path,
-            query: self.query.as_deref(),
-            route: &self.route,
-            status: self.status,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            duration_ms: self.duration_ms,
-            upstream_ms: self.upstream_ms,
-            peer: self.peer,
-            client_ip: self.client_ip,
-            trust: self.trust.map(|t| t.as_str()),
-            forwarded_rejection: self.forwarded_rejection,
-            user_id: self.user_id.as_deref(),
-            auth: self.auth,
-            policy: self.policy.as_deref(),
-            policy_decision: self.policy_decision,
-            shadow_rejected_by: self.shadow_rejected_by.as_deref(),
-            user_agent: self.user_agent.as_deref(),
-            protocol: self.protocol,
-            tls_version: self.tls_version,
-            error: self.error,
-            target: "access_log",
+    fn opt_str(&mut self, key: &str, v: Option<&str>) {
+        if let Some(v) = v {
+            self.str(key, v);
         }
     }
+    fn u64(&mut self, key: &str, v: u64) {
+        self.0.extend_from_slice(key.as_bytes());
+        push_u64(self.0, v);
+    }
+    fn f64(&mut self, key: &str, v: f64) {
+        self.0.extend_from_slice(key.as_bytes());
+        push_f64(self.0, v);
+    }
+    fn opt_ip(&mut self, key: &str, v: Option<IpAddr>) {
+        if let Some(ip) = v {
+            self.0.extend_from_slice(key.as_bytes());
+            self.0.push(b'"');
+            push_ip(self.0, ip);
+            self.0.push(b'"');
+        }
+    }
+}
 
-    /// The JSON line, with its newline.
+thread_local! {
+    /// The line being written, reused: one buffer per thread instead of one per request.
+    static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+impl AccessRecord<'_> {
+    /// The line as the tracing JSON formatter lays out operational logs (flattened event,
+    /// target last), so one log pipeline reads both; absent fields are omitted. Written
+    /// field by field rather than through that formatter or serde, which cost several
+    /// times as much per request (perf/RESULTS.md). Appends the line and its newline.
+    fn write_json_line(&self, now: SystemTime, out: &mut Vec<u8>) {
+        out.reserve(512);
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        push_rfc3339_micros(out, now);
+        out.extend_from_slice(
+            concat!(
+                "\"",
+                key!("level"),
+                "\"INFO\"",
+                key!("message"),
+                "\"access\""
+            )
+            .as_bytes(),
+        );
+        let mut o = Obj(out);
+        o.str(key!("request_id"), self.request_id);
+        o.str(key!("method"), self.method);
+        o.str(key!("path"), self.path);
+        o.opt_str(key!("query"), self.query);
+        o.str(key!("route"), self.route);
+        o.u64(key!("status"), u64::from(self.status));
+        o.u64(key!("bytes_in"), self.bytes_in);
+        o.u64(key!("bytes_out"), self.bytes_out);
+        o.f64(key!("duration_ms"), self.duration_ms);
+        if let Some(up) = self.upstream_ms {
+            o.f64(key!("upstream_ms"), up);
+        }
+        o.opt_ip(key!("peer"), self.peer);
+        o.opt_ip(key!("client_ip"), self.client_ip);
+        o.opt_str(key!("trust"), self.trust.map(|t| t.as_str()));
+        o.opt_str(key!("forwarded_rejection"), self.forwarded_rejection);
+        o.opt_str(key!("user_id"), self.user_id);
+        o.str(key!("auth"), self.auth);
+        o.opt_str(key!("policy"), self.policy);
+        o.opt_str(key!("policy_decision"), self.policy_decision);
+        o.opt_str(
+            key!("shadow_rejected_by"),
+            self.shadow_rejected_by.as_deref(),
+        );
+        o.opt_str(key!("user_agent"), self.user_agent.as_deref());
+        if !self.protocol.is_empty() {
+            o.str(key!("protocol"), self.protocol);
+        }
+        o.opt_str(key!("tls_version"), self.tls_version);
+        o.opt_str(key!("error"), self.error);
+        out.extend_from_slice(concat!(key!("target"), "\"access_log\"}\n").as_bytes());
+    }
+
+    #[cfg(test)]
     fn to_json_line(&self, now: SystemTime) -> Vec<u8> {
-        let mut out = Vec::with_capacity(512);
-        // Serialising plain strings and numbers into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut out, &self.line(now));
-        out.push(b'\n');
+        let mut out = Vec::new();
+        self.write_json_line(now, &mut out);
         out
     }
 
@@ -167,7 +167,12 @@ impl AccessRecord {
     /// through.
     pub fn emit(&self) {
         if tracing::enabled!(target: "access_log", tracing::Level::INFO) {
-            logging::write_line(&self.to_json_line(SystemTime::now()));
+            LINE.with(|line| {
+                let mut line = line.borrow_mut();
+                line.clear();
+                self.write_json_line(SystemTime::now(), &mut line);
+                logging::write_line(&line);
+            });
         }
     }
 }
@@ -194,7 +199,7 @@ mod tests {
                 request_id = %rec.request_id,
                 method = %rec.method,
                 path = %rec.path,
-                query = rec.query.as_deref(),
+                query = rec.query,
                 route = rec.route,
                 status = rec.status,
                 bytes_in = rec.bytes_in,
@@ -205,9 +210,9 @@ mod tests {
                 client_ip = rec.client_ip.map(tracing::field::display),
                 trust = rec.trust.map(|t| t.as_str()),
                 forwarded_rejection = rec.forwarded_rejection,
-                user_id = rec.user_id.as_deref(),
+                user_id = rec.user_id,
                 auth = rec.auth,
-                policy = rec.policy.as_deref(),
+                policy = rec.policy,
                 policy_decision = rec.policy_decision,
                 shadow_rejected_by = rec.shadow_rejected_by.as_deref(),
                 user_agent = rec.user_agent.as_deref(),
@@ -234,9 +239,9 @@ mod tests {
         ];
         for path in hostile {
             let rec = AccessRecord {
-                request_id: "r1".into(),
-                method: "GET".into(),
-                path: path.into(),
+                request_id: "r1",
+                method: "GET",
+                path,
                 user_agent: Some("curl\"/8\n".into()),
                 status: 200,
                 client_ip: Some("2001:db8::1".parse().unwrap()),
@@ -258,11 +263,11 @@ mod tests {
     #[test]
     fn line_matches_the_tracing_formatter_shape() {
         let full = AccessRecord {
-            request_id: "r1".into(),
-            method: "POST".into(),
-            path: "/v1/\"odd\"\npath".into(),
-            query: Some("a=1".into()),
-            route: "/v1/".into(),
+            request_id: "r1",
+            method: "POST",
+            path: "/v1/\"odd\"\npath",
+            query: Some("a=1"),
+            route: "/v1/",
             status: 429,
             bytes_in: 12,
             bytes_out: 99,
@@ -272,9 +277,9 @@ mod tests {
             client_ip: Some("2001:db8::1".parse().unwrap()),
             trust: Some(TrustDecision::Trusted),
             forwarded_rejection: Some("malformed"),
-            user_id: Some("u-alice".into()),
+            user_id: Some("u-alice"),
             auth: "user",
-            policy: Some("per-ip".into()),
+            policy: Some("per-ip"),
             policy_decision: Some("rejected"),
             shadow_rejected_by: Some("a,b".into()),
             user_agent: Some("curl\u{0}/8".into()),

@@ -10,15 +10,16 @@
 //! - nothing here panics, allocates per byte, or does I/O.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use http::{HeaderMap, HeaderName};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::forwarded::{parse_addr_entry, parse_forwarded_element, Node, SplitOutsideQuotes};
 use crate::forwarding::{is_forwarding_header, trim_ows};
 use crate::net::{canonical_ip, canonical_nets};
+use crate::textfmt::push_ip;
 
 /// Default cap on chain entries walked: deep enough for any real proxy chain,
 /// small enough that a 10 KB header cannot make us do real work.
@@ -149,15 +150,38 @@ impl Resolution {
     /// The upstream `X-Forwarded-For` value, `"client, hop, peer"`. Built only
     /// from verified addresses, so nothing the client wrote is relayed.
     pub fn x_forwarded_for(&self) -> String {
-        let mut out = String::with_capacity(self.chain.len() * 17);
+        String::from_utf8_lossy(&self.xff_bytes()).into_owned()
+    }
+
+    fn xff_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.chain.len() * 17);
         for (i, ip) in self.chain.iter().enumerate() {
             if i > 0 {
-                out.push_str(", ");
+                out.extend_from_slice(b", ");
             }
-            // Writing into a String cannot fail.
-            let _ = write!(out, "{ip}");
+            push_ip(&mut out, *ip);
         }
         out
+    }
+
+    /// `X-Forwarded-For` and `X-Real-IP` for the upstream, formatted once: the client is
+    /// the chain's first entry, so X-Real-IP shares X-Forwarded-For's bytes (one
+    /// allocation for both, no copy).
+    pub fn upstream_values(&self) -> (HeaderValue, HeaderValue) {
+        let xff = Bytes::from(self.xff_bytes());
+        let real = if self.chain.first() == Some(&self.client) {
+            let n = xff.iter().position(|&b| b == b',').unwrap_or(xff.len());
+            xff.slice(..n)
+        } else {
+            let mut own = Vec::with_capacity(39);
+            push_ip(&mut own, self.client);
+            Bytes::from(own)
+        };
+        // Formatted addresses are digits, hex, `.`, `:` and `, `: always valid values.
+        let value = |b: Bytes| {
+            HeaderValue::from_maybe_shared(b).unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
+        (value(xff), value(real))
     }
 }
 
@@ -350,6 +374,35 @@ fn walk_forwarded(headers: &HeaderMap, name: &HeaderName, walker: &mut Walker<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_values_are_xff_and_the_client() {
+        let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let cases: &[(&str, &[&str])] = &[
+            ("203.0.113.7", &["203.0.113.7", "127.0.0.1"]),
+            ("10.0.0.1", &["10.0.0.1"]),
+            ("2001:db8::7", &["2001:db8::7", "10.0.0.2", "::1"]),
+            (
+                "255.255.255.255",
+                &["255.255.255.255", "2001:db8:ffff::1", "0.0.0.0"],
+            ),
+            // Not first in the chain (not built by `resolve`, still answered right).
+            ("198.51.100.1", &["10.0.0.9"]),
+            ("198.51.100.1", &[]),
+        ];
+        for (client, chain) in cases {
+            let r = Resolution {
+                client: client.parse().unwrap(),
+                decision: TrustDecision::Trusted,
+                rejection: None,
+                chain: ips(chain),
+            };
+            let (xff, real) = r.upstream_values();
+            assert_eq!(xff, r.x_forwarded_for().as_str(), "{client} {chain:?}");
+            assert_eq!(xff, chain.join(", ").as_str(), "{client} {chain:?}");
+            assert_eq!(real, client, "{client} {chain:?}");
+        }
+    }
     use http::HeaderValue;
     use rand::{Rng, SeedableRng};
     use ForwardedHeader::{Forwarded as FWD_H, XForwardedFor as XFF_H, XRealIp as XRI_H};

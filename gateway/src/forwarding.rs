@@ -137,6 +137,16 @@ pub fn trim_ows(mut s: &[u8]) -> &[u8] {
     s
 }
 
+/// Headers the proxy writes itself after stripping. `insert_header` replaces every
+/// client copy of these, so they need no separate removal (one map operation less each).
+/// Other spellings (`X_Forwarded_For`) are different names and are still stripped.
+const REWRITTEN: &[&str] = &["x-forwarded-for", "x-real-ip", "x-forwarded-proto"];
+
+/// True for a header name the proxy overwrites (see `REWRITTEN`).
+pub fn is_rewritten(name: &HeaderName) -> bool {
+    REWRITTEN.contains(&name.as_str())
+}
+
 // The X-Request-Id rule and generator are shared with the app.
 pub use edgekit::{is_valid_request_id, new_request_id};
 
@@ -300,6 +310,28 @@ mod tests {
             got.sort_unstable();
             want.sort_unstable();
             assert_eq!(got, want, "{name}");
+        }
+    }
+
+    #[test]
+    fn rewritten_are_exactly_the_headers_we_write() {
+        let cases = [
+            ("x-forwarded-for", true),
+            ("x-real-ip", true),
+            ("x-forwarded-proto", true),
+            ("x_forwarded_for", false),
+            ("x-forwarded-host", false),
+            ("forwarded", false),
+            ("x-request-id", false),
+            ("connection", false),
+        ];
+        for (name, want) in cases {
+            let h = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert_eq!(is_rewritten(&h), want, "{name}");
+            // Every rewritten header is also one `headers_to_strip` would name.
+            if want {
+                assert!(is_forwarding_header(name), "{name}");
+            }
         }
     }
 

@@ -31,5 +31,6 @@ pub mod reload;
 pub mod request_log;
 pub mod respond;
 pub mod state;
+pub mod textfmt;
 pub mod tls;
 pub mod upstream;

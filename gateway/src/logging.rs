@@ -26,14 +26,27 @@ const FLUSH_BYTES: usize = 256 * 1024;
 /// The writer re-checks this often even without a wake-up (a safety net only).
 const IDLE_CHECK: Duration = Duration::from_millis(100);
 
+/// `GATEWAY_LOG`, else `info`.
+fn env_filter() -> EnvFilter {
+    EnvFilter::try_from_env("GATEWAY_LOG")
+        // pingora logs every failed upstream attempt at error level; keep it, it is rare.
+        .unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// The `log` facade's max level for a filter's most verbose level: pingora's ~20
+/// `debug!`/`trace!` calls per request then stop at one comparison instead of going
+/// through `LogTracer` to the filter. Unknown: let everything through.
+fn log_max_level(hint: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
+    use tracing_log::AsLog;
+    hint.map_or(log::LevelFilter::Trace, |h| h.as_log())
+}
+
 /// The one JSON line format used for access and operational logs.
 pub fn json_subscriber<W>(writer: W) -> impl tracing::Subscriber + Send + Sync
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_env("GATEWAY_LOG")
-        // pingora logs every failed upstream attempt at error level; keep it, it is rare.
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = env_filter();
     tracing_subscriber::fmt()
         .json()
         .flatten_event(true)
@@ -207,7 +220,8 @@ pub fn write_line(line: &[u8]) {
 pub fn init() -> LogHandle {
     let (writer, handle) = batch_writer(std::io::stdout());
     let _ = LINES.set(writer.clone());
-    let _ = tracing_log::LogTracer::init();
+    let max = log_max_level(env_filter().max_level_hint());
+    let _ = tracing_log::LogTracer::builder().with_max_level(max).init();
     let _ = tracing::subscriber::set_global_default(json_subscriber(writer));
     handle
 }
@@ -227,6 +241,23 @@ pub(crate) mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn log_max_level_follows_the_filter() {
+        let cases = [
+            ("info", log::LevelFilter::Info),
+            ("warn", log::LevelFilter::Warn),
+            ("off", log::LevelFilter::Off),
+            ("info,pingora_core=debug", log::LevelFilter::Debug),
+            ("error,access_log=info", log::LevelFilter::Info),
+            ("trace", log::LevelFilter::Trace),
+        ];
+        for (directives, want) in cases {
+            let hint = EnvFilter::new(directives).max_level_hint();
+            assert_eq!(log_max_level(hint), want, "{directives}");
+        }
+        assert_eq!(log_max_level(None), log::LevelFilter::Trace);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod exact;
 
 use std::net::IpAddr;
 
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
 
 use crate::blocklist::BlockReason;
@@ -192,6 +192,16 @@ fn request_id(req: &RequestHeader, trust: TrustDecision) -> String {
     }
 }
 
+/// A body follows the head (chunked, or a non-zero Content-Length): an answer that does
+/// not read it must close the connection, or the body would be parsed as the next request.
+pub fn has_request_body(req: &RequestHeader) -> bool {
+    req.headers.contains_key(TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+}
+
 /// `Content-Length` when present and a number; a malformed one is pingora's to refuse.
 pub fn declared_body_len(req: &RequestHeader) -> Option<u64> {
     req.headers
@@ -201,17 +211,37 @@ pub fn declared_body_len(req: &RequestHeader) -> Option<u64> {
 }
 
 /// Paths with dot segments, encoded slashes/dots or backslashes could be
-/// normalised by someone downstream into a route we did not allow.
+/// normalised by someone downstream into a route we did not allow. One pass over the
+/// bytes: not starting with `/`, a backslash, an empty segment (`//`), a `.` or `..` segment,
+/// or `%2e` `%2f` `%5c` `%00` in any case.
 pub fn is_ambiguous_path(path: &str) -> bool {
     let b = path.as_bytes();
-    if b.first() != Some(&b'/') || b.contains(&b'\\') || path.contains("//") {
+    if b.first() != Some(&b'/') {
         return true;
     }
-    if path.split('/').any(|seg| seg == "." || seg == "..") {
-        return true;
+    let dot_segment = |seg: &[u8]| seg == b"." || seg == b"..";
+    let mut seg_start = 1;
+    for i in 1..b.len() {
+        match b[i] {
+            b'\\' => return true,
+            b'/' => {
+                if b[i - 1] == b'/' || dot_segment(&b[seg_start..i]) {
+                    return true;
+                }
+                seg_start = i + 1;
+            }
+            b'%' => {
+                if let [hi, lo, ..] = &b[i + 1..] {
+                    let code = (*hi, lo.to_ascii_lowercase());
+                    if matches!(code, (b'2', b'e' | b'f') | (b'5', b'c') | (b'0', b'0')) {
+                        return true;
+                    }
+                }
+            }
+            _ => {}
+        }
     }
-    let lower = path.to_ascii_lowercase();
-    lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") || lower.contains("%00")
+    dot_segment(&b[seg_start..])
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -74,14 +73,6 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip().to_canonical())
 }
 
-fn has_request_body(req: &RequestHeader) -> bool {
-    req.headers.contains_key(TRANSFER_ENCODING)
-        || req
-            .headers
-            .get(CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() != b"0")
-}
-
 impl Gateway {
     /// Answers at the edge with a JSON error; `Ok(true)` tells pingora the response is sent.
     async fn refuse(
@@ -110,7 +101,7 @@ impl Gateway {
             Now::mono_ns() >> 10,
         )?;
         // An unread request body would be parsed as the next request: close instead.
-        if has_request_body(session.req_header()) || self.shared.is_draining() {
+        if pipeline::has_request_body(session.req_header()) || self.shared.is_draining() {
             session.set_keepalive(None);
         }
         ctx.answered = Some(err);
@@ -228,13 +219,16 @@ impl ProxyHttp for Gateway {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let trusted = peer_ip(session).is_some_and(|ip| ctx.live().client_ip.is_trusted(ip));
         let proto = crate::forwarded::forwarded_proto(&upstream.headers, trusted, tls);
-        // Drop every client-supplied forwarding and hop-by-hop header, then write our own.
-        for name in forwarding::headers_to_strip(&upstream.headers) {
-            upstream.remove_header(&name);
+        // Drop every client-supplied forwarding and hop-by-hop header, then write our own
+        // (the ones we write replace the client's copy as they are inserted).
+        let strip = forwarding::headers_to_strip(&upstream.headers);
+        for name in strip.iter().filter(|n| !forwarding::is_rewritten(n)) {
+            upstream.remove_header(name);
         }
         let resolution = ctx.resolution.as_ref().expect("resolved in request_filter");
-        upstream.insert_header("x-forwarded-for", resolution.x_forwarded_for())?;
-        upstream.insert_header("x-real-ip", resolution.client.to_string())?;
+        let (xff, real_ip) = resolution.upstream_values();
+        upstream.insert_header("x-forwarded-for", xff)?;
+        upstream.insert_header("x-real-ip", real_ip)?;
         upstream.insert_header("x-forwarded-proto", proto)?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())

@@ -1,6 +1,7 @@
 //! What a finished request leaves behind: the request metrics and its one access-log
 //! line, for proxied requests and for answers the listener gave before pingora saw them.
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -141,15 +142,15 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
     }
     let verdict = f.verdict;
     AccessRecord {
-        request_id: f.request_id,
-        method: req.method.as_str().to_owned(),
-        path: clip(req.uri.path(), MAX_PATH).to_owned(),
+        request_id: &f.request_id,
+        method: req.method.as_str(),
+        path: clip(req.uri.path(), MAX_PATH),
         query: if include_query {
-            req.uri.query().map(|q| clip(q, MAX_PATH).to_owned())
+            req.uri.query().map(|q| clip(q, MAX_PATH))
         } else {
             None
         },
-        route: f.route.to_owned(),
+        route: f.route,
         status: f.status,
         bytes_in: f.bytes_in,
         bytes_out: f.bytes_out,
@@ -159,25 +160,33 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         client_ip: f.resolution.map(|r| r.client),
         trust: f.resolution.map(|r| r.decision),
         forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
-        user_id: f.identity.user_id().map(str::to_owned),
+        user_id: f.identity.user_id(),
         auth: f.identity.auth_label(),
         policy: verdict
             .and_then(|v| v.rejection().or(v.reported()))
-            .map(|o| o.policy.to_string()),
+            .map(|o| &*o.policy),
         policy_decision: verdict.and_then(Verdict::overall).map(|d| d.as_str()),
         shadow_rejected_by: verdict.and_then(|v| {
             let names: Vec<&str> = v.would_reject().collect();
-            (!names.is_empty()).then(|| names.join(","))
+            (!names.is_empty()).then(|| Cow::Owned(names.join(",")))
         }),
         user_agent: req
             .headers
             .get(USER_AGENT)
-            .map(|v| clip(&String::from_utf8_lossy(v.as_bytes()), MAX_USER_AGENT).to_owned()),
+            .map(|v| user_agent(v.as_bytes())),
         protocol: protocol(req.version),
         tls_version: tls_version(f.digest),
         error: f.error,
     }
     .emit();
+}
+
+/// The User-Agent as logged: clipped, invalid UTF-8 replaced; borrowed when it is valid.
+fn user_agent(raw: &[u8]) -> Cow<'_, str> {
+    match String::from_utf8_lossy(raw) {
+        Cow::Borrowed(s) => Cow::Borrowed(clip(s, MAX_USER_AGENT)),
+        Cow::Owned(s) => Cow::Owned(clip(&s, MAX_USER_AGENT).to_owned()),
+    }
 }
 
 /// An answer the listener wrote itself (408/431/400 from the head reader, 503 over the
@@ -195,10 +204,8 @@ pub fn edge_answer(
         .with_label_values(&["OTHER", status_label(err.status), "unmatched"])
         .inc();
     AccessRecord {
-        request_id,
-        method: String::new(),
-        path: String::new(),
-        route: "unmatched".into(),
+        request_id: &request_id,
+        route: "unmatched",
         status: err.status,
         duration_ms: millis(started.elapsed()),
         peer: Some(conn.peer.ip().to_canonical()),
@@ -262,6 +269,24 @@ mod tests {
         for (d, want, json) in cases {
             assert_eq!(millis(d), want, "{d:?}");
             assert_eq!(serde_json::to_string(&millis(d)).unwrap(), json, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn user_agent_is_clipped_and_made_valid_utf8() {
+        let long = "a".repeat(MAX_USER_AGENT + 10);
+        let multibyte = format!("{}é", "a".repeat(MAX_USER_AGENT - 1));
+        let cases: &[(&[u8], &str, bool)] = &[
+            (b"curl/8", "curl/8", true),
+            (long.as_bytes(), &long[..MAX_USER_AGENT], true),
+            (multibyte.as_bytes(), &multibyte[..MAX_USER_AGENT - 1], true),
+            (b"bad\xff\xfeua", "bad\u{fffd}\u{fffd}ua", false),
+            (b"", "", true),
+        ];
+        for (raw, want, borrowed) in cases {
+            let got = user_agent(raw);
+            assert_eq!(got, *want, "{raw:?}");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), *borrowed, "{raw:?}");
         }
     }
 

@@ -2,6 +2,7 @@
 //! the head of every JSON error the gateway answers itself (through pingora or as raw
 //! bytes from the listener), 401's challenge, Retry-After and the RateLimit headers.
 
+use http::HeaderValue;
 use pingora::http::ResponseHeader;
 use pingora::Result;
 
@@ -10,11 +11,18 @@ use crate::limits::headers::retry_after_secs;
 use crate::limits::Verdict;
 use crate::state::Live;
 
+// Constant values are built without a copy or validation at run time (a `&str` value
+// would be checked and copied into a new allocation on every response).
+const NOSNIFF: HeaderValue = HeaderValue::from_static("nosniff");
+const DENY: HeaderValue = HeaderValue::from_static("DENY");
+const NO_REFERRER: HeaderValue = HeaderValue::from_static("no-referrer");
+
 /// Headers every response carries, proxied or not.
 pub fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) -> Result<()> {
-    resp.insert_header("x-content-type-options", "nosniff")?;
-    resp.insert_header("x-frame-options", "DENY")?;
-    resp.insert_header("referrer-policy", "no-referrer")?;
+    resp.insert_header("x-content-type-options", NOSNIFF)?;
+    resp.insert_header("x-frame-options", DENY)?;
+    resp.insert_header("referrer-policy", NO_REFERRER)?;
+    // Built once per config (`Live`): cloning shares its bytes.
     resp.insert_header("content-security-policy", live.csp.clone())?;
     if let Some(hsts) = &live.hsts {
         resp.insert_header("strict-transport-security", hsts.clone())?;
@@ -26,8 +34,8 @@ pub fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) 
 /// `RateLimit-Policy` and `RateLimit` for the policy the verdict reports, if any.
 pub fn rate_limit_headers(resp: &mut ResponseHeader, verdict: &Verdict) -> Result<()> {
     if let Some(report) = verdict.reported() {
-        resp.insert_header("ratelimit-policy", report.policy_header())?;
-        resp.insert_header("ratelimit", report.ratelimit_header())?;
+        resp.insert_header("ratelimit-policy", report.policy_value.clone())?;
+        resp.insert_header("ratelimit", report.ratelimit_header_value())?;
     }
     Ok(())
 }

@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::HeaderValue;
+
 use super::PolicyOutcome;
 
 pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
@@ -29,7 +32,26 @@ pub fn policy_value(name: &str, quota: u32, window_secs: u64) -> String {
 /// (0 when the bucket is full). On a 429 that is Retry-After without its jitter; it is not
 /// the time until the bucket is full again (which would tell a client to wait far too long).
 pub fn ratelimit_value(name: &str, remaining: u32, next_after: Duration) -> String {
-    format!("\"{name}\";r={remaining};t={}", ceil_secs(next_after))
+    String::from_utf8_lossy(&ratelimit_bytes(name, remaining, next_after)).into_owned()
+}
+
+/// `ratelimit_value` as bytes, written without `core::fmt` (it is on every response).
+fn ratelimit_bytes(name: &str, remaining: u32, next_after: Duration) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 32);
+    out.push(b'"');
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\";r=");
+    out.extend_from_slice(itoa::Buffer::new().format(remaining).as_bytes());
+    out.extend_from_slice(b";t=");
+    out.extend_from_slice(itoa::Buffer::new().format(ceil_secs(next_after)).as_bytes());
+    out
+}
+
+/// `policy_value` as a header value. Policy names are validated to `[a-z0-9_-]`, so the
+/// value is always valid; an invalid one would be refused at load, never here.
+pub fn policy_header_value(name: &str, quota: u32, window_secs: u64) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from(policy_value(name, quota, window_secs)))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""))
 }
 
 /// Retry-After in whole seconds: rounded up, plus 0 or 1 s of jitter picked by
@@ -47,6 +69,13 @@ impl PolicyOutcome {
     pub fn ratelimit_header(&self) -> String {
         ratelimit_value(&self.policy, self.remaining, self.next_after)
     }
+
+    /// `RateLimit`'s value with one allocation (no copy into the header value).
+    pub fn ratelimit_header_value(&self) -> HeaderValue {
+        let raw = ratelimit_bytes(&self.policy, self.remaining, self.next_after);
+        HeaderValue::from_maybe_shared(Bytes::from(raw))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"invalid\""))
+    }
 }
 
 #[cfg(test)]
@@ -54,6 +83,18 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn an_invalid_name_cannot_make_an_invalid_header() {
+        // Names are validated at load; the value builder still never panics.
+        for name in ["bad\nname", "nul\u{0}", "del\u{7f}"] {
+            assert_eq!(policy_header_value(name, 1, 1), "\"invalid\"", "{name:?}");
+        }
+        assert_eq!(
+            policy_header_value("per-ip", 100, 60),
+            "\"per-ip\";q=100;w=60"
+        );
+    }
 
     #[test]
     fn policy_formatting_table() {

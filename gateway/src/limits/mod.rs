@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::HeaderValue;
 use ipnet::IpNet;
 
 use crate::net::canonical_ip;
@@ -90,6 +91,8 @@ pub struct PolicyOutcome {
     pub limit: u32,
     /// Seconds for an empty bucket to refill (headers' `w`).
     pub window_secs: u64,
+    /// `RateLimit-Policy`'s value, built once per policy and config (it never changes).
+    pub policy_value: HeaderValue,
     pub reset_after: Duration,
     /// Until one more request fits (the RateLimit header's `t`).
     pub next_after: Duration,
@@ -177,6 +180,7 @@ struct Compiled {
     config: PolicyConfig,
     gcra: Gcra,
     window_secs: u64,
+    policy_value: HeaderValue,
     store: Arc<Store>,
     /// Set when the policy's state is shared through Redis (`shared: sync|exact`).
     shared: Option<Arc<SharedPolicy>>,
@@ -281,11 +285,13 @@ impl Limiter {
             .iter()
             .map(|p| {
                 let gcra = Gcra::new(p.rate, p.burst);
+                let window_secs = headers::window_secs(gcra.burst(), gcra.emission_interval());
                 Compiled {
                     name: Arc::from(p.name.as_str()),
                     config: p.clone(),
                     gcra,
-                    window_secs: headers::window_secs(gcra.burst(), gcra.emission_interval()),
+                    window_secs,
+                    policy_value: headers::policy_header_value(&p.name, gcra.burst(), window_secs),
                     store: carry(p).unwrap_or_else(|| Arc::new(Store::new(cfg.max_keys))),
                     shared: shared_for(p, engine, cfg.max_keys, |_| None),
                 }
@@ -389,6 +395,7 @@ impl Limiter {
                 remaining: d.remaining,
                 limit: p.gcra.burst(),
                 window_secs: p.window_secs,
+                policy_value: p.policy_value.clone(),
                 reset_after: d.reset_after,
                 next_after: d.next_after,
                 retry_after: d.retry_after,

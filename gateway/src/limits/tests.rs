@@ -71,6 +71,17 @@ fn outcome_fields_and_report() {
 }
 
 #[test]
+fn header_values_are_the_formatted_strings() {
+    let l = Limiter::new(&cfg(PER_IP));
+    for n in 0..4 {
+        let v = l.check(&req("1.2.3.4", None), T0 + n);
+        let o = v.reported().unwrap();
+        assert_eq!(o.policy_value, o.policy_header().as_str());
+        assert_eq!(o.ratelimit_header_value(), o.ratelimit_header().as_str());
+    }
+}
+
+#[test]
 fn ipv6_grouped_by_prefix_and_ipv4_mapped_is_ipv4() {
     let l = Limiter::new(&cfg(PER_IP));
     // Same /64: one bucket.

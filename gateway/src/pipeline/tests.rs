@@ -300,6 +300,99 @@ fn ambiguous_paths_are_refused() {
     }
 }
 
+#[test]
+fn has_request_body_table() {
+    let cases: &[(&[(&str, &str)], bool)] = &[
+        (&[], false),
+        (&[("content-length", "0")], false),
+        (&[("content-length", "12")], true),
+        (&[("Content-Length", "00")], true), // not literally 0: treat as a body, close
+        (&[("transfer-encoding", "chunked")], true),
+        (
+            &[("transfer-encoding", "chunked"), ("content-length", "0")],
+            true,
+        ),
+        (&[("x-content-length", "5")], false),
+    ];
+    for (headers, want) in cases {
+        assert_eq!(
+            has_request_body(&request("POST", "/v1/x", headers)),
+            *want,
+            "{headers:?}"
+        );
+    }
+}
+
+/// The one-pass check agrees with the plain statement of the rule (lower-case, split,
+/// search) on hostile paths and on every short path over an alphabet of the bytes that
+/// matter.
+#[test]
+fn ambiguous_path_matches_the_rule_as_written() {
+    fn as_written(path: &str) -> bool {
+        let b = path.as_bytes();
+        if b.first() != Some(&b'/') || b.contains(&b'\\') || path.contains("//") {
+            return true;
+        }
+        if path.split('/').any(|seg| seg == "." || seg == "..") {
+            return true;
+        }
+        let lower = path.to_ascii_lowercase();
+        ["%2e", "%2f", "%5c", "%00"]
+            .iter()
+            .any(|p| lower.contains(p))
+    }
+    let hostile = [
+        "",
+        "/",
+        "//",
+        "/.",
+        "/..",
+        "/...",
+        "/v1/.",
+        "/v1/..",
+        "/v1/./x",
+        "/v1/../x",
+        "/v1/.x",
+        "/v1/x.",
+        "/v1/%",
+        "/v1/%2",
+        "/v1/%2E",
+        "/v1/%2e%2e/",
+        "/v1/%2F",
+        "/v1/%5C",
+        "/v1/%5c",
+        "/v1/%00",
+        "/v1/%0",
+        "/v1/%%2e",
+        "/v1/%25%32%65",
+        "/v1/a%2",
+        "/v1\\x",
+        "v1/",
+        ".",
+        "/v1/ü/..",
+        "/v1/é%2e",
+        "/v1//",
+        "/v1/x/",
+        "/%2f",
+        "/%",
+    ];
+    for path in hostile {
+        assert_eq!(is_ambiguous_path(path), as_written(path), "{path:?}");
+    }
+    let alphabet = ['/', '.', '%', '2', 'e', 'E', 'f', '5', 'c', '0', '\\', 'a'];
+    let mut paths = vec![String::new()];
+    for _ in 0..5 {
+        let longer: Vec<String> = paths
+            .iter()
+            .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+            .collect();
+        for p in &longer {
+            assert_eq!(is_ambiguous_path(p), as_written(p), "{p:?}");
+        }
+        paths = longer;
+    }
+}
+
 /// Stage 5b: two requests in flight per client (IPv6 by /64), exempt CIDRs not counted;
 /// a slot frees when the admission (the request's state) is dropped.
 #[test]
