@@ -171,7 +171,9 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
     let c = live.config.clone();
     let mut shared = Shared::new(live, config_path.to_path_buf());
     if let Some(t) = &c.tls {
-        let loaded = gateway::tls::load_files(t, std::time::SystemTime::now());
+        // The same check as `check-config`: errors say file:line and the field.
+        let loaded = cert_reload::check(&c, config_path).map_err(|e| e.to_string());
+        let loaded = loaded.map(|l| l.expect("tls is set"));
         match loaded.and_then(|l| gateway::tls::TlsState::new(&l).map(|s| (s, l))) {
             Ok((state, l)) => {
                 tracing::info!(cert = %t.cert_file.display(), not_after = l.not_after_unix(), "tls on");

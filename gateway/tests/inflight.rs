@@ -124,7 +124,10 @@ async fn slots_free_on_upstream_timeout_and_client_abort() {
     // machine may take longer, so wait for the gauge, bounded, rather than a fixed sleep.
     let deadline = Instant::now() + Duration::from_secs(5);
     while gw.metric_sum("gateway_inflight_requests", &[]) > 0.0 {
-        assert!(Instant::now() < deadline, "aborted requests still in flight after 5 s");
+        assert!(
+            Instant::now() < deadline,
+            "aborted requests still in flight after 5 s"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = concurrent_statuses(CLIENT_A, addr, "/v1/after", 4).await;
