@@ -45,12 +45,30 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
-/// A counter with one `reason` label, every known reason exported at 0 from the start.
-fn reason_counter(r: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
-    let c = counter_vec(r, name, help, &["reason"]);
-    for reason in reasons {
-        c.with_label_values(&[reason]);
+/// A counter with one label, every known value exported at 0 from the start (so a rate()
+/// or an alert sees the first increment).
+fn labelled_counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = counter_vec(r, name, help, &[label]);
+    for v in values {
+        c.with_label_values(&[v]);
     }
+    c
+}
+
+/// `labelled_counter` with the `reason` label.
+fn reason_counter(r: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
+    labelled_counter(r, name, help, "reason", reasons)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
@@ -88,45 +106,38 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let upstream_errors = counter_vec(
+        let upstream_errors = labelled_counter(
             &r,
             "gateway_upstream_errors_total",
             "Requests that failed talking to the app, by kind (connect, timeout, other).",
-            &["kind"],
+            "kind",
+            &["connect", "timeout", "other"],
         );
-        for kind in ["connect", "timeout", "other"] {
-            upstream_errors.with_label_values(&[kind]);
-        }
-        let config_reloads = counter_vec(
+        let config_reloads = labelled_counter(
             &r,
             "gateway_config_reloads_total",
             "Config reload attempts by result (ok, error).",
-            &["result"],
+            "result",
+            &["ok", "error"],
         );
-        let tls_certificate_reloads = counter_vec(
+        let tls_certificate_reloads = labelled_counter(
             &r,
             "gateway_tls_certificate_reloads_total",
             "Certificate reload attempts (file change, SIGHUP, new config paths) by result (ok, error).",
-            &["result"],
+            "result",
+            &["ok", "error"],
         );
-        for result in ["ok", "error"] {
-            config_reloads.with_label_values(&[result]);
-            tls_certificate_reloads.with_label_values(&[result]);
-        }
-        let forwarded_rejections = counter_vec(
+        let forwarded_rejections = reason_counter(
             &r,
             "gateway_forwarded_header_rejections_total",
             "Requests whose forwarded headers were not believed, by reason.",
-            &["reason"],
+            &[
+                "untrusted_peer",
+                "malformed",
+                "unknown_node",
+                "too_many_hops",
+            ],
         );
-        for reason in [
-            "untrusted_peer",
-            "malformed",
-            "unknown_node",
-            "too_many_hops",
-        ] {
-            forwarded_rejections.with_label_values(&[reason]);
-        }
         let blocked = reason_counter(
             &r,
             "gateway_blocked_requests_total",
@@ -180,27 +191,19 @@ impl Metrics {
                 &["reason"],
             ),
             blocked,
-            inflight_rejections: {
-                let c = IntCounter::new(
-                    "gateway_inflight_rejections_total",
-                    "Requests refused (429) because their client had max_in_flight_per_client in flight.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            inflight_rejections: counter(
+                &r,
+                "gateway_inflight_rejections_total",
+                "Requests refused (429) because their client had max_in_flight_per_client in flight.",
+            ),
             upstream_errors,
             inflight: gauge(&r, "gateway_inflight_requests", "Requests being processed."),
             connections: gauge(&r, "gateway_open_connections", "Open client connections."),
-            connections_refused: {
-                let c = IntCounter::new(
-                    "gateway_connections_refused_total",
-                    "Connections closed at accept because max_connections was reached.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            connections_refused: counter(
+                &r,
+                "gateway_connections_refused_total",
+                "Connections closed at accept because max_connections was reached.",
+            ),
             upstream_up: gauge(
                 &r,
                 "gateway_upstream_up",
