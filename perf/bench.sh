@@ -4,6 +4,9 @@
 #
 #   perf/bench.sh                 # full run (~6 min): REPS=3, DURATION=8s, LAT_DURATION=5s
 #   REPS=1 DURATION=3 LAT_DURATION=2 perf/bench.sh   # quick look
+#   LATENCY=0 perf/bench.sh       # closed loop only (req/s, CPU per request; no oha needed)
+#   WORKERS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 perf/bench.sh   # 2 workers each (threads: 2,
+#                                 # worker_processes 2, nbthread 2), everything on both cores
 #
 # Layout: every proxy pinned to CPU $PROXY_CPU with taskset, backend and load generators
 # pinned to CPU $LOAD_CPU. One worker each. Access logs of all three proxies go to files
@@ -22,11 +25,15 @@ LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-perf/out}
 BIN=${BIN:-target/release}
 SYSTEMS=${SYSTEMS:-"direct gateway nginx haproxy"}
+WORKERS=${WORKERS:-1}            # worker threads/processes of each proxy
+LATENCY=${LATENCY:-1}            # 0: skip the open-loop latency samples
 
 BACKEND_PORT=24081 GATEWAY_PORT=24080 NGINX_PORT=24082 HAPROXY_PORT=24083 ADMIN_PORT=24901
 PATH_UNDER_TEST=/v1/documents
 
-for tool in nginx haproxy wrk oha taskset python3 curl; do
+tools="nginx haproxy wrk taskset python3 curl"
+[ "$LATENCY" = 0 ] || tools="$tools oha"
+for tool in $tools; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (see perf/README.md)" >&2; exit 1; }
 done
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -107,19 +114,21 @@ wait_port $BACKEND_PORT
 sed -e "s#^listen: .*#listen: 127.0.0.1:$GATEWAY_PORT#" \
   -e "s#^admin_listen: .*#admin_listen: 127.0.0.1:$ADMIN_PORT#" \
   -e "s#^upstream: .*#upstream: 127.0.0.1:$BACKEND_PORT#" \
-  -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" perf/gateway-bench.yaml >"$RUN/gateway.yaml"
+  -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" \
+  -e "s#^threads: 1 #threads: $WORKERS #" perf/gateway-bench.yaml >"$RUN/gateway.yaml"
 "$BIN/gateway" check-config "$RUN/gateway.yaml" >&2
 taskset -c "$PROXY_CPU" "$BIN/gateway" --config "$RUN/gateway.yaml" >"$RUN/gateway-access.log" 2>"$RUN/gateway.err" &
 echo $! >"$RUN/gateway.pid"; pids_started+=($!)
 
 sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$NGINX_PORT#g" \
-  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#@LOG@#$RUN/nginx-access.log#g" perf/nginx.conf >"$RUN/nginx.conf"
+  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#@LOG@#$RUN/nginx-access.log#g" \
+  -e "s#^worker_processes 1;#worker_processes $WORKERS;#" perf/nginx.conf >"$RUN/nginx.conf"
 nginx -t -q -c "$RUN/nginx.conf" -p "$RUN" 2>&1 | grep -v 'could not open error log file' >&2 || true
 taskset -c "$PROXY_CPU" nginx -c "$RUN/nginx.conf" -p "$RUN" 2>"$RUN/nginx.err" &
 echo $! >"$RUN/nginx.pid"; pids_started+=($!)
 
 sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$HAPROXY_PORT#g" \
-  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" perf/haproxy.cfg >"$RUN/haproxy.cfg"
+  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#^  nbthread 1#  nbthread $WORKERS#" perf/haproxy.cfg >"$RUN/haproxy.cfg"
 haproxy -c -q -f "$RUN/haproxy.cfg" >&2
 taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy-access.log" 2>"$RUN/haproxy.err" &
 echo $! >"$RUN/haproxy.pid"; pids_started+=($!)
@@ -137,6 +146,7 @@ done
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 record all load_before "$(cut -d' ' -f1 /proc/loadavg)"
+record all workers "$WORKERS"
 
 # --- closed loop: max req/s and CPU per request -----------------------------------------
 wrk_run() { # system duration -> prints "requests errors"
@@ -180,6 +190,7 @@ EOF
 )
 record all slowest_max "$slowest"
 for rep in $(seq 1 "$REPS"); do
+  [ "$LATENCY" = 0 ] && break
   for pct in 25 50 75; do
     rate=$((slowest * pct / 100))
     for s in $SYSTEMS; do
@@ -266,6 +277,7 @@ if all(med(s, "max_rps") for s in ("gateway", "nginx")):
 if med("gateway", "p99_ms_at_50") is not None and med("direct", "p99_ms_at_50") is not None:
     print(f"Added p99 over direct at 50 %: gateway {med('gateway', 'p99_ms_at_50') - med('direct', 'p99_ms_at_50'):.3f} ms"
           + "".join(f", {s} {med(s, 'p99_ms_at_50') - med('direct', 'p99_ms_at_50'):.3f} ms" for s in ("nginx", "haproxy") if med(s, "p99_ms_at_50") is not None) + ".")
+print(f"Workers per proxy: {data[('all', 'workers')][0]:.0f}.")
 print(f"Load average before/after: {data[('all', 'load_before')][0]} / {data[('all', 'load_after')][0]}.")
 EOF
 cat "$MD"
