@@ -31,65 +31,12 @@ LATENCY=${LATENCY:-1}            # 0: skip the open-loop latency samples
 BACKEND_PORT=24081 GATEWAY_PORT=24080 NGINX_PORT=24082 HAPROXY_PORT=24083 ADMIN_PORT=24901
 PATH_UNDER_TEST=/v1/documents
 
+. perf/lib-bench.sh
 tools="nginx haproxy wrk taskset python3 curl"
 [ "$LATENCY" = 0 ] || tools="$tools oha"
-for tool in $tools; do
-  command -v "$tool" >/dev/null || { echo "bench.sh: $tool is missing (see perf/README.md)" >&2; exit 1; }
-done
-if [ "${SKIP_BUILD:-0}" != 1 ]; then
-  cargo build --release --locked -p gateway -p perf >&2
-fi
-
-mkdir -p "$OUT"
-stamp=$(date -u +%Y%m%dT%H%M%SZ)
-RUN=$(mktemp -d /tmp/perf-bench.XXXXXX)
-TSV="$OUT/bench-$stamp.tsv"
-MD="$OUT/bench-$stamp.md"
-: >"$TSV"
-CLK_TCK=$(getconf CLK_TCK)
-pids_started=()
-
-cleanup() {
-  for p in "${pids_started[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  sleep 0.5
-  for p in "${pids_started[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_port() { # port
-  for _ in $(seq 1 100); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "bench.sh: nothing listening on port $1" >&2
-  exit 1
-}
-
-# All processes of a system: the started PID and its children (nginx's worker).
-system_pids() { # name
-  local root
-  root=$(cat "$RUN/$1.pid")
-  echo "$root" $(pgrep -P "$root" || true)
-}
-
-cpu_ticks() { # pids... -> utime+stime summed (clock ticks), all threads included
-  local total=0 p t
-  for p in "$@"; do
-    # Fields after the ")" that ends comm: utime is the 12th, stime the 13th.
-    t=$(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')
-    total=$((total + t))
-  done
-  echo "$total"
-}
-
-peak_rss_kb() { # pids... -> sum of VmHWM
-  local total=0 p v
-  for p in "$@"; do
-    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$p/status")
-    total=$((total + v))
-  done
-  echo "$total"
-}
+# shellcheck disable=SC2086
+bench_setup bench $tools
+trap bench_cleanup EXIT
 
 port_of() {
   case $1 in
@@ -98,40 +45,16 @@ port_of() {
   esac
 }
 
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$TSV"; } # system metric value
-
 # --- start everything -----------------------------------------------------------------
-# A fresh random token key for this run; the gateway verifies tokens signed with it.
-printf 'signing_kid: "bench"\nkeys:\n  - kid: "bench"\n    secret: "%s"\n' \
-  "$(head -c 48 /dev/urandom | base64 -w0)" >"$RUN/keys.yaml"
-export BENCH_TOKEN
-BENCH_TOKEN=$("$BIN/mint-token" "$RUN/keys.yaml" u-bench 86400)
-
-taskset -c "$LOAD_CPU" "$BIN/bench-backend" "127.0.0.1:$BACKEND_PORT" 2>"$RUN/backend.err" &
-echo $! >"$RUN/direct.pid"; pids_started+=($!)
-wait_port $BACKEND_PORT
-
-sed -e "s#^listen: .*#listen: 127.0.0.1:$GATEWAY_PORT#" \
-  -e "s#^admin_listen: .*#admin_listen: 127.0.0.1:$ADMIN_PORT#" \
-  -e "s#^upstream: .*#upstream: 127.0.0.1:$BACKEND_PORT#" \
-  -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" \
-  -e "s#^threads: 1 #threads: $WORKERS #" perf/gateway-bench.yaml >"$RUN/gateway.yaml"
-"$BIN/gateway" check-config "$RUN/gateway.yaml" >&2
-taskset -c "$PROXY_CPU" "$BIN/gateway" --config "$RUN/gateway.yaml" >"$RUN/gateway-access.log" 2>"$RUN/gateway.err" &
-echo $! >"$RUN/gateway.pid"; pids_started+=($!)
-
-sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$NGINX_PORT#g" \
-  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#@LOG@#$RUN/nginx-access.log#g" \
-  -e "s#^worker_processes 1;#worker_processes $WORKERS;#" perf/nginx.conf >"$RUN/nginx.conf"
-nginx -t -q -c "$RUN/nginx.conf" -p "$RUN" 2>&1 | grep -v 'could not open error log file' >&2 || true
-taskset -c "$PROXY_CPU" nginx -c "$RUN/nginx.conf" -p "$RUN" 2>"$RUN/nginx.err" &
-echo $! >"$RUN/nginx.pid"; pids_started+=($!)
+start_backend
+start_gateway
+start_nginx
 
 sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$HAPROXY_PORT#g" \
   -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#^  nbthread 1#  nbthread $WORKERS#" perf/haproxy.cfg >"$RUN/haproxy.cfg"
 haproxy -c -q -f "$RUN/haproxy.cfg" >&2
 taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy-access.log" 2>"$RUN/haproxy.err" &
-echo $! >"$RUN/haproxy.pid"; pids_started+=($!)
+started haproxy $!
 
 for s in $SYSTEMS; do wait_port "$(port_of "$s")"; done
 sleep 1
@@ -219,10 +142,7 @@ print(round(lp["p50"] * 1e3, 3), round(lp["p99"] * 1e3, 3), bad)')"
 done
 
 # --- peak memory, sanity checks ---------------------------------------------------------
-for s in $SYSTEMS; do
-  read -r -a pids <<<"$(system_pids "$s")"
-  record "$s" peak_rss_mb "$(python3 -c "print(round($(peak_rss_kb "${pids[@]}") / 1024, 1))")"
-done
+record_peak_rss
 curl -s "127.0.0.1:$ADMIN_PORT/metrics" >"$RUN/gateway-metrics.txt"
 for s in gateway nginx haproxy; do
   lines=$(grep -c '"status":200' "$RUN/$s-access.log" || true)

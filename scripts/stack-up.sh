@@ -4,13 +4,27 @@
 # Grafana: http://127.0.0.1:3000 (admin password in secrets/grafana_admin_password).
 #   --shared   also start Redis and the extra gateway replicas (compose profile `shared`);
 #              every gateway then runs config/gateway.shared.yaml (shared rate limits).
+#   --tls      HTTPS on the public port (compose.tls.yaml + config/gateway.tls.yaml) with the
+#              pair in secrets/tls_cert.pem and secrets/tls_key.pem (RUNBOOK.md "Turn on TLS").
+#   --self-signed  --tls, and first make a self-signed localhost pair there if there is none
+#              (a local try only; scripts/self-signed.sh).
 # Other arguments go to `compose up` (e.g. --scale gateway-replica=4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ "${1:-}" = --shared ]; then
+tls="" self_signed=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --shared) export COMPOSE_PROFILES=shared GATEWAY_CONFIG=gateway.shared.yaml ;;
+    --tls) tls=1 ;;
+    --self-signed) tls=1 self_signed=1 ;;
+    *) break ;;
+  esac
   shift
-  export COMPOSE_PROFILES=shared GATEWAY_CONFIG=gateway.shared.yaml
+done
+if [ -n "$tls" ] && [ -n "${COMPOSE_PROFILES:-}" ]; then
+  echo "stack-up: --tls with --shared is not shipped (the replicas run gateway.shared.yaml, without tls)" >&2
+  exit 2
 fi
 
 install -d -m 0700 secrets
@@ -34,6 +48,22 @@ if [ ! -s secrets/redis_password ]; then
   umask 022
   head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >secrets/redis_password
   echo "created secrets/redis_password" >&2
+fi
+
+if [ -n "$tls" ]; then
+  cert=${TLS_CERT_FILE:-secrets/tls_cert.pem} key=${TLS_KEY_FILE:-secrets/tls_key.pem}
+  if [ -n "$self_signed" ] && [ ! -s "$cert" ]; then
+    scripts/self-signed.sh "$cert" "$key" 30
+  fi
+  for f in "$cert" "$key"; do
+    [ -s "$f" ] || { echo "stack-up: --tls needs $f (RUNBOOK.md \"Turn on TLS\"; --self-signed makes one)" >&2; exit 1; }
+  done
+  # compose.tls.yaml on top of what is already chosen (COMPOSE_FILE, else compose.yaml).
+  case ":${COMPOSE_FILE:-compose.yaml}:" in
+    *:compose.tls.yaml:*) ;;
+    *) export COMPOSE_FILE=${COMPOSE_FILE:-compose.yaml}:compose.tls.yaml ;;
+  esac
+  echo "stack-up: TLS on; run later compose commands with COMPOSE_FILE=$COMPOSE_FILE" >&2
 fi
 
 compose() { COMPOSE_QUIET=1 scripts/compose.sh "$@"; }

@@ -44,7 +44,7 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str) -> Result<Config, String> {
-        let config: Config = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let config: Config = edgekit::parse_yaml(text)?;
         config.validate()?;
         Ok(config)
     }

@@ -52,7 +52,7 @@ impl Users {
     }
 
     pub fn from_yaml(text: &str) -> Result<Users, String> {
-        let file: UsersFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let file: UsersFile = edgekit::parse_yaml(text)?;
         let mut by_name = HashMap::new();
         let mut ids = HashSet::new();
         let mut dummy_params = None;

@@ -1,5 +1,7 @@
 //! Loading a small config-like file (config, users, token keys): read it whole, parse it,
-//! and say which file failed and why, in one wording for every crate.
+//! and say which file failed and why, in one wording for every crate. `parse_yaml` is the
+//! one YAML entry point of the app and keyring files, so the YAML crate (serde_yaml is
+//! deprecated upstream) can be swapped here and in the gateway's `config::parse`.
 
 use std::path::Path;
 
@@ -37,6 +39,11 @@ pub fn load_file<T>(
         path: shown(),
         message,
     })
+}
+
+/// YAML text to `T`; the error is the parser's message (with its line and column).
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 pub mod file;
 pub mod request_id;
 
-pub use file::{load_file, FileError};
+pub use file::{load_file, parse_yaml, FileError};
 pub use request_id::{is_valid_request_id, new_request_id};
 
 /// Bounded `method` label: arbitrary client methods must not create new metric series.

@@ -8,6 +8,8 @@ pub mod access_log;
 pub mod admin;
 pub mod blocklist;
 pub mod buffered;
+pub mod cert_reload;
+pub mod cert_watch;
 pub mod client_ip;
 pub mod config;
 pub mod config_schema;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gateway::config::Config;
 use gateway::state::{Live, Shared};
-use gateway::{admin, listener, logging, proxy, reload, upstream};
+use gateway::{admin, cert_reload, cert_watch, listener, logging, proxy, reload, upstream};
 use pingora::server::configuration::ServerConf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -63,11 +63,13 @@ fn main() -> ExitCode {
 }
 
 fn check_config(file: &Path, skip_files: bool) -> ExitCode {
+    let mut pair = None;
     let checked = Config::load(file).and_then(|c| {
         if skip_files {
             return Ok(None);
         }
         c.check_referenced_files(file)?;
+        pair = cert_reload::check(&c, file)?;
         Ok(Some(c))
     });
     match checked
@@ -79,7 +81,10 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(()) => {
-            println!("{}: ok", file.display());
+            match pair {
+                Some(p) => println!("{}: ok ({})", file.display(), describe_pair(file, &p)),
+                None => println!("{}: ok", file.display()),
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -87,6 +92,27 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// "certificate valid until …" for the ok line; a warning on stderr inside the 14-day window.
+fn describe_pair(file: &Path, p: &gateway::tls::cert::LoadedCert) -> String {
+    let now = p
+        .checked_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let until = humantime::format_rfc3339_seconds(p.not_after);
+    let days = (p.not_after_unix() as i64 - now) / 86_400;
+    if let Some(left) = cert_watch::expires_soon(p.not_after_unix() as i64, now) {
+        eprintln!(
+            "{}: warning: field `tls.cert_file`: certificate expires in {} (not_after {until}); renew it (RUNBOOK.md \"Renew the certificate\")",
+            file.display(),
+            humantime::format_duration(left)
+        );
+    }
+    format!(
+        "certificate chain of {} valid until {until}, {days} days left",
+        p.chain_len
+    )
 }
 
 fn healthcheck(url: &str) -> ExitCode {
@@ -145,11 +171,17 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
     let c = live.config.clone();
     let mut shared = Shared::new(live, config_path.to_path_buf());
     if let Some(t) = &c.tls {
-        let loaded = gateway::tls::load_files(t, std::time::SystemTime::now());
+        // The same check as `check-config`: errors say file:line and the field.
+        let loaded = cert_reload::check(&c, config_path).map_err(|e| e.to_string());
+        let loaded = loaded.map(|l| l.expect("tls is set"));
         match loaded.and_then(|l| gateway::tls::TlsState::new(&l).map(|s| (s, l))) {
             Ok((state, l)) => {
                 tracing::info!(cert = %t.cert_file.display(), not_after = l.not_after_unix(), "tls on");
                 shared = shared.with_tls(state);
+                // From the start, not only after a reload: the expiry alerts read it.
+                shared
+                    .metrics
+                    .export_tls_certificate_expiry(Some(l.not_after_unix() as i64));
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot load the tls certificate pair");

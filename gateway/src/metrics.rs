@@ -30,6 +30,10 @@ pub struct Metrics {
     pub rate_limit_active_keys: IntGaugeVec,
     pub rate_limit_evictions: IntGaugeVec,
     pub config_reloads: IntCounterVec,
+    pub tls_certificate_reloads: IntCounterVec,
+    /// Registered only while `tls` is on (`export_tls_certificate_expiry`): a cleartext gateway
+    /// exporting 0 would read as a certificate that expired in 1970.
+    tls_certificate_expiry: IntGauge,
     pub access_log_dropped: IntGauge,
     pub tls_handshake_failures: IntCounterVec,
     pub h2_closed: IntCounterVec,
@@ -41,12 +45,30 @@ fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCoun
     c
 }
 
-/// A counter with one `reason` label, every known reason exported at 0 from the start.
-fn reason_counter(r: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
-    let c = counter_vec(r, name, help, &["reason"]);
-    for reason in reasons {
-        c.with_label_values(&[reason]);
+/// A counter with one label, every known value exported at 0 from the start (so a rate()
+/// or an alert sees the first increment).
+fn labelled_counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = counter_vec(r, name, help, &[label]);
+    for v in values {
+        c.with_label_values(&[v]);
     }
+    c
+}
+
+/// `labelled_counter` with the `reason` label.
+fn reason_counter(r: &Registry, name: &str, help: &str, reasons: &[&str]) -> IntCounterVec {
+    labelled_counter(r, name, help, "reason", reasons)
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("unique metric");
     c
 }
 
@@ -84,38 +106,38 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        let upstream_errors = counter_vec(
+        let upstream_errors = labelled_counter(
             &r,
             "gateway_upstream_errors_total",
             "Requests that failed talking to the app, by kind (connect, timeout, other).",
-            &["kind"],
+            "kind",
+            &["connect", "timeout", "other"],
         );
-        for kind in ["connect", "timeout", "other"] {
-            upstream_errors.with_label_values(&[kind]);
-        }
-        let config_reloads = counter_vec(
+        let config_reloads = labelled_counter(
             &r,
             "gateway_config_reloads_total",
             "Config reload attempts by result (ok, error).",
-            &["result"],
+            "result",
+            &["ok", "error"],
         );
-        for result in ["ok", "error"] {
-            config_reloads.with_label_values(&[result]);
-        }
-        let forwarded_rejections = counter_vec(
+        let tls_certificate_reloads = labelled_counter(
+            &r,
+            "gateway_tls_certificate_reloads_total",
+            "Certificate reload attempts (file change, SIGHUP, new config paths) by result (ok, error).",
+            "result",
+            &["ok", "error"],
+        );
+        let forwarded_rejections = reason_counter(
             &r,
             "gateway_forwarded_header_rejections_total",
             "Requests whose forwarded headers were not believed, by reason.",
-            &["reason"],
+            &[
+                "untrusted_peer",
+                "malformed",
+                "unknown_node",
+                "too_many_hops",
+            ],
         );
-        for reason in [
-            "untrusted_peer",
-            "malformed",
-            "unknown_node",
-            "too_many_hops",
-        ] {
-            forwarded_rejections.with_label_values(&[reason]);
-        }
         let blocked = reason_counter(
             &r,
             "gateway_blocked_requests_total",
@@ -169,27 +191,19 @@ impl Metrics {
                 &["reason"],
             ),
             blocked,
-            inflight_rejections: {
-                let c = IntCounter::new(
-                    "gateway_inflight_rejections_total",
-                    "Requests refused (429) because their client had max_in_flight_per_client in flight.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            inflight_rejections: counter(
+                &r,
+                "gateway_inflight_rejections_total",
+                "Requests refused (429) because their client had max_in_flight_per_client in flight.",
+            ),
             upstream_errors,
             inflight: gauge(&r, "gateway_inflight_requests", "Requests being processed."),
             connections: gauge(&r, "gateway_open_connections", "Open client connections."),
-            connections_refused: {
-                let c = IntCounter::new(
-                    "gateway_connections_refused_total",
-                    "Connections closed at accept because max_connections was reached.",
-                )
-                .expect("valid metric");
-                r.register(Box::new(c.clone())).expect("unique metric");
-                c
-            },
+            connections_refused: counter(
+                &r,
+                "gateway_connections_refused_total",
+                "Connections closed at accept because max_connections was reached.",
+            ),
             upstream_up: gauge(
                 &r,
                 "gateway_upstream_up",
@@ -214,6 +228,12 @@ impl Metrics {
                 &["policy"],
             ),
             config_reloads,
+            tls_certificate_reloads,
+            tls_certificate_expiry: IntGauge::new(
+                "gateway_tls_certificate_expiry_timestamp_seconds",
+                "not_after of the served leaf certificate, unix seconds.",
+            )
+            .expect("valid metric"),
             access_log_dropped: gauge(
                 &r,
                 "gateway_access_log_dropped",
@@ -227,6 +247,22 @@ impl Metrics {
     /// `shared_limits` is configured.
     pub fn export_shared_limits(&self, on: bool) {
         crate::limits::shared::metrics::SharedMetrics::get().export(&self.registry, on);
+    }
+
+    /// Sets the served leaf's `not_after` (unix seconds) and exports the gauge; `None`
+    /// (cleartext) removes it.
+    pub fn export_tls_certificate_expiry(&self, not_after: Option<i64>) {
+        let g = &self.tls_certificate_expiry;
+        match not_after {
+            Some(t) => {
+                g.set(t);
+                // AlreadyReg on every reload after the first: the gauge is the same one.
+                let _ = self.registry.register(Box::new(g.clone()));
+            }
+            None => {
+                let _ = self.registry.unregister(Box::new(g.clone()));
+            }
+        }
     }
 
     /// The exposition text for `/metrics`.
@@ -300,6 +336,25 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing");
         }
+    }
+
+    #[test]
+    fn certificate_expiry_is_exported_only_with_tls() {
+        let m = Metrics::new();
+        let name = "gateway_tls_certificate_expiry_timestamp_seconds";
+        let text = |m: &Metrics| String::from_utf8(m.render()).unwrap();
+        assert!(!text(&m).contains(name), "cleartext: no expiry series");
+        assert!(text(&m).contains("gateway_tls_certificate_reloads_total{result=\"error\"} 0"));
+        m.export_tls_certificate_expiry(Some(1_800_000_000));
+        m.export_tls_certificate_expiry(Some(1_900_000_000)); // a renewal: same series, new value
+        assert!(
+            text(&m).contains(&format!("{name} 1900000000")),
+            "{}",
+            text(&m)
+        );
+        assert_eq!(text(&m).matches(&format!("\n{name} ")).count(), 1);
+        m.export_tls_certificate_expiry(None);
+        assert!(!text(&m).contains(name));
     }
 
     #[test]

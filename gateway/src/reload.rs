@@ -1,12 +1,14 @@
 //! Hot reload: on SIGHUP or when the config or key file's content changes, parse
-//! and validate; swap in the new config atomically only if it is valid.
+//! and validate; swap in the new config atomically only if it is valid. The TLS
+//! certificate pair is watched the same way (`cert_reload::CertWatch`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::cert_reload::{self, CertWatch};
 use crate::config::Config;
 use crate::state::{Live, Shared};
 
@@ -25,12 +27,21 @@ pub enum ReloadResult {
 /// One reload attempt. The running config is replaced only by a valid one.
 pub fn reload(shared: &Shared) -> ReloadResult {
     let old = shared.live.load_full();
+    // A config that names other certificate files brings their pair, or is refused whole.
     let result = Config::load(&shared.config_path)
         .map_err(|e| e.to_string())
-        .and_then(|config| Live::build(config, Some(&old)));
+        .and_then(|config| Live::build(config, Some(&old)))
+        .and_then(|live| {
+            cert_reload::for_new_config(&old.config, &live.config)
+                .map(|pair| (live, pair))
+                .map_err(|e| format!("{}: {e}", shared.config_path.display()))
+        });
     match result {
-        Ok(live) => {
+        Ok((live, pair)) => {
             shared.live.store(Arc::new(live));
+            if let Some(pair) = pair {
+                cert_reload::apply(shared, Ok(pair), "config");
+            }
             shared
                 .metrics
                 .config_reloads
@@ -51,8 +62,12 @@ pub fn reload(shared: &Shared) -> ReloadResult {
     }
 }
 
-fn fingerprint(paths: &[&Path]) -> Vec<Option<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+/// Each watched file's path and content (None when unreadable).
+fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    paths
+        .iter()
+        .map(|p| (p.to_path_buf(), std::fs::read(p).ok()))
+        .collect()
 }
 
 /// Watches for SIGHUP and content changes until the process exits.
@@ -75,13 +90,18 @@ pub async fn watch(shared: Arc<Shared>) {
             .await
             .unwrap_or_default()
     };
+    let mut certs = CertWatch::start(&shared).await;
     loop {
-        tokio::select! {
+        let hangup = tokio::select! {
             _ = hup.recv() => {
                 let s = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
+                true
             }
-            _ = tokio::time::sleep(POLL_INTERVAL) => {}
+            _ = tokio::time::sleep(POLL_INTERVAL) => false,
+        };
+        if let Some(c) = certs.as_mut() {
+            c.poll(&shared, hangup).await;
         }
         let s = shared.clone();
         let Ok(now) = tokio::task::spawn_blocking(move || watched(&s)).await else {
@@ -91,10 +111,17 @@ pub async fn watch(shared: Arc<Shared>) {
             last = now;
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || reload(&s)).await;
-            // The reload may have changed which key file we watch.
+            // The reload may have switched key files: watch a new one from its content now.
+            // A file whose path is unchanged keeps its pre-reload content here, so an edit
+            // written while the reload ran is still a change on the next poll (re-reading
+            // everything here lost such an edit).
             let s = shared.clone();
             if let Ok(fp) = tokio::task::spawn_blocking(move || watched(&s)).await {
-                last = fp;
+                for (old, new) in last.iter_mut().zip(fp) {
+                    if old.0 != new.0 {
+                        *old = new;
+                    }
+                }
             }
         }
     }

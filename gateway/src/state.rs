@@ -113,7 +113,7 @@ impl Shared {
         }
     }
 
-    /// Serves TLS with `tls` (see `tls::load_files`).
+    /// Serves TLS with `tls` (loaded by `cert_reload::check`).
     pub fn with_tls(mut self, tls: TlsState) -> Shared {
         self.tls = Some(tls);
         self

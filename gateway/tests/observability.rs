@@ -34,6 +34,9 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ForwardedHeaderSpoofSpike",
     "ConfigReloadFailed",
     "SharedLimitsDegraded",
+    "TlsCertificateExpiringSoon",
+    "TlsCertificateExpiryCritical",
+    "TlsCertificateReloadFailed",
     "TargetDown",
 ];
 
@@ -799,10 +802,25 @@ async fn scrape_live_stack() -> BTreeMap<String, Exposition> {
     // A third gateway with shared_limits against a real Redis (when there is one).
     let shared = scrape_shared_gateway(app.addr).await;
 
+    // A TLS gateway: the certificate expiry gauge exists only with `tls`.
+    let tls_dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let (cert, key_file) = (tls_dir.path().join("c.pem"), tls_dir.path().join("k.pem"));
+    std::fs::write(&cert, params.self_signed(&key).unwrap().pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let tls = format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\n",
+        cert.display(),
+        key_file.display()
+    );
+    let gw_tls = GatewayProc::start(app.addr, &tls);
+
     let app_text = get_blocking(app.addr, "/metrics").unwrap().text();
     let mut parts = vec![
         parse_exposition(&gw.metrics()),
         parse_exposition(&gw_dead.metrics()),
+        parse_exposition(&gw_tls.metrics()),
     ];
     parts.extend(shared);
     let gateway = Exposition::merge(&parts.iter().collect::<Vec<_>>());

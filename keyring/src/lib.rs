@@ -187,7 +187,7 @@ impl Keyring {
     }
 
     pub fn from_yaml(text: &str) -> Result<Keyring, String> {
-        let file: KeyFile = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        let file: KeyFile = edgekit::parse_yaml(text)?;
         let mut keys = HashMap::new();
         for entry in file.keys {
             if entry.kid.is_empty()

@@ -7,13 +7,10 @@ pub mod cert;
 pub mod resolver;
 pub mod stream;
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsConfig;
 use cert::LoadedCert;
 use resolver::CertResolver;
 
@@ -32,18 +29,4 @@ impl TlsState {
             acceptor: TlsAcceptor::from(Arc::new(config)),
         })
     }
-}
-
-/// Reads and checks the pair the config names (startup, reload, `check-config`).
-pub fn load_files(cfg: &TlsConfig, now: SystemTime) -> Result<LoadedCert, String> {
-    let read = |p: &Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
-    let cert = read(&cfg.cert_file)?;
-    let key = read(&cfg.key_file)?;
-    cert::load_pair(&cert, &key, now).map_err(|e| {
-        format!(
-            "{} / {}: {e}",
-            cfg.cert_file.display(),
-            cfg.key_file.display()
-        )
-    })
 }
