@@ -4,6 +4,9 @@
 #
 #   perf/bench.sh                 # full run (~6 min): REPS=3, DURATION=8s, LAT_DURATION=5s
 #   REPS=1 DURATION=3 LAT_DURATION=2 perf/bench.sh   # quick look
+#   LATENCY=0 perf/bench.sh       # closed loop only (req/s, CPU per request; no oha needed)
+#   WORKERS=2 PROXY_CPU=0,1 LOAD_CPU=0,1 perf/bench.sh   # 2 workers each (threads: 2,
+#                                 # worker_processes 2, nbthread 2), everything on both cores
 #
 # Layout: every proxy pinned to CPU $PROXY_CPU with taskset, backend and load generators
 # pinned to CPU $LOAD_CPU. One worker each. Access logs of all three proxies go to files
@@ -22,12 +25,17 @@ LOAD_CPU=${LOAD_CPU:-1}
 OUT=${OUT:-perf/out}
 BIN=${BIN:-target/release}
 SYSTEMS=${SYSTEMS:-"direct gateway nginx haproxy"}
+WORKERS=${WORKERS:-1}            # worker threads/processes of each proxy
+LATENCY=${LATENCY:-1}            # 0: skip the open-loop latency samples
 
 BACKEND_PORT=24081 GATEWAY_PORT=24080 NGINX_PORT=24082 HAPROXY_PORT=24083 ADMIN_PORT=24901
 PATH_UNDER_TEST=/v1/documents
 
 . perf/lib-bench.sh
-bench_setup bench nginx haproxy wrk oha taskset python3 curl
+tools="nginx haproxy wrk taskset python3 curl"
+[ "$LATENCY" = 0 ] || tools="$tools oha"
+# shellcheck disable=SC2086
+bench_setup bench $tools
 trap bench_cleanup EXIT
 
 port_of() {
@@ -43,7 +51,7 @@ start_gateway
 start_nginx
 
 sed -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$HAPROXY_PORT#g" \
-  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" perf/haproxy.cfg >"$RUN/haproxy.cfg"
+  -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#^  nbthread 1#  nbthread $WORKERS#" perf/haproxy.cfg >"$RUN/haproxy.cfg"
 haproxy -c -q -f "$RUN/haproxy.cfg" >&2
 taskset -c "$PROXY_CPU" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy-access.log" 2>"$RUN/haproxy.err" &
 started haproxy $!
@@ -61,6 +69,7 @@ done
 echo "# machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)" >&2
 echo "# load before: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 record all load_before "$(cut -d' ' -f1 /proc/loadavg)"
+record all workers "$WORKERS"
 
 # --- closed loop: max req/s and CPU per request -----------------------------------------
 wrk_run() { # system duration -> prints "requests errors"
@@ -104,6 +113,7 @@ EOF
 )
 record all slowest_max "$slowest"
 for rep in $(seq 1 "$REPS"); do
+  [ "$LATENCY" = 0 ] && break
   for pct in 25 50 75; do
     rate=$((slowest * pct / 100))
     for s in $SYSTEMS; do
@@ -187,6 +197,7 @@ if all(med(s, "max_rps") for s in ("gateway", "nginx")):
 if med("gateway", "p99_ms_at_50") is not None and med("direct", "p99_ms_at_50") is not None:
     print(f"Added p99 over direct at 50 %: gateway {med('gateway', 'p99_ms_at_50') - med('direct', 'p99_ms_at_50'):.3f} ms"
           + "".join(f", {s} {med(s, 'p99_ms_at_50') - med('direct', 'p99_ms_at_50'):.3f} ms" for s in ("nginx", "haproxy") if med(s, "p99_ms_at_50") is not None) + ".")
+print(f"Workers per proxy: {data[('all', 'workers')][0]:.0f}.")
 print(f"Load average before/after: {data[('all', 'load_before')][0]} / {data[('all', 'load_after')][0]}.")
 EOF
 cat "$MD"

@@ -5,6 +5,10 @@
 #   perf/instructions.sh                        # gateway (perf/gateway-bench.yaml), bare pingora, nginx, haproxy
 #   SYSTEMS=gateway CONFIG=my.yaml perf/instructions.sh
 #   MAX_GATEWAY=100000 perf/instructions.sh     # exit 1 if the gateway needs more (an instruction budget)
+#   CONFIG=config/gateway.yaml RAISE_LIMITS=1 NO_XFF=1 SYSTEMS="gateway nginx" perf/instructions.sh
+#                                               # the shipped config: its policies, rates raised so
+#                                               # the one-client load is never refused (same checks);
+#                                               # NO_XFF=1: no X-Forwarded-For (perf/wrk-xff.lua)
 #
 # Method: start the system under `valgrind --tool=callgrind`, warm it up, zero the counters
 # (`callgrind_control -z`), load it for DURATION seconds with wrk (keep-alive, perf/wrk-xff.lua:
@@ -105,6 +109,10 @@ for s in $SYSTEMS; do
         -e "s#^admin_listen: .*#admin_listen: 127.0.0.1:$ADMIN_PORT#" \
         -e "s#^upstream: .*#upstream: 127.0.0.1:$BACKEND_PORT#" \
         -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" "$CONFIG" >"$RUN/gateway.yaml"
+      if [ "${RAISE_LIMITS:-0}" = 1 ]; then
+        sed -i -e "s#^\( *\)rate: [0-9]*/[a-z]*#\1rate: 1000000/s#" \
+          -e "s#^\( *\)burst: [0-9]*#\1burst: 1000000#" "$RUN/gateway.yaml"
+      fi
       "$BIN/gateway" check-config "$RUN/gateway.yaml" >&2
       valgrind --tool=callgrind --callgrind-out-file="$RUN/gateway.cg.%p" \
         "$BIN/gateway" --config "$RUN/gateway.yaml" >"$RUN/gateway-access.log" 2>"$RUN/gateway.err" &

@@ -90,7 +90,8 @@ start_gateway() { # [extra YAML appended to perf/gateway-bench.yaml]
   sed -e "s#^listen: .*#listen: 127.0.0.1:$GATEWAY_PORT#" \
     -e "s#^admin_listen: .*#admin_listen: 127.0.0.1:$ADMIN_PORT#" \
     -e "s#^upstream: .*#upstream: 127.0.0.1:$BACKEND_PORT#" \
-    -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" perf/gateway-bench.yaml >"$RUN/gateway.yaml"
+    -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" \
+    -e "s#^threads: 1 #threads: ${WORKERS:-1} #" perf/gateway-bench.yaml >"$RUN/gateway.yaml"
   printf '%s' "${1:-}" >>"$RUN/gateway.yaml"
   "$BIN/gateway" check-config "$RUN/gateway.yaml" >&2
   taskset -c "$PROXY_CPU" "$BIN/gateway" --config "$RUN/gateway.yaml" >"$RUN/gateway-access.log" 2>"$RUN/gateway.err" &
@@ -99,7 +100,8 @@ start_gateway() { # [extra YAML appended to perf/gateway-bench.yaml]
 
 start_nginx() { # [extra sed expression applied to perf/nginx.conf]
   sed -e "${1:-}" -e "s#@RUN@#$RUN#g" -e "s#@LISTEN@#127.0.0.1:$NGINX_PORT#g" \
-    -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#@LOG@#$RUN/nginx-access.log#g" perf/nginx.conf >"$RUN/nginx.conf"
+    -e "s#@BACKEND@#127.0.0.1:$BACKEND_PORT#g" -e "s#@LOG@#$RUN/nginx-access.log#g" \
+    -e "s#^worker_processes 1;#worker_processes ${WORKERS:-1};#" perf/nginx.conf >"$RUN/nginx.conf"
   nginx -t -q -c "$RUN/nginx.conf" -p "$RUN" 2>&1 | grep -v 'could not open error log file' >&2 || true
   taskset -c "$PROXY_CPU" nginx -c "$RUN/nginx.conf" -p "$RUN" 2>"$RUN/nginx.err" &
   started nginx $!

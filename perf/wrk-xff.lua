@@ -1,6 +1,7 @@
 -- wrk script for perf/bench.sh: each request names one of 1000 clients in
 -- X-Forwarded-For (198.18.0.0/15, header text only) and carries the bench's bearer
--- token (BENCH_TOKEN), so per-IP and per-user limits see realistic keys.
+-- token (BENCH_TOKEN), so per-IP and per-user limits see realistic keys. NO_XFF=1: no
+-- X-Forwarded-For (clients connected directly, as the shipped config, which trusts no proxy, expects).
 local reqs = {}
 local i = 0
 
@@ -9,7 +10,9 @@ function init(args)
   for n = 0, 999 do
     local headers = {}
     headers["Host"] = wrk.headers["Host"]
-    headers["X-Forwarded-For"] = string.format("198.18.%d.%d", math.floor(n / 250), n % 250 + 1)
+    if os.getenv("NO_XFF") ~= "1" then
+      headers["X-Forwarded-For"] = string.format("198.18.%d.%d", math.floor(n / 250), n % 250 + 1)
+    end
     if token and token ~= "" then
       headers["Authorization"] = "Bearer " .. token
     end

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use http::header::{HeaderName, FORWARDED};
 use http::HeaderMap;
 
 use crate::forwarding::trim_ows;
@@ -221,15 +222,18 @@ fn parse_forwarded_node(v: &[u8]) -> Node {
 /// its `Forwarded` element's `proto=` (the last element: the one that peer wrote), when it
 /// is `http` or `https`; otherwise what we saw (`https` when we terminated TLS).
 pub fn forwarded_proto(headers: &HeaderMap, peer_trusted: bool, tls: bool) -> &'static str {
+    // Pre-parsed names: a `&str` key is parsed and validated again on every lookup
+    // (~500 instructions for these two per request, perf/RESULTS.md).
+    const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
     let seen = if tls { "https" } else { "http" };
     if !peer_trusted {
         return seen;
     }
-    let xfp = headers.get_all("x-forwarded-proto").iter();
+    let xfp = headers.get_all(&X_FORWARDED_PROTO).iter();
     if let Some(v) = single(xfp).and_then(|v| scheme(v.as_bytes())) {
         return v;
     }
-    let last = headers.get_all("forwarded").iter().next_back();
+    let last = headers.get_all(FORWARDED).iter().next_back();
     let element = last.and_then(|v| SplitOutsideQuotes::new(v.as_bytes(), b',').last());
     // Only from an element the client-IP walker would accept too (exactly one valid `for`).
     let valid = element.filter(|e| parse_forwarded_element(e) != Node::Malformed);

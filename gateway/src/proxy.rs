@@ -229,7 +229,7 @@ impl ProxyHttp for Gateway {
         let (xff, real_ip) = resolution.upstream_values();
         upstream.insert_header("x-forwarded-for", xff)?;
         upstream.insert_header("x-real-ip", real_ip)?;
-        upstream.insert_header("x-forwarded-proto", proto)?;
+        upstream.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
         Ok(())
     }
