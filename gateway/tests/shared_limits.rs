@@ -335,13 +335,6 @@ async fn round_robin(
     (admitted, slowest)
 }
 
-/// Tokens a 60/min policy refills while a round runs since `started`. A round takes ~1–2 s
-/// here, but on a loaded machine several: the upper bounds grow with it (burst + refill +
-/// the sync slack), so a slow machine is not read as over-admission.
-fn refilled_at_one_per_second(started: Instant) -> usize {
-    started.elapsed().as_secs_f64().ceil() as usize
-}
-
 /// Traffic on every policy from fresh addresses while a fault is injected.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -502,12 +495,10 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         );
     }
     // Sharing works again (the new Redis had no scripts: NOSCRIPT → reload).
-    let started = Instant::now();
     let (admitted, _) = round_robin(&gws, "127.0.0.17", "/v1/sync/b", 120, paced).await;
-    let most = 43 + refilled_at_one_per_second(started);
     assert!(
-        (30..=most).contains(&admitted),
-        "{admitted} of 120 after recovery (at most {most})"
+        (30..=45).contains(&admitted),
+        "{admitted} of 120 after recovery"
     );
 
     // 6. SIGSTOP: a hung socket, not a refused one. Same outcome, then recovery.
@@ -543,12 +534,10 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         Duration::from_secs(5),
         in_sync,
     );
-    let started = Instant::now();
     let (admitted, _) = round_robin(&gws, "127.0.0.11", "/v1/sync/a", 60, paced).await;
-    let most = 33 + refilled_at_one_per_second(started);
     assert!(
-        (24..=most).contains(&admitted),
-        "{admitted} of 60 after the reload (at most {most})"
+        (24..=34).contains(&admitted),
+        "{admitted} of 60 after the reload"
     );
     let mut c = redis.conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
