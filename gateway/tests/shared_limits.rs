@@ -534,12 +534,30 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
         Duration::from_secs(5),
         in_sync,
     );
+    // The gauges above may still be the old engines'. The new ones are in sync once all
+    // three have announced themselves under the new prefix.
+    let mut c = redis.conn().await;
+    let started = Instant::now();
+    loop {
+        let n: u32 = redis::cmd("ZCARD")
+            .arg("edge2:replicas")
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if n == 3 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{n} of 3 new engines announced"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (admitted, _) = round_robin(&gws, "127.0.0.11", "/v1/sync/a", 60, paced).await;
     assert!(
         (24..=34).contains(&admitted),
         "{admitted} of 60 after the reload"
     );
-    let mut c = redis.conn().await;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg("edge2:rl:*")
         .query_async(&mut c)

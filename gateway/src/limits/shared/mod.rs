@@ -120,6 +120,9 @@ impl Engine {
 
     /// The engine to use after a reload: the previous one when Redis and the fleet-wide
     /// defaults are the same (state, connection and counters carry over), else a new one.
+    /// A new one starts from the previous fleet size: the fleet did not shrink because this
+    /// replica reconnects, and starting from 1 would let every replica spend the whole burst
+    /// until its first sync (seen: 46 of 60 admitted against a burst of 24 on 3 replicas).
     pub fn for_reload(
         cfg: &SharedLimitsConfig,
         previous: Option<&std::sync::Arc<Engine>>,
@@ -130,6 +133,7 @@ impl Engine {
                 prev.set_sync_interval(cfg.sync_interval);
                 return Ok(prev.clone());
             }
+            fresh.set_replicas(prev.replicas());
         }
         Ok(std::sync::Arc::new(fresh))
     }

@@ -150,6 +150,14 @@ fn reload_keeps_state_only_for_the_same_redis_and_fingerprint() {
         Arc::ptr_eq(&a, &b),
         "same Redis: same engine and connection"
     );
+    b.set_replicas(3);
     let c = Engine::for_reload(&yaml("redis://r2:6379/0"), Some(&b)).unwrap();
     assert!(!Arc::ptr_eq(&b, &c), "changed URL reconnects");
+    assert_eq!(
+        c.replicas(),
+        3,
+        "a reconnecting replica keeps the known fleet size"
+    );
+    let fresh = Engine::for_reload(&yaml("redis://r2:6379/0"), None).unwrap();
+    assert_eq!(fresh.replicas(), 1, "at startup the fleet size is unknown");
 }
