@@ -182,8 +182,8 @@ mod tests {
 
     #[test]
     fn identity_table() {
-        let keys = Keyring::from_yaml(KEYS).unwrap();
-        let good = keys.sign("u-alice", Duration::from_secs(60), SystemTime::now());
+        let (keys, _, now) = fresh();
+        let good = alice(&keys, now);
         let expired = keys.sign(
             "u-alice",
             Duration::from_secs(1),
@@ -266,16 +266,25 @@ mod tests {
         h
     }
 
+    /// The dev key set, an empty cache and the time the test runs at.
+    fn fresh() -> (Keyring, TokenCache, SystemTime) {
+        let keys = Keyring::from_yaml(KEYS).unwrap();
+        (keys, TokenCache::default(), SystemTime::now())
+    }
+
+    /// A token for u-alice valid for a minute from `now`.
+    fn alice(keys: &Keyring, now: SystemTime) -> String {
+        keys.sign("u-alice", Duration::from_secs(60), now)
+    }
+
     fn unix(t: SystemTime) -> u64 {
         t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
     }
 
     #[test]
     fn cache_serves_verified_tokens_until_exp_only() {
-        let keys = Keyring::from_yaml(KEYS).unwrap();
-        let cache = TokenCache::default();
-        let now = SystemTime::now();
-        let token = keys.sign("u-alice", Duration::from_secs(60), now);
+        let (keys, cache, now) = fresh();
+        let token = alice(&keys, now);
         let h = bearer(&token);
         for _ in 0..3 {
             assert_eq!(
@@ -313,10 +322,8 @@ mod tests {
 
     #[test]
     fn cache_never_accepts_what_verify_refuses() {
-        let keys = Keyring::from_yaml(KEYS).unwrap();
-        let cache = TokenCache::default();
-        let now = SystemTime::now();
-        let good = keys.sign("u-alice", Duration::from_secs(60), now);
+        let (keys, cache, now) = fresh();
+        let good = alice(&keys, now);
         // Same payload, one signature character changed: a different token text.
         let mut forged = good.clone();
         let last = forged.pop().unwrap();
@@ -346,9 +353,7 @@ mod tests {
 
     #[test]
     fn cache_stays_bounded() {
-        let keys = Keyring::from_yaml(KEYS).unwrap();
-        let cache = TokenCache::default();
-        let now = SystemTime::now();
+        let (keys, cache, now) = fresh();
         for i in 0..TOKEN_CACHE_ENTRIES + 10 {
             let t = keys.sign(&format!("u-{i}"), Duration::from_secs(60), now);
             assert_eq!(

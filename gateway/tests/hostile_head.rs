@@ -6,12 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use common::*;
-use jsonwebtoken::{Algorithm, EncodingKey};
 
 const CLIENT: &str = "127.0.0.3";
 
@@ -383,23 +380,6 @@ async fn host_rules_and_absolute_form_authority_wins() {
     }
 }
 
-/// A token signed with the real key whose JOSE header is `header_json`.
-fn token_with_header(header_json: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = format!(r#"{{"sub":"u-alice","iat":{now},"exp":{}}}"#, now + 600);
-    let msg = format!(
-        "{}.{}",
-        URL_SAFE_NO_PAD.encode(header_json),
-        URL_SAFE_NO_PAD.encode(claims)
-    );
-    let key = EncodingKey::from_secret(b"integration-test-secret-0123456789abcdef");
-    let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
-    format!("{msg}.{sig}")
-}
-
 /// Issue #13 §3: `crit` (and the other refused header parameters) → 401 at the edge and
 /// at the app, which share `keyring`; the same token with a plain header is accepted.
 #[tokio::test]
@@ -407,7 +387,7 @@ async fn crit_and_key_carrying_headers_are_401_at_the_edge_and_at_the_app() {
     let stub = Stub::start(StubMode::Echo).await;
     let gw = GatewayProc::start(stub.addr, "");
     let app = AppProc::start(&gw.key_file());
-    let good = token_with_header(r#"{"typ":"JWT","alg":"HS256","kid":"test-1"}"#);
+    let good = mint_token_with_header(r#"{"typ":"JWT","alg":"HS256","kid":"test-1"}"#);
     let hostile = [
         r#"{"alg":"HS256","kid":"test-1","crit":["exp"]}"#,
         r#"{"alg":"HS256","kid":"test-1","crit":[]}"#,
@@ -438,7 +418,7 @@ async fn crit_and_key_carrying_headers_are_401_at_the_edge_and_at_the_app() {
     assert_eq!(r.status, 200, "control: and at the app");
     let before = stub.count();
     for header in hostile {
-        let token = token_with_header(header);
+        let token = mint_token_with_header(header);
         let edge = get_from(
             CLIENT,
             gw.addr,

@@ -249,6 +249,29 @@ impl Keyring {
         jsonwebtoken::encode(&header, &claims, key).expect("HS256 signing")
     }
 
+    /// Signs like `sign` but under the JOSE header `header_json` given verbatim, so a test's
+    /// token can differ from a good one in its header alone. Test support: not in the binaries.
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn sign_with_header(
+        &self,
+        header_json: &str,
+        sub: &str,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> String {
+        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let claims = serde_json::json!({"sub": sub, "iat": iat, "exp": iat + ttl.as_secs()});
+        let msg = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header_json),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let key = &self.keys[&self.signing_kid].encoding;
+        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key, Algorithm::HS256)
+            .expect("HS256 signing");
+        format!("{msg}.{sig}")
+    }
+
     /// Verifies the header (`check_header`: HS256 only, no `crit` or key-carrying
     /// parameters), the signature with the key `kid` chooses, `exp` with leeway and `nbf`.
     pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
@@ -393,21 +416,6 @@ keys:
         }
     }
 
-    /// Signs `header_json` + a valid payload with the real `new` key, so only the header
-    /// can be the reason for a refusal.
-    fn signed_with_header(header_json: &str) -> String {
-        let t = now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let payload = format!(r#"{{"sub":"u","iat":{t},"exp":{}}}"#, t + 600);
-        let msg = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header_json),
-            URL_SAFE_NO_PAD.encode(payload)
-        );
-        let key = EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef-new");
-        let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &key, Algorithm::HS256).unwrap();
-        format!("{msg}.{sig}")
-    }
-
     #[test]
     fn hostile_headers_are_refused_even_when_correctly_signed() {
         use VerifyError::*;
@@ -469,9 +477,11 @@ keys:
             ("header truncated", r#"{"alg":"HS256","kid":"new""#, Err(Malformed)),
         ];
         for (name, header, want) in cases {
-            let got = ring.verify(&signed_with_header(header)).map(|c| {
-                assert_eq!(c.sub, "u");
-            });
+            let got = ring
+                .verify(&ring.sign_with_header(header, "u", Duration::from_secs(600), now()))
+                .map(|c| {
+                    assert_eq!(c.sub, "u");
+                });
             assert_eq!(&got, want, "case {name}: {header}");
         }
     }

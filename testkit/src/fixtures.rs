@@ -34,6 +34,19 @@ pub fn mint_token(sub: &str, ttl: Duration) -> String {
         .sign(sub, ttl, SystemTime::now())
 }
 
+/// Like `mint_token` for u-alice, but under the JOSE header `header_json` verbatim: a token
+/// whose only fault, if any, is its header.
+pub fn mint_token_with_header(header_json: &str) -> String {
+    keyring::Keyring::from_yaml(TEST_KEYS)
+        .unwrap()
+        .sign_with_header(
+            header_json,
+            "u-alice",
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use argon2::{PasswordHash, PasswordVerifier};

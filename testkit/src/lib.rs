@@ -8,7 +8,7 @@ pub mod http;
 pub mod process;
 pub mod stub;
 
-pub use fixtures::{mint_token, users_yaml, TEST_KEYS};
+pub use fixtures::{mint_token, mint_token_with_header, users_yaml, TEST_KEYS};
 pub use http::{
     get_blocking, owned_headers, parse_response, raw_request, read_until_close, Response,
 };

@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub use testkit::{
-    assert_all_passed, free_port, get_blocking, header_values, mint_token, parse_response,
-    raw_request, wait_until, ChildGuard, Response, Stub, StubMode, TEST_KEYS as DEV_KEYS,
+    assert_all_passed, free_port, get_blocking, header_values, mint_token, mint_token_with_header,
+    parse_response, raw_request, wait_until, ChildGuard, Response, Stub, StubMode,
+    TEST_KEYS as DEV_KEYS,
 };
 
 /// A temp dir holding `keys.yaml` with `DEV_KEYS`; keep the dir alive while the file is used.
