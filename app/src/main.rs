@@ -45,14 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match (cli.command, cli.config) {
         (Some(Command::HashPassword), _) => hash_password(),
-        (Some(Command::Healthcheck { url }), _) => {
-            if healthcheck::http_ok(&url, Duration::from_secs(2)) {
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("app: unhealthy: {url}");
-                ExitCode::FAILURE
-            }
-        }
+        (Some(Command::Healthcheck { url }), _) => healthcheck::command("app", &url),
         (None, Some(path)) => serve(path),
         (None, None) => unreachable!("clap requires --config without a subcommand"),
     }

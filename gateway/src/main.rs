@@ -40,13 +40,13 @@ enum Command {
         #[arg(long)]
         skip_files: bool,
     },
-    /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
-    Schema,
     /// GET the admin /healthz; exit 0 when it answers 200 (for container HEALTHCHECK).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:9901/healthz")]
         url: String,
     },
+    /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
+    Schema,
 }
 
 fn main() -> ExitCode {
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             print!("{}", gateway::config_schema::generate_json());
             ExitCode::SUCCESS
         }
-        Some(Command::Healthcheck { url }) => healthcheck(&url),
+        Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
         None => run(&cli.config),
     }
 }
@@ -113,15 +113,6 @@ fn describe_pair(file: &Path, p: &gateway::tls::cert::LoadedCert) -> String {
         "certificate chain of {} valid until {until}, {days} days left",
         p.chain_len
     )
-}
-
-fn healthcheck(url: &str) -> ExitCode {
-    if healthcheck::http_ok(url, Duration::from_secs(2)) {
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("unhealthy: {url}");
-        ExitCode::FAILURE
-    }
 }
 
 fn run(config_path: &Path) -> ExitCode {

@@ -84,13 +84,13 @@ async fn oversized_bodies_get_413() {
     );
 }
 
+/// Head limits the 431 cases below exceed: 8000 bytes in one header, 30 headers.
+const SMALL_HEADS: &str = "limits:\n  max_request_header_bytes: 4096\n  max_request_headers: 20\n";
+
 #[tokio::test]
 async fn oversized_and_malformed_heads_get_431_and_400() {
     let stub = Stub::start(StubMode::Echo).await;
-    let gw = GatewayProc::start(
-        stub.addr,
-        "limits:\n  max_request_header_bytes: 4096\n  max_request_headers: 20\n",
-    );
+    let gw = GatewayProc::start(stub.addr, SMALL_HEADS);
     let big = format!(
         "GET /v1/x HTTP/1.1\r\nHost: gw\r\nX-Big: {}\r\n\r\n",
         "a".repeat(8000)

@@ -5,7 +5,19 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::process::ExitCode;
 use std::time::Duration;
+
+/// The `healthcheck` subcommand of `program`: success when `url` answers 200 within 2 s,
+/// else a line on stderr and failure (what a container HEALTHCHECK reads).
+pub fn command(program: &str, url: &str) -> ExitCode {
+    if http_ok(url, Duration::from_secs(2)) {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{program}: unhealthy: {url}");
+        ExitCode::FAILURE
+    }
+}
 
 /// GETs a plain `http://host:port/path` URL; true only for a 200 within `timeout`
 /// (per connect and per read).
