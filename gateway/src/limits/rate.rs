@@ -118,22 +118,19 @@ mod tests {
 
     #[test]
     fn parses_good_rates() {
-        let cases = [
-            ("1/s", 1, 1),
-            ("100/sec", 100, 1),
-            ("5/second", 5, 1),
-            ("100/m", 100, 60),
-            ("100/min", 100, 60),
-            ("7/minute", 7, 60),
-            ("10/h", 10, 3_600),
-            ("10/hour", 10, 3_600),
-            ("1/d", 1, 86_400),
-            ("1000/day", 1000, 86_400),
-            ("1000000000/s", 1_000_000_000, 1),
-            ("010/s", 10, 1),
-            (" 100/min ", 100, 60),
+        // (count, seconds per period, spellings)
+        #[rustfmt::skip]
+        let cases: &[(u32, u64, &[&str])] = &[
+            (1, 1, &["1/s"]), (100, 1, &["100/sec"]), (5, 1, &["5/second"]),
+            (100, 60, &["100/m", "100/min", " 100/min "]), (7, 60, &["7/minute"]),
+            (10, 3_600, &["10/h", "10/hour"]),
+            (1, 86_400, &["1/d"]), (1000, 86_400, &["1000/day"]),
+            (1_000_000_000, 1, &["1000000000/s"]), (10, 1, &["010/s"]),
         ];
-        for (input, count, secs) in cases {
+        for (input, count, secs) in cases
+            .iter()
+            .flat_map(|&(count, secs, spellings)| spellings.iter().map(move |s| (*s, count, secs)))
+        {
             let r: Rate = input.parse().unwrap_or_else(|e| panic!("{input}: {e}"));
             assert_eq!(r.count, count, "{input}");
             assert_eq!(r.period, Duration::from_secs(secs), "{input}");
@@ -142,30 +139,20 @@ mod tests {
 
     #[test]
     fn rejects_hostile_rates() {
-        let cases = [
-            ("0/min", "at least 1"),
-            ("10/fortnight", "unknown unit"),
-            ("-1/s", "ASCII digits"),
-            ("+1/s", "ASCII digits"),
-            ("1.5/s", "ASCII digits"),
-            ("1e3/s", "ASCII digits"),
-            ("/s", "missing count"),
-            ("10/", "missing unit"),
-            ("10", "missing '/'"),
-            ("99999999999/s", "larger than"),
-            ("1000000001/s", "larger than"),
-            ("18446744073709551616/s", "larger than"),
-            ("１０/s", "ASCII digits"),
-            ("10/ｓ", "unknown unit"),
-            ("10/MIN", "unknown unit"),
-            ("10/s/s", "unknown unit"),
-            ("10 /s", "ASCII digits"),
-            ("10/ s", "unknown unit"),
-            ("", "empty"),
-            ("   ", "empty"),
-            ("\t\n", "empty"),
+        // (what the message says, inputs)
+        #[rustfmt::skip]
+        let cases: &[(&str, &[&str])] = &[
+            ("ASCII digits", &["-1/s", "+1/s", "1.5/s", "1e3/s", "１０/s", "10 /s"]),
+            ("unknown unit", &["10/fortnight", "10/ｓ", "10/MIN", "10/s/s", "10/ s"]),
+            ("larger than", &["99999999999/s", "1000000001/s", "18446744073709551616/s"]),
+            ("empty", &["", "   ", "\t\n"]),
+            ("at least 1", &["0/min"]), ("missing count", &["/s"]), ("missing unit", &["10/"]),
+            ("missing '/'", &["10"]),
         ];
-        for (input, want) in cases {
+        for (input, want) in cases
+            .iter()
+            .flat_map(|&(want, inputs)| inputs.iter().map(move |i| (*i, want)))
+        {
             let e = input.parse::<Rate>().expect_err(input).to_string();
             assert!(e.contains(want), "{input:?}: {e}");
             assert!(e.contains("expected N/s"), "message explains format: {e}");
