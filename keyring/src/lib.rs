@@ -74,6 +74,18 @@ pub struct Claims {
     pub iat: u64,
 }
 
+impl Claims {
+    /// Claims for `sub` issued at `now`, expiring `ttl` later.
+    fn new(sub: &str, ttl: Duration, now: SystemTime) -> Claims {
+        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        Claims {
+            sub: sub.to_owned(),
+            iat,
+            exp: iat + ttl.as_secs(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyFile {
@@ -236,12 +248,7 @@ impl Keyring {
 
     /// Signs a token for `sub` valid for `ttl` from `now`.
     pub fn sign(&self, sub: &str, ttl: Duration, now: SystemTime) -> String {
-        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let claims = Claims {
-            sub: sub.to_owned(),
-            iat,
-            exp: iat + ttl.as_secs(),
-        };
+        let claims = Claims::new(sub, ttl, now);
         let mut header = Header::new(Algorithm::HS256);
         header.kid = Some(self.signing_kid.clone());
         let key = &self.keys[&self.signing_kid].encoding;
@@ -259,12 +266,11 @@ impl Keyring {
         ttl: Duration,
         now: SystemTime,
     ) -> String {
-        let iat = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let claims = serde_json::json!({"sub": sub, "iat": iat, "exp": iat + ttl.as_secs()});
+        let claims = serde_json::to_string(&Claims::new(sub, ttl, now)).expect("plain struct");
         let msg = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header_json),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
+            URL_SAFE_NO_PAD.encode(claims)
         );
         let key = &self.keys[&self.signing_kid].encoding;
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), key, Algorithm::HS256)
