@@ -17,6 +17,9 @@ use crate::invalid::Invalid;
 use crate::limits::shared::config::SharedLimitsConfig;
 use crate::limits::RateLimitsConfig;
 
+mod yaml_path;
+pub use yaml_path::locate_field;
+
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "Edge gateway config (config/gateway.yaml)")]
@@ -685,61 +688,6 @@ impl Config {
     pub fn route_for(&self, path: &str) -> Option<&RoutePrefix> {
         self.routes.iter().find(|r| r.matches(path))
     }
-}
-
-/// Best-effort line number of a dotted field path (`a.b[2].c`) in block-style YAML,
-/// so validation errors point at a line like parse errors do.
-pub fn locate_field(text: &str, field: &str) -> Option<usize> {
-    let mut line_no = 0usize; // index into lines where the search continues
-    let lines: Vec<&str> = text.lines().collect();
-    let mut min_indent = 0usize;
-    let mut found = None;
-    for part in field.split('.') {
-        let (key, index) = match part.split_once('[') {
-            Some((k, rest)) => (k, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        let mut hit = None;
-        for (i, l) in lines.iter().enumerate().skip(line_no) {
-            let indent = l.len() - l.trim_start().len();
-            let t = l.trim_start().trim_start_matches("- ");
-            if indent < min_indent && !l.trim().is_empty() && i > line_no {
-                break;
-            }
-            if t.starts_with(&format!("{key}:")) && indent >= min_indent {
-                hit = Some((i, indent));
-                break;
-            }
-        }
-        let (i, indent) = hit?;
-        found = Some(i + 1);
-        line_no = i + 1;
-        min_indent = indent + 1;
-        if let Some(n) = index {
-            // Walk to the n-th "- " item below the key.
-            let mut seen = 0usize;
-            let mut item = None;
-            for (j, l) in lines.iter().enumerate().skip(line_no) {
-                let ind = l.len() - l.trim_start().len();
-                if !l.trim().is_empty() && ind <= indent && !l.trim_start().starts_with("- ") {
-                    break;
-                }
-                if l.trim_start().starts_with("- ") {
-                    if seen == n {
-                        item = Some((j, ind));
-                        break;
-                    }
-                    seen += 1;
-                }
-            }
-            let (j, ind) = item?;
-            found = Some(j + 1);
-            // The item's first key sits on the dash line itself.
-            line_no = j;
-            min_indent = ind;
-        }
-    }
-    found
 }
 
 #[cfg(test)]
