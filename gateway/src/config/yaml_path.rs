@@ -43,12 +43,15 @@ fn steps(path: &str) -> Option<Vec<Step<'_>>> {
 /// left to its default, a path through an alias) or the text is not YAML. Never panics.
 pub fn locate_field(text: &str, path: &str) -> Option<usize> {
     let steps = steps(path)?;
-    // Only ever called on an error path, so a whole first pass is cheap: it keeps a text
-    // that breaks after the field from getting a line out of a half-parsed stream.
-    if !Parser::new_from_str(text).all(|event| event.is_ok()) {
-        return None;
-    }
-    let mut events = Parser::new_from_str(text).map_while(Result::ok);
+    let mut parser = Parser::new_from_str(text);
+    // A scan error before the path's end stops the walk (`map_while`); one after it is
+    // found by reading on, so a text that breaks later gets no line from a half-read stream.
+    let line = walk(steps, parser.by_ref().map_while(Result::ok))?;
+    parser.all(|event| event.is_ok()).then_some(line)
+}
+
+/// Follows `steps` from the first document's root node; the line of the last step.
+fn walk<'a>(steps: Vec<Step>, mut events: impl Events<'a>) -> Option<usize> {
     events.find(|(event, _)| matches!(event, Event::DocumentStart(_)))?;
     let (mut node, _) = events.next()?;
     let mut line = None;
@@ -64,10 +67,12 @@ pub fn locate_field(text: &str, path: &str) -> Option<usize> {
     line
 }
 
-type Events<'a> = dyn Iterator<Item = (Event<'a>, Span)> + 'a;
+/// saphyr-parser's events with their spans, cut off at the first scan error.
+trait Events<'a>: Iterator<Item = (Event<'a>, Span)> {}
+impl<'a, I: Iterator<Item = (Event<'a>, Span)>> Events<'a> for I {}
 
 /// Inside a mapping: finds `key`, returns the value's first event and the key's span.
-fn value_of<'a>(key: &str, events: &mut Events<'a>) -> Option<(Event<'a>, Span)> {
+fn value_of<'a>(key: &str, events: &mut impl Events<'a>) -> Option<(Event<'a>, Span)> {
     loop {
         let (k, span) = events.next()?;
         match k {
@@ -83,7 +88,7 @@ fn value_of<'a>(key: &str, events: &mut Events<'a>) -> Option<(Event<'a>, Span)>
 }
 
 /// Inside a sequence: returns the `index`-th item's first event and span.
-fn item<'a>(index: usize, events: &mut Events<'a>) -> Option<(Event<'a>, Span)> {
+fn item<'a>(index: usize, events: &mut impl Events<'a>) -> Option<(Event<'a>, Span)> {
     for _ in 0..index {
         let (skipped, _) = events.next()?;
         if matches!(skipped, Event::SequenceEnd) {
@@ -97,7 +102,7 @@ fn item<'a>(index: usize, events: &mut Events<'a>) -> Option<(Event<'a>, Span)> 
 
 /// Consumes the rest of the node `first` starts: a whole collection, however deep, without
 /// recursion.
-fn skip_rest_of(first: &Event, events: &mut Events) -> Option<()> {
+fn skip_rest_of<'a>(first: &Event, events: &mut impl Events<'a>) -> Option<()> {
     let opens = |e: &Event| matches!(e, Event::MappingStart(..) | Event::SequenceStart(..));
     let mut depth = usize::from(opens(first));
     while depth > 0 {
