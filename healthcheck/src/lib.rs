@@ -35,7 +35,9 @@ fn probe(url: &str, timeout: Duration) -> Option<bool> {
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").ok()?;
+    // One write: `write!` on a socket is a syscall (and a segment) per piece of the format.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
     // "HTTP/1.x 200 " — the status code must be exactly 200, followed by its SP.
     let mut status_line = [0u8; 13];
     stream.read_exact(&mut status_line).ok()?;
@@ -48,14 +50,21 @@ mod tests {
     use std::net::TcpListener;
     use std::thread;
 
-    /// Serves one connection with `reply` and returns the URL to reach it.
+    /// Serves one connection with `reply` and returns the URL to reach it. It reads the whole
+    /// request head first: closing with unread bytes makes the kernel reset the connection,
+    /// which can discard the reply before the probe reads it.
     fn serve_once(reply: &'static [u8]) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/healthz", listener.local_addr().unwrap());
         thread::spawn(move || {
             if let Ok((mut s, _)) = listener.accept() {
-                let mut buf = [0u8; 512];
-                let _ = s.read(&mut buf);
+                let (mut head, mut buf) = (Vec::new(), [0u8; 512]);
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = s.write_all(reply);
             }
         });
