@@ -1,4 +1,4 @@
-//! Forwarded-header parser (`gateway::client_ip::resolve`): never panics, and the
+//! Forwarded-header parser (`gateway::admit::client_ip::resolve`): never panics, and the
 //! result keeps its trust invariants whatever a proxy chain writes.
 //!
 //! Input layout (so libFuzzer can mutate header text directly):
@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 
-use gateway::client_ip::{resolve, ClientIpPolicy, ForwardedHeader, TrustDecision};
+use gateway::admit::client_ip::{resolve, ClientIpPolicy, ForwardedHeader, TrustDecision};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,4 +1,4 @@
-//! Head reader: `gateway::head::scan_head` and `origin_form`, checked against pingora's
+//! Head reader: `gateway::accept::h1::head::scan_head` and `origin_form`, checked against pingora's
 //! own HTTP/1 reader (`HttpSession::read_request`, what the proxy runs next).
 //!
 //! Byte 0 picks the mode: even = the rest is raw bytes; odd = the rest drives an
@@ -16,7 +16,7 @@
 use std::sync::OnceLock;
 
 use arbitrary::{Arbitrary, Unstructured};
-use gateway::head::{oracle, origin_form, scan_head, HeadScan};
+use gateway::accept::h1::head::{oracle, origin_form, scan_head, HeadScan};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]

@@ -1,4 +1,4 @@
-//! Token parser: `keyring::Keyring::verify` and `gateway::identity::identify`.
+//! Token parser: `keyring::Keyring::verify` and `gateway::admit::identity::identify`.
 //! Never panics; only a correctly signed token with a usable `sub` is a user.
 //!
 //! Byte 0 picks the mode:
@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use gateway::identity::{identify, Identity};
+use gateway::admit::identity::{identify, Identity};
 use http::{header::AUTHORIZATION, HeaderMap, HeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use keyring::{Keyring, VerifyError};

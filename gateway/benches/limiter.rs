@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gateway::limits::store::Store;
-use gateway::limits::{Limiter, RateLimitsConfig, RequestFacts};
+use gateway::admit::limits::store::Store;
+use gateway::admit::limits::{Limiter, RateLimitsConfig, RequestFacts};
 
 const SEC: u64 = 1_000_000_000;
 const T0: u64 = 1_000 * SEC;

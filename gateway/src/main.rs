@@ -8,9 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gateway::config::Config;
+use gateway::accept as listener;
+use gateway::forward::{proxy, upstream};
+use gateway::observe::logging;
+use gateway::operate::certs::{self as cert_reload, decide as cert_watch};
+use gateway::operate::config::Config;
+use gateway::operate::{admin, reload};
 use gateway::state::{Live, Shared};
-use gateway::{admin, cert_reload, cert_watch, listener, logging, proxy, reload, upstream};
 use pingora::server::configuration::ServerConf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file, skip_files }) => check_config(&file, skip_files),
         Some(Command::Schema) => {
-            print!("{}", gateway::config_schema::generate_json());
+            print!("{}", gateway::operate::config::schema::generate_json());
             ExitCode::SUCCESS
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
@@ -95,7 +99,7 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
 }
 
 /// "certificate valid until …" for the ok line; a warning on stderr inside the 14-day window.
-fn describe_pair(file: &Path, p: &gateway::tls::cert::LoadedCert) -> String {
+fn describe_pair(file: &Path, p: &gateway::accept::tls::cert::LoadedCert) -> String {
     let now = p
         .checked_at
         .duration_since(std::time::UNIX_EPOCH)
@@ -165,7 +169,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         // The same check as `check-config`: errors say file:line and the field.
         let loaded = cert_reload::check(&c, config_path).map_err(|e| e.to_string());
         let loaded = loaded.map(|l| l.expect("tls is set"));
-        match loaded.and_then(|l| gateway::tls::TlsState::new(&l).map(|s| (s, l))) {
+        match loaded.and_then(|l| gateway::accept::tls::TlsState::new(&l).map(|s| (s, l))) {
             Ok((state, l)) => {
                 tracing::info!(cert = %t.cert_file.display(), not_after = l.not_after_unix(), "tls on");
                 shared = shared.with_tls(state);
@@ -228,11 +232,11 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
     ));
     tokio::spawn(reload::watch(shared.clone()));
     let (source, export) = (shared.clone(), shared.clone());
-    tokio::spawn(gateway::limits::shared::sync::run(
+    tokio::spawn(gateway::admit::limits::shared::sync::run(
         move || {
             let live = source.live.load();
             let engine = live.shared_limits.clone()?;
-            Some(gateway::limits::shared::sync::Snapshot {
+            Some(gateway::admit::limits::shared::sync::Snapshot {
                 engine,
                 policies: live.limiter.shared_policies(),
             })

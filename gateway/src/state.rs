@@ -8,17 +8,17 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use keyring::Keyring;
 
-use crate::blocklist::Blocklist;
-use crate::client_ip::ClientIpPolicy;
-use crate::config::Config;
-use crate::identity::TokenCache;
-use crate::inflight::InflightCap;
-use crate::limits::shared::Engine;
-use crate::limits::Limiter;
-use crate::listener::admission::ConnLimits;
-use crate::metrics::Metrics;
-use crate::tls::TlsState;
-use crate::upstream::UpstreamState;
+use crate::accept::caps::ConnLimits;
+use crate::accept::tls::TlsState;
+use crate::admit::blocklist::Blocklist;
+use crate::admit::client_ip::ClientIpPolicy;
+use crate::admit::identity::TokenCache;
+use crate::admit::inflight::InflightCap;
+use crate::admit::limits::shared::Engine;
+use crate::admit::limits::Limiter;
+use crate::forward::upstream::UpstreamState;
+use crate::observe::metrics::Metrics;
+use crate::operate::config::Config;
 
 /// Everything a request reads from config, swapped atomically on reload. A
 /// request loads it once, so it never sees half of an old and half of a new config.

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use gateway::limits::shared::{script, sync};
+use gateway::admit::limits::shared::{script, sync};
 
 fn redis_server_available() -> bool {
     Command::new("redis-server")

@@ -1,0 +1,6 @@
+//! Observe: metrics, the per-request log record, the access log and JSON logging.
+
+pub mod access_log;
+pub mod logging;
+pub mod metrics;
+pub mod textfmt;
