@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use gateway::accept as listener;
+use gateway::admit::limits::shared::metrics::SharedMetrics;
 use gateway::forward::{proxy, upstream};
 use gateway::observe::logging;
 use gateway::operate::certs::{self as cert_reload, decide as cert_watch};
@@ -241,7 +242,8 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
                 policies: live.limiter.shared_policies(),
             })
         },
-        move |on| export.metrics.export_shared_limits(on),
+        // `gateway_shared_limits_*` are exported only while `shared_limits` is configured.
+        move |on| SharedMetrics::get().export(export.metrics.registry(), on),
     ));
     let permits = Arc::new(Semaphore::new(c.limits.max_connections));
     tokio::spawn(listener::serve(

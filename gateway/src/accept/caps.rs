@@ -34,9 +34,6 @@ pub const MAX_KEYS: usize = 100_000;
 pub const LOG_INTERVAL_NS: u64 = 10_000_000_000;
 const LOG_KEYS: usize = 10_000;
 
-/// `gateway_connection_rejections_total{reason}` labels.
-pub const REASONS: &[&str] = &[Reason::TooManyOpen.as_str(), Reason::TooManyNew.as_str()];
-
 /// A client as the caps see it: (4 or 6, address or IPv6 prefix).
 pub type ClientKey = (u8, u128);
 
@@ -49,6 +46,7 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// One of `labels::CONNECTION_REJECTIONS`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::TooManyOpen => "per_client_open",
@@ -158,6 +156,12 @@ mod tests {
     use std::time::Duration;
 
     const S: u64 = 1_000_000_000;
+
+    #[test]
+    fn reasons_are_the_registered_labels() {
+        let all = [Reason::TooManyOpen, Reason::TooManyNew].map(Reason::as_str);
+        assert_eq!(all, crate::observe::labels::CONNECTION_REJECTIONS);
+    }
 
     fn caps(max_open: usize, per_sec: u32, burst: u32) -> Caps {
         let rate = Rate {

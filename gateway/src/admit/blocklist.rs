@@ -14,7 +14,7 @@ use crate::operate::config::invalid::Invalid;
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
     /// Client addresses (as resolved by the client-IP stage) to refuse.
-    #[schemars(schema_with = "crate::operate::config::schema::cidr_list")]
+    #[schemars(schema_with = "crate::operate::config::field_schema::cidr_list")]
     pub clients: Vec<IpNet>,
     /// User ids (the token's `sub`) to refuse, even with a valid token.
     pub users: Vec<String>,

@@ -158,7 +158,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         upstream_ms: f.upstream_elapsed.map(millis),
         peer: peer_ip(f.digest),
         client_ip: f.resolution.map(|r| r.client),
-        trust: f.resolution.map(|r| r.decision),
+        trust: f.resolution.map(|r| r.decision.as_str()),
         forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
         user_id: f.identity.user_id(),
         auth: f.identity.auth_label(),

@@ -6,6 +6,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
+use crate::observe::labels;
+
 /// Latency buckets in seconds: fine below 50 ms where our SLOs live.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -149,19 +151,19 @@ impl Metrics {
             &r,
             "gateway_tls_handshake_failures_total",
             "TLS handshakes that failed, by reason (timeout, not_tls, protocol_version, ...).",
-            crate::accept::tls::acceptor::HANDSHAKE_FAILURE_REASONS,
+            labels::TLS_HANDSHAKE_FAILURES,
         );
         let connection_rejections = reason_counter(
             &r,
             "gateway_connection_rejections_total",
             "Connections closed at accept by a per-client cap, by reason (per_client_open, per_client_rate).",
-            crate::accept::caps::REASONS,
+            labels::CONNECTION_REJECTIONS,
         );
         let h2_closed = reason_counter(
             &r,
             "gateway_h2_connections_closed_total",
             "HTTP/2 connections closed, by reason (client_closed, idle_timeout, rapid_reset, ...).",
-            crate::accept::h2::CLOSE_REASONS,
+            labels::H2_CLOSE_REASONS,
         );
         Metrics {
             tls_handshake_failures,
@@ -251,10 +253,10 @@ impl Metrics {
         }
     }
 
-    /// Adds (or removes) the `gateway_shared_limits_*` metrics: exported only while
-    /// `shared_limits` is configured.
-    pub fn export_shared_limits(&self, on: bool) {
-        crate::admit::limits::shared::metrics::SharedMetrics::get().export(&self.registry, on);
+    /// The registry `render` gathers: features that own process-wide metrics (the shared
+    /// limits') add theirs here.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// Sets the served leaf's `not_after` (unix seconds) and exports the gauge; `None`

@@ -26,22 +26,6 @@ use crate::operate::config::Http2Config;
 use crate::state::Shared;
 use frames::{FrameLimits, FrameWatch, Violation};
 
-/// The `reason` label of `gateway_h2_connections_closed_total`.
-pub const CLOSE_REASONS: &[&str] = &[
-    "client_closed",
-    "idle_timeout",
-    "header_timeout",
-    "ping_timeout",
-    "rapid_reset",
-    "control_flood",
-    "continuation_flood",
-    "enhance_your_calm",
-    "malformed_streams",
-    "protocol_error",
-    "handshake_failed",
-    "shutdown",
-];
-
 /// Streams pingora refused (bad :path, Content-Length, authority) before the connection goes:
 /// pingora's own accept loop keeps this budget, its public `from_h2_conn` does not.
 const MAX_REJECTED_STREAMS: usize = 32;
@@ -340,6 +324,7 @@ fn close_reason(e: &pingora::Error, violation: Option<Violation>, draining: bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::labels::H2_CLOSE_REASONS;
 
     #[test]
     fn header_list_size_counts_pseudo_headers_and_overhead() {
@@ -376,10 +361,10 @@ mod tests {
         for (e, v, draining, want) in cases {
             let got = close_reason(e, v, draining);
             assert_eq!(got, want, "{e} {v:?}");
-            assert!(CLOSE_REASONS.contains(&got));
+            assert!(H2_CLOSE_REASONS.contains(&got));
         }
         for v in VIOLATIONS {
-            assert!(CLOSE_REASONS.contains(&v.reason()));
+            assert!(H2_CLOSE_REASONS.contains(&v.reason()));
         }
     }
 }

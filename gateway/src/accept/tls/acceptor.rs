@@ -24,19 +24,6 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<ServerConfig, rustls
     Ok(config)
 }
 
-/// Why a handshake failed: the `reason` label of `gateway_tls_handshake_failures_total`.
-pub const HANDSHAKE_FAILURE_REASONS: &[&str] = &[
-    "timeout",
-    "not_tls",
-    "protocol_version",
-    "no_shared_cipher",
-    "no_alpn",
-    "alert",
-    "malformed",
-    "eof",
-    "other",
-];
-
 /// Runs the server handshake within `deadline`.
 pub async fn handshake(
     acceptor: &TlsAcceptor,
@@ -50,7 +37,7 @@ pub async fn handshake(
     }
 }
 
-/// Pure: an accept error to one of `HANDSHAKE_FAILURE_REASONS`.
+/// Pure: an accept error to one of `labels::TLS_HANDSHAKE_FAILURES`.
 pub fn classify(e: &io::Error) -> &'static str {
     use rustls::{Error, InvalidMessage, PeerIncompatible as P, PeerMisbehaved};
     let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
@@ -86,6 +73,7 @@ pub fn classify(e: &io::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::labels::TLS_HANDSHAKE_FAILURES;
     use rustls::{AlertDescription, Error, InvalidMessage, PeerIncompatible};
 
     #[test]
@@ -125,7 +113,7 @@ mod tests {
         for (e, want) in cases {
             let got = classify(&e);
             assert_eq!(got, want, "{e:?}");
-            assert!(HANDSHAKE_FAILURE_REASONS.contains(&got));
+            assert!(TLS_HANDSHAKE_FAILURES.contains(&got));
         }
     }
 

@@ -1,16 +1,24 @@
 //! Rate-limit config as operators write it (YAML), its validation, and route matching.
 
-use schemars::JsonSchema;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 
 use super::rate::Rate;
-use super::shared::config::{OnUnavailable, SharedMode};
+use super::shared::config::{OnUnavailable, SharedLimitsConfig, SharedMode};
 use crate::operate::config::invalid::Invalid;
 
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
 pub const MAX_BURST: u32 = 1_000_000;
 pub const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// The schema of a policy's `methods:` list.
+fn methods_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": { "enum": KNOWN_METHODS }
+    })
+}
 /// Field paths in errors are relative to this (where the lead mounts the section).
 const ROOT: &str = "rate_limits";
 
@@ -21,7 +29,7 @@ pub struct RateLimitsConfig {
     #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: u8,
     /// Clients in these networks skip per-IP policies (not user or global ones).
-    #[schemars(schema_with = "crate::operate::config::schema::cidr_list")]
+    #[schemars(schema_with = "crate::operate::config::field_schema::cidr_list")]
     pub exempt: Vec<ipnet::IpNet>,
     /// Per-policy cap on tracked keys.
     #[schemars(range(min = 1))]
@@ -88,7 +96,7 @@ pub enum Mode {
 pub struct MatchConfig {
     /// Empty = any method.
     #[serde(default)]
-    #[schemars(schema_with = "crate::operate::config::schema::methods")]
+    #[schemars(schema_with = "methods_schema")]
     pub methods: Vec<String>,
     /// None = any path.
     #[serde(default)]
@@ -214,6 +222,40 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
         return false;
     };
     prefix.ends_with('/') || matches!(rest.bytes().next(), None | Some(b'/' | b'?'))
+}
+
+/// Per-policy sharing asked for without `shared_limits:` is an error: the operator meant
+/// to share and would silently get N× the limit.
+pub fn validate_policies(
+    shared: Option<&SharedLimitsConfig>,
+    policies: &[PolicyConfig],
+) -> Result<(), Invalid> {
+    if let Some(s) = shared {
+        s.validate()?;
+    }
+    for (i, p) in policies.iter().enumerate() {
+        let at = format!("rate_limits.policies[{i}]");
+        if shared.is_none() {
+            if matches!(p.shared, Some(SharedMode::Sync | SharedMode::Exact)) {
+                return Err(Invalid::new(
+                    format!("{at}.shared"),
+                    "needs a top-level shared_limits section (or use `local`)",
+                ));
+            }
+            if p.on_unavailable.is_some() {
+                return Err(Invalid::new(
+                    format!("{at}.on_unavailable"),
+                    "only applies with a top-level shared_limits section",
+                ));
+            }
+        } else if p.shared == Some(SharedMode::Local) && p.on_unavailable.is_some() {
+            return Err(Invalid::new(
+                format!("{at}.on_unavailable"),
+                "has no effect on a `shared: local` policy",
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

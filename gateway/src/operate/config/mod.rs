@@ -16,6 +16,7 @@ use crate::admit::limits::shared::config::SharedLimitsConfig;
 use crate::admit::limits::RateLimitsConfig;
 use crate::operate::config::invalid::Invalid;
 
+pub mod field_schema;
 pub mod invalid;
 pub mod schema;
 mod yaml_path;
@@ -35,7 +36,7 @@ pub struct Config {
     pub upstream: Upstream,
     /// Peers whose forwarded headers are believed. Empty = trust no one.
     #[serde(default)]
-    #[schemars(schema_with = "schema::cidr_list")]
+    #[schemars(schema_with = "field_schema::cidr_list")]
     pub trusted_proxies: Vec<IpNet>,
     /// Which forwarded headers to read from a trusted peer, in order of preference.
     #[serde(default = "defaults::forwarded_headers")]
@@ -90,7 +91,7 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// A TLS handshake must complete within this; else the connection is closed and counted.
     #[serde(default = "defaults::tls_handshake", deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub handshake_timeout: Duration,
 }
 
@@ -129,24 +130,24 @@ pub struct Http2Config {
     pub max_continuation_frames: u32,
     /// The window the two frame budgets above are counted in.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub flood_window: Duration,
     /// A stream's header block (HEADERS to END_HEADERS) and a new connection's first
     /// request must arrive within this; else the connection is closed.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub header_timeout: Duration,
     /// A connection with no open stream for this long is closed.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub idle_timeout: Duration,
     /// How often we PING the client.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub keepalive_interval: Duration,
     /// A PING unanswered for this long closes the connection.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub keepalive_timeout: Duration,
 }
 
@@ -175,42 +176,42 @@ impl Default for Http2Config {
 pub struct Timeouts {
     /// Whole request head (line + headers) must arrive within this; else 408.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub request_header: Duration,
     /// Longest gap between two reads of a request body; else 408.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub downstream_read: Duration,
     /// Longest a write to the client may stall.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub downstream_write: Duration,
     /// Idle time allowed between requests on a keep-alive connection.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub keepalive_idle: Duration,
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub upstream_connect: Duration,
     /// Longest gap between two reads from the app; else 504.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub upstream_read: Duration,
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub upstream_write: Duration,
     /// Idle pooled upstream connections are closed after this.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub upstream_idle: Duration,
     /// After SIGTERM: time for in-flight requests to finish before exit.
     /// Keep it below the container's stop grace period (compose: 20 s).
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub shutdown_grace: Duration,
     /// How often the upstream name is re-resolved and probed.
     #[serde(deserialize_with = "duration")]
-    #[schemars(schema_with = "schema::duration")]
+    #[schemars(schema_with = "field_schema::duration")]
     pub upstream_refresh: Duration,
 }
 
@@ -609,7 +610,7 @@ impl Config {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
         self.rate_limits.validate()?;
-        crate::admit::limits::shared::config::validate_policies(
+        crate::admit::limits::policy::validate_policies(
             self.shared_limits.as_ref(),
             &self.rate_limits.policies,
         )?;
@@ -873,5 +874,79 @@ mod tests {
         assert_eq!(locate_field(text, "rate_limits.policies[1].burst"), Some(7));
         assert_eq!(locate_field(text, "rate_limits.policies[0].name"), Some(4));
         assert_eq!(locate_field(text, "nope"), None);
+    }
+}
+
+#[cfg(test)]
+mod shared_limits_file_tests {
+    use super::Config;
+    use crate::admit::limits::shared::config::OnUnavailable;
+
+    const BASE: &str = "upstream: 127.0.0.1:8081\ntoken_key_file: keys.yaml\n";
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, usize, &str)] = &[
+            ("sync without shared_limits",
+             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: sync\n",
+             7, "rate_limits.policies[0].shared"),
+            ("exact without shared_limits",
+             "rate_limits:\n  policies:\n    - {name: a, key: ip, rate: 1/s, burst: 1}\n    - name: b\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: exact\n",
+             8, "rate_limits.policies[1].shared"),
+            ("override without shared_limits",
+             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      on_unavailable: deny\n",
+             7, "rate_limits.policies[0].on_unavailable"),
+            ("password in url",
+             "shared_limits:\n  redis: redis://:pw@redis:6379/0\n",
+             2, "shared_limits.redis"),
+            ("interval out of range",
+             "shared_limits:\n  redis: redis://redis\n  sync_interval: 10ms\n",
+             3, "shared_limits.sync_interval"),
+            ("bad mode",
+             "shared_limits:\n  redis: redis://redis\nrate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: global\n",
+             9, "rate_limits.policies[0].shared"),
+            ("bad prefix",
+             "shared_limits:\n  redis: redis://redis\n  key_prefix: 'a b'\n",
+             3, "shared_limits.key_prefix"),
+            ("unknown key",
+             "shared_limits:\n  redis: redis://redis\n  replicas: 3\n",
+             3, "shared_limits.replicas"),
+        ];
+        for (name, extra, line, field) in cases {
+            let e = Config::parse("g.yaml", &format!("{BASE}{extra}")).expect_err(name);
+            assert_eq!(e.field, *field, "{name}: {e}");
+            // Validation errors point at the field's line; serde_yaml places errors inside
+            // an optional section at the section's first line.
+            let got = e.line.unwrap_or(0);
+            assert!((3..=line + 2).contains(&got), "{name}: {e}");
+            if field.starts_with("rate_limits") {
+                assert_eq!(got, line + 2, "{name}: {e}");
+            }
+            assert!(e.to_string().starts_with("g.yaml:"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn local_policies_need_nothing_and_modes_default_to_sync() {
+        let c = Config::parse(
+            "g.yaml",
+            &format!("{BASE}rate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1, shared: local}}\n"),
+        )
+        .unwrap();
+        assert!(c.shared_limits.is_none());
+        let c = Config::parse(
+            "g.yaml",
+            &format!("{BASE}shared_limits:\n  redis: rediss://redis:6380/1\n  on_unavailable: full\nrate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1}}\n    - {{name: b, key: user, rate: 1/s, burst: 1, shared: exact, on_unavailable: deny}}\n"),
+        )
+        .unwrap();
+        let s = c.shared_limits.unwrap();
+        assert!(s.redis.tls);
+        assert_eq!(s.on_unavailable, OnUnavailable::Full);
+        assert_eq!(c.rate_limits.policies[0].shared, None);
+        assert_eq!(
+            c.rate_limits.policies[1].on_unavailable,
+            Some(OnUnavailable::Deny)
+        );
     }
 }

@@ -5,17 +5,12 @@
 
 use schemars::{generate::SchemaSettings, json_schema, JsonSchema, Schema, SchemaGenerator};
 
-use crate::admit::limits::policy::KNOWN_METHODS;
 use crate::admit::limits::rate::Rate;
 use crate::admit::limits::shared::config::RedisUrl;
 use crate::operate::config::{Config, RoutePrefix, Upstream};
 
-/// humantime's grammar: one or more `<number><unit>` (decimals too), spaces allowed between.
-pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$";
 /// `N/unit` with N >= 1 (the parser also caps N at 10^9).
 pub const RATE_PATTERN: &str = r"^\s*0*[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)\s*$";
-/// An IPv4 or IPv6 network with its prefix length.
-pub const CIDR_PATTERN: &str = r"^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])/(3[0-2]|[12]?[0-9])|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$";
 /// `host:port`, `v4:port` or `[v6]:port`.
 pub const UPSTREAM_PATTERN: &str =
     r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*):[0-9]{1,5}$";
@@ -40,33 +35,6 @@ pub fn generate_json() -> String {
     let mut s = serde_json::to_string_pretty(&generate()).expect("a schema serializes");
     s.push('\n');
     s
-}
-
-pub fn duration(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "string",
-        "pattern": DURATION_PATTERN,
-        "description": "A duration like \"10s\", \"500ms\", \"2m\" or \"1h 30m\"; more than 0 and at most 24h.",
-        "examples": ["10s", "500ms", "2m"]
-    })
-}
-
-pub fn cidr_list(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "array",
-        "items": {
-            "type": "string",
-            "pattern": CIDR_PATTERN,
-            "description": "A network with its prefix length, e.g. \"10.0.0.0/8\" or \"2001:db8::/32\"."
-        }
-    })
-}
-
-pub fn methods(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "array",
-        "items": { "enum": KNOWN_METHODS }
-    })
 }
 
 /// A type our own parser reads from one YAML string, with the schema that describes it.
@@ -120,6 +88,7 @@ string_schema!(RoutePrefix, {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operate::config::field_schema::{CIDR_PATTERN, DURATION_PATTERN};
 
     fn matches(pattern: &str, s: &str) -> bool {
         regex::Regex::new(pattern).unwrap().is_match(s)

@@ -26,7 +26,7 @@ pub struct SharedLimitsConfig {
     pub key_prefix: String,
     /// How often local hits are flushed to Redis: 50ms to 5s (default 250ms).
     #[serde(default = "default_sync_interval", deserialize_with = "sync_interval")]
-    #[schemars(schema_with = "crate::operate::config::schema::duration")]
+    #[schemars(schema_with = "crate::operate::config::field_schema::duration")]
     pub sync_interval: Duration,
     /// Fleet default while Redis is unavailable; a policy may override it.
     #[serde(default)]
@@ -176,40 +176,6 @@ impl SharedLimitsConfig {
     }
 }
 
-/// Per-policy sharing asked for without `shared_limits:` is an error: the operator meant
-/// to share and would silently get N× the limit.
-pub fn validate_policies(
-    shared: Option<&SharedLimitsConfig>,
-    policies: &[super::super::PolicyConfig],
-) -> Result<(), Invalid> {
-    if let Some(s) = shared {
-        s.validate()?;
-    }
-    for (i, p) in policies.iter().enumerate() {
-        let at = format!("rate_limits.policies[{i}]");
-        if shared.is_none() {
-            if matches!(p.shared, Some(SharedMode::Sync | SharedMode::Exact)) {
-                return Err(Invalid::new(
-                    format!("{at}.shared"),
-                    "needs a top-level shared_limits section (or use `local`)",
-                ));
-            }
-            if p.on_unavailable.is_some() {
-                return Err(Invalid::new(
-                    format!("{at}.on_unavailable"),
-                    "only applies with a top-level shared_limits section",
-                ));
-            }
-        } else if p.shared == Some(SharedMode::Local) && p.on_unavailable.is_some() {
-            return Err(Invalid::new(
-                format!("{at}.on_unavailable"),
-                "has no effect on a `shared: local` policy",
-            ));
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,78 +257,5 @@ mod tests {
         assert!(c.read_password().unwrap_err().contains("empty"));
         c.password_file = Some(dir.path().join("missing"));
         assert!(c.read_password().unwrap_err().contains("cannot read"));
-    }
-}
-
-#[cfg(test)]
-mod config_file_tests {
-    use crate::operate::config::Config;
-
-    const BASE: &str = "upstream: 127.0.0.1:8081\ntoken_key_file: keys.yaml\n";
-
-    #[test]
-    fn errors_name_file_line_and_field() {
-        #[rustfmt::skip]
-        let cases: &[(&str, &str, usize, &str)] = &[
-            ("sync without shared_limits",
-             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: sync\n",
-             7, "rate_limits.policies[0].shared"),
-            ("exact without shared_limits",
-             "rate_limits:\n  policies:\n    - {name: a, key: ip, rate: 1/s, burst: 1}\n    - name: b\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: exact\n",
-             8, "rate_limits.policies[1].shared"),
-            ("override without shared_limits",
-             "rate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      on_unavailable: deny\n",
-             7, "rate_limits.policies[0].on_unavailable"),
-            ("password in url",
-             "shared_limits:\n  redis: redis://:pw@redis:6379/0\n",
-             2, "shared_limits.redis"),
-            ("interval out of range",
-             "shared_limits:\n  redis: redis://redis\n  sync_interval: 10ms\n",
-             3, "shared_limits.sync_interval"),
-            ("bad mode",
-             "shared_limits:\n  redis: redis://redis\nrate_limits:\n  policies:\n    - name: a\n      key: ip\n      rate: 1/s\n      burst: 1\n      shared: global\n",
-             9, "rate_limits.policies[0].shared"),
-            ("bad prefix",
-             "shared_limits:\n  redis: redis://redis\n  key_prefix: 'a b'\n",
-             3, "shared_limits.key_prefix"),
-            ("unknown key",
-             "shared_limits:\n  redis: redis://redis\n  replicas: 3\n",
-             3, "shared_limits.replicas"),
-        ];
-        for (name, extra, line, field) in cases {
-            let e = Config::parse("g.yaml", &format!("{BASE}{extra}")).expect_err(name);
-            assert_eq!(e.field, *field, "{name}: {e}");
-            // Validation errors point at the field's line; serde_yaml places errors inside
-            // an optional section at the section's first line.
-            let got = e.line.unwrap_or(0);
-            assert!((3..=line + 2).contains(&got), "{name}: {e}");
-            if field.starts_with("rate_limits") {
-                assert_eq!(got, line + 2, "{name}: {e}");
-            }
-            assert!(e.to_string().starts_with("g.yaml:"), "{name}: {e}");
-        }
-    }
-
-    #[test]
-    fn local_policies_need_nothing_and_modes_default_to_sync() {
-        let c = Config::parse(
-            "g.yaml",
-            &format!("{BASE}rate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1, shared: local}}\n"),
-        )
-        .unwrap();
-        assert!(c.shared_limits.is_none());
-        let c = Config::parse(
-            "g.yaml",
-            &format!("{BASE}shared_limits:\n  redis: rediss://redis:6380/1\n  on_unavailable: full\nrate_limits:\n  policies:\n    - {{name: a, key: ip, rate: 1/s, burst: 1}}\n    - {{name: b, key: user, rate: 1/s, burst: 1, shared: exact, on_unavailable: deny}}\n"),
-        )
-        .unwrap();
-        let s = c.shared_limits.unwrap();
-        assert!(s.redis.tls);
-        assert_eq!(s.on_unavailable, super::OnUnavailable::Full);
-        assert_eq!(c.rate_limits.policies[0].shared, None);
-        assert_eq!(
-            c.rate_limits.policies[1].on_unavailable,
-            Some(super::OnUnavailable::Deny)
-        );
     }
 }

@@ -1,0 +1,35 @@
+//! The bounded `reason` label sets that features report: each list is registered up front
+//! (every series exists from the first scrape) and each feature's test holds its values to it.
+//! Kept here so that metrics need no feature module.
+
+/// `gateway_tls_handshake_failures_total{reason}`: why a handshake failed.
+pub const TLS_HANDSHAKE_FAILURES: &[&str] = &[
+    "timeout",
+    "not_tls",
+    "protocol_version",
+    "no_shared_cipher",
+    "no_alpn",
+    "alert",
+    "malformed",
+    "eof",
+    "other",
+];
+
+/// `gateway_h2_connections_closed_total{reason}`: why an HTTP/2 connection ended.
+pub const H2_CLOSE_REASONS: &[&str] = &[
+    "client_closed",
+    "idle_timeout",
+    "header_timeout",
+    "ping_timeout",
+    "rapid_reset",
+    "control_flood",
+    "continuation_flood",
+    "enhance_your_calm",
+    "malformed_streams",
+    "protocol_error",
+    "handshake_failed",
+    "shutdown",
+];
+
+/// `gateway_connection_rejections_total{reason}`: which per-client cap refused a connection.
+pub const CONNECTION_REJECTIONS: &[&str] = &["per_client_open", "per_client_rate"];
