@@ -11,9 +11,9 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use gateway::operate::config::Config;
 use gateway::admit::limits::rate::{Rate, MAX_COUNT};
 use gateway::admit::limits::{Decision, Limiter, Mode, RequestFacts};
+use gateway::config::Config;
 use http::HeaderValue;
 use libfuzzer_sys::fuzz_target;
 

@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod admit;
+pub mod config;
 pub mod forward;
 pub mod observe;
 pub mod operate;

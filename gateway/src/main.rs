@@ -10,10 +10,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use gateway::accept as listener;
 use gateway::admit::limits::shared::metrics::SharedMetrics;
+use gateway::config::Config;
 use gateway::forward::{proxy, upstream};
 use gateway::observe::logging;
 use gateway::operate::certs::{self as cert_reload, decide as cert_watch};
-use gateway::operate::config::Config;
 use gateway::operate::{admin, reload};
 use gateway::state::{Live, Shared};
 use pingora::server::configuration::ServerConf;
@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::CheckConfig { file, skip_files }) => check_config(&file, skip_files),
         Some(Command::Schema) => {
-            print!("{}", gateway::operate::config::schema::generate_json());
+            print!("{}", gateway::config::schema::generate_json());
             ExitCode::SUCCESS
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),

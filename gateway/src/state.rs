@@ -16,9 +16,9 @@ use crate::admit::identity::TokenCache;
 use crate::admit::inflight::InflightCap;
 use crate::admit::limits::shared::Engine;
 use crate::admit::limits::Limiter;
+use crate::config::Config;
 use crate::forward::upstream::UpstreamState;
 use crate::observe::metrics::Metrics;
-use crate::operate::config::Config;
 
 /// Everything a request reads from config, swapped atomically on reload. A
 /// request loads it once, so it never sees half of an old and half of a new config.

@@ -25,7 +25,7 @@ use crate::admit::inflight::{Admission as Slot, InflightCap};
 use crate::admit::limits::gcra::Gcra;
 use crate::admit::limits::store::Store;
 use crate::admit::limits::Limiter;
-use crate::operate::config::SizeLimits;
+use crate::config::SizeLimits;
 
 /// Keys tracked for the new-connection rate; beyond it full buckets go first, then the
 /// fullest (an evicted client gets at most one extra burst).

@@ -180,10 +180,15 @@ async fn handle<P: HttpServerApp + Send + Sync + 'static>(
         )
         .await;
     };
-    let deadline = shared.live.load().config.tls.as_ref().map_or(
-        crate::operate::config::TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT,
-        |t| t.handshake_timeout,
-    );
+    let deadline = shared
+        .live
+        .load()
+        .config
+        .tls
+        .as_ref()
+        .map_or(crate::config::TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+            t.handshake_timeout
+        });
     let io = match acceptor::handshake(&tls.acceptor, stream, deadline).await {
         Ok(io) => io,
         Err(reason) => {

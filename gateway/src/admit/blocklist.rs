@@ -8,13 +8,13 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::admit::net::{canonical_ip, canonical_nets};
-use crate::operate::config::invalid::Invalid;
+use crate::config::invalid::Invalid;
 
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct BlockConfig {
     /// Client addresses (as resolved by the client-IP stage) to refuse.
-    #[schemars(schema_with = "crate::operate::config::field_schema::cidr_list")]
+    #[schemars(schema_with = "crate::config::field_schema::cidr_list")]
     pub clients: Vec<IpNet>,
     /// User ids (the token's `sub`) to refuse, even with a valid token.
     pub users: Vec<String>,

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use keyring::{Keyring, VerifyError};
 
 use super::*;
-use crate::operate::config::Config;
+use crate::config::Config;
 
 const KEYS: &str =
     "signing_kid: k1\nkeys:\n  - kid: k1\n    secret: \"0123456789abcdef0123456789abcdef01234567\"\n";

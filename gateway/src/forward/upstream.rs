@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
-use crate::operate::config::Upstream;
+use crate::config::Upstream;
 
 #[derive(Default)]
 pub struct UpstreamState {

@@ -1,6 +1,5 @@
-//! Operate: the admin port, config and certificate hot reload, and the config schema.
+//! Operate: the admin port, config and certificate hot reload.
 
 pub mod admin;
 pub mod certs;
-pub mod config;
 pub mod reload;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::config::Config;
 use crate::operate::certs::{self as cert_reload, CertWatch};
-use crate::operate::config::Config;
 use crate::state::{Live, Shared};
 
 /// Why polling and not inotify: editors replace files by rename and a

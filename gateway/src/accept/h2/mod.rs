@@ -18,11 +18,11 @@ use pingora::protocols::{Digest, GetProxyDigest, GetSocketDigest, GetTimingDiges
 use tokio::sync::watch;
 
 use crate::accept::tls::stream::TlsIo;
+use crate::config::Http2Config;
 use crate::forward::errors;
 use crate::forward::headers;
 use crate::forward::request_log;
 use crate::forward::respond;
-use crate::operate::config::Http2Config;
 use crate::state::Shared;
 use frames::{FrameLimits, FrameWatch, Violation};
 

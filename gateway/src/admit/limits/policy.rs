@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::rate::Rate;
 use super::shared::config::{OnUnavailable, SharedLimitsConfig, SharedMode};
-use crate::operate::config::invalid::Invalid;
+use crate::config::invalid::Invalid;
 
 pub const DEFAULT_IPV6_PREFIX: u8 = 64;
 pub const DEFAULT_MAX_KEYS: usize = 100_000;
@@ -29,7 +29,7 @@ pub struct RateLimitsConfig {
     #[schemars(range(min = 1, max = 128))]
     pub ipv6_prefix: u8,
     /// Clients in these networks skip per-IP policies (not user or global ones).
-    #[schemars(schema_with = "crate::operate::config::field_schema::cidr_list")]
+    #[schemars(schema_with = "crate::config::field_schema::cidr_list")]
     pub exempt: Vec<ipnet::IpNet>,
     /// Per-policy cap on tracked keys.
     #[schemars(range(min = 1))]

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 
 use crate::accept::tls::cert::{load_pair, CertError, LoadedCert};
+use crate::config::{locate_field, Config, ConfigError, TlsConfig};
 use crate::operate::certs::decide::{tls_change, Debounce, FileRead, Snapshot, Step, TlsChange};
-use crate::operate::config::{locate_field, Config, ConfigError, TlsConfig};
 use crate::state::Shared;
 
 /// A read of the two files that takes longer is given up on for this poll (a hung network

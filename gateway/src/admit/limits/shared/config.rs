@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::operate::config::invalid::Invalid;
+use crate::config::invalid::Invalid;
 
 pub const DEFAULT_KEY_PREFIX: &str = "edge";
 pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_millis(250);
@@ -26,7 +26,7 @@ pub struct SharedLimitsConfig {
     pub key_prefix: String,
     /// How often local hits are flushed to Redis: 50ms to 5s (default 250ms).
     #[serde(default = "default_sync_interval", deserialize_with = "sync_interval")]
-    #[schemars(schema_with = "crate::operate::config::field_schema::duration")]
+    #[schemars(schema_with = "crate::config::field_schema::duration")]
     pub sync_interval: Duration,
     /// Fleet default while Redis is unavailable; a policy may override it.
     #[serde(default)]

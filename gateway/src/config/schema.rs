@@ -7,7 +7,7 @@ use schemars::{generate::SchemaSettings, json_schema, JsonSchema, Schema, Schema
 
 use crate::admit::limits::rate::Rate;
 use crate::admit::limits::shared::config::RedisUrl;
-use crate::operate::config::{Config, RoutePrefix, Upstream};
+use crate::config::{Config, RoutePrefix, Upstream};
 
 /// `N/unit` with N >= 1 (the parser also caps N at 10^9).
 pub const RATE_PATTERN: &str = r"^\s*0*[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)\s*$";
@@ -88,7 +88,7 @@ string_schema!(RoutePrefix, {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operate::config::field_schema::{CIDR_PATTERN, DURATION_PATTERN};
+    use crate::config::field_schema::{CIDR_PATTERN, DURATION_PATTERN};
 
     fn matches(pattern: &str, s: &str) -> bool {
         regex::Regex::new(pattern).unwrap().is_match(s)

@@ -14,7 +14,7 @@ use crate::admit::blocklist::BlockConfig;
 use crate::admit::client_ip::ForwardedHeader;
 use crate::admit::limits::shared::config::SharedLimitsConfig;
 use crate::admit::limits::RateLimitsConfig;
-use crate::operate::config::invalid::Invalid;
+use crate::config::invalid::Invalid;
 
 pub mod field_schema;
 pub mod invalid;
