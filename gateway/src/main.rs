@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use gateway::accept as listener;
+use gateway::accept;
 use gateway::admit::limits::shared::metrics::SharedMetrics;
 use gateway::config::Config;
 use gateway::forward::{proxy, upstream};
 use gateway::observe::logging;
-use gateway::operate::certs::{self as cert_reload, decide as cert_watch};
+use gateway::operate::certs::{self, decide};
 use gateway::operate::{admin, reload};
 use gateway::state::{Live, Shared};
 use pingora::server::configuration::ServerConf;
@@ -74,7 +74,7 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
             return Ok(None);
         }
         c.check_referenced_files(file)?;
-        pair = cert_reload::check(&c, file)?;
+        pair = certs::check(&c, file)?;
         Ok(Some(c))
     });
     match checked
@@ -107,7 +107,7 @@ fn describe_pair(file: &Path, p: &gateway::accept::tls::cert::LoadedCert) -> Str
         .map_or(0, |d| d.as_secs() as i64);
     let until = humantime::format_rfc3339_seconds(p.not_after);
     let days = (p.not_after_unix() as i64 - now) / 86_400;
-    if let Some(left) = cert_watch::expires_soon(p.not_after_unix() as i64, now) {
+    if let Some(left) = decide::expires_soon(p.not_after_unix() as i64, now) {
         eprintln!(
             "{}: warning: field `tls.cert_file`: certificate expires in {} (not_after {until}); renew it (RUNBOOK.md \"Renew the certificate\")",
             file.display(),
@@ -168,7 +168,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
     let mut shared = Shared::new(live, config_path.to_path_buf());
     if let Some(t) = &c.tls {
         // The same check as `check-config`: errors say file:line and the field.
-        let loaded = cert_reload::check(&c, config_path).map_err(|e| e.to_string());
+        let loaded = certs::check(&c, config_path).map_err(|e| e.to_string());
         let loaded = loaded.map(|l| l.expect("tls is set"));
         match loaded.and_then(|l| gateway::accept::tls::TlsState::new(&l).map(|s| (s, l))) {
             Ok((state, l)) => {
@@ -246,7 +246,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         move |on| SharedMetrics::get().export(export.metrics.registry(), on),
     ));
     let permits = Arc::new(Semaphore::new(c.limits.max_connections));
-    tokio::spawn(listener::serve(
+    tokio::spawn(accept::serve(
         public,
         proxy,
         shared.clone(),

@@ -117,7 +117,7 @@ impl Shared {
         }
     }
 
-    /// Serves TLS with `tls` (loaded by `cert_reload::check`).
+    /// Serves TLS with `tls` (loaded by `operate::certs::check`).
     pub fn with_tls(mut self, tls: TlsState) -> Shared {
         self.tls = Some(tls);
         self
@@ -129,10 +129,5 @@ impl Shared {
 
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
-    }
-
-    /// Ready = upstream reachable and not draining.
-    pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.upstream.is_reachable()
     }
 }

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 use pingora_limits::inflight::Guard;
 
 use crate::admit::client_ip::ClientIpPolicy;
-use crate::admit::inflight::{Admission as Slot, InflightCap};
+use crate::admit::inflight::{Claim, InflightCap};
 use crate::admit::limits::gcra::Gcra;
 use crate::admit::limits::store::Store;
 use crate::admit::limits::Limiter;
@@ -75,7 +75,7 @@ impl Caps {
 }
 
 #[derive(Debug)]
-pub enum Verdict {
+pub enum ConnectionVerdict {
     /// Not counted (trusted or exempt peer).
     Exempt,
     /// Admitted; the open slot (if counted) is held until the guard drops.
@@ -113,25 +113,27 @@ pub fn client_key(peer: IpAddr, proxies: &ClientIpPolicy, limiter: &Limiter) -> 
 impl ConnLimits {
     /// Open cap first, then the rate: a client refused for holding too many connections
     /// spends no token, and one refused by the rate gives its open slot back at once.
-    pub fn admit(&self, client: Option<ClientKey>, caps: Caps, now_ns: u64) -> Verdict {
+    pub fn admit(&self, client: Option<ClientKey>, caps: Caps, now_ns: u64) -> ConnectionVerdict {
         let Some(client) = client else {
-            return Verdict::Exempt;
+            return ConnectionVerdict::Exempt;
         };
         let guard = match caps.max_open {
             0 => None,
             cap => match self.open.admit(Some(client), cap) {
-                Slot::Admitted(g) => Some(g),
-                Slot::Refused | Slot::Exempt => return Verdict::Refused(Reason::TooManyOpen),
+                Claim::Admitted(g) => Some(g),
+                Claim::Refused | Claim::Exempt => {
+                    return ConnectionVerdict::Refused(Reason::TooManyOpen)
+                }
             },
         };
         if let Some(gcra) = caps.new {
             let key = self.new.hash_key(&client);
             let d = self.new.update(key, now_ns, |tat| gcra.check(tat, now_ns));
             if !d.allowed {
-                return Verdict::Refused(Reason::TooManyNew);
+                return ConnectionVerdict::Refused(Reason::TooManyNew);
             }
         }
-        Verdict::Admitted(guard)
+        ConnectionVerdict::Admitted(guard)
     }
 
     /// True at most once per `LOG_INTERVAL_NS` per client (refusals are logged, not flooded).
@@ -186,9 +188,9 @@ mod tests {
         (proxies, Limiter::new(&cfg))
     }
 
-    fn refused(v: &Verdict) -> Option<Reason> {
+    fn refused(v: &ConnectionVerdict) -> Option<Reason> {
         match v {
-            Verdict::Refused(r) => Some(*r),
+            ConnectionVerdict::Refused(r) => Some(*r),
             _ => None,
         }
     }
@@ -205,7 +207,7 @@ mod tests {
         ];
         for (c, n, want, reason) in cases {
             let l = ConnLimits::default();
-            let got: Vec<Verdict> = (0..n).map(|_| l.admit(Some((4, 1)), c, S)).collect();
+            let got: Vec<ConnectionVerdict> = (0..n).map(|_| l.admit(Some((4, 1)), c, S)).collect();
             let ok = got.iter().filter(|v| refused(v).is_none()).count();
             assert_eq!(ok, want, "{c:?}");
             assert!(got.iter().take(want).all(|v| refused(v).is_none()));
@@ -235,7 +237,7 @@ mod tests {
     fn open_slots_come_back_and_a_refused_rate_gives_its_slot_back() {
         let l = ConnLimits::default();
         let a = Some((6, 42));
-        let held: Vec<Verdict> = (0..3).map(|_| l.admit(a, caps(3, 0, 1), S)).collect();
+        let held: Vec<ConnectionVerdict> = (0..3).map(|_| l.admit(a, caps(3, 0, 1), S)).collect();
         assert_eq!(
             refused(&l.admit(a, caps(3, 0, 1), S)),
             Some(Reason::TooManyOpen)
@@ -259,7 +261,7 @@ mod tests {
         );
         // A reload (new caps) applies to the next connection.
         let l = ConnLimits::default();
-        let _two: Vec<Verdict> = (0..2).map(|_| l.admit(a, caps(2, 0, 1), S)).collect();
+        let _two: Vec<ConnectionVerdict> = (0..2).map(|_| l.admit(a, caps(2, 0, 1), S)).collect();
         assert!(refused(&l.admit(a, caps(2, 0, 1), S)).is_some());
         assert!(refused(&l.admit(a, caps(3, 0, 1), S)).is_none());
     }
@@ -292,7 +294,7 @@ mod tests {
         assert_ne!(key("2001:db8:0:100::1"), key("2001:db8::1"), "another /56");
         assert!(matches!(
             ConnLimits::default().admit(key("10.9.9.9"), caps(1, 1, 1), S),
-            Verdict::Exempt
+            ConnectionVerdict::Exempt
         ));
     }
 

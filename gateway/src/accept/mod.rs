@@ -1,7 +1,7 @@
-//! The public accept loop: caps connections, with `tls` runs the handshake under a
-//! deadline and picks HTTP/1.1 (`h1`) or HTTP/2 (`h2`) by ALPN; cleartext is HTTP/1.1.
-//! `frames` is the pure h2 frame-flood watcher; `admission` the per-client connection caps,
-//! checked before anything else (no handshake is spent on a refused client).
+//! Accept: everything before pingora has a request. The public accept loop caps
+//! connections per client (`caps`, before any handshake is spent), with `tls` runs the
+//! handshake under a deadline and picks HTTP/1.1 (`h1`) or HTTP/2 (`h2`) by ALPN; cleartext
+//! is HTTP/1.1.
 
 pub mod caps;
 pub mod h1;
@@ -20,14 +20,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use caps::{Reason, Verdict};
+use caps::{ConnectionVerdict, Reason};
 use pingora_limits::inflight::Guard;
 
 use crate::accept::h1::buffered::Buffered;
 use crate::accept::tls::acceptor;
 use crate::admit::limits::shared::monotonic_ns;
 use crate::forward::errors;
-use crate::forward::headers;
 use crate::forward::request_log;
 use crate::forward::respond::raw_error_response;
 use crate::state::Shared;
@@ -85,9 +84,9 @@ fn admit(peer: SocketAddr, shared: &Shared) -> Result<Option<Guard>, Reason> {
     let key = caps::client_key(peer.ip(), &live.client_ip, &live.limiter);
     let caps = caps::Caps::from_config(&live.config.limits);
     match shared.conn_limits.admit(key, caps, monotonic_ns()) {
-        Verdict::Exempt => Ok(None),
-        Verdict::Admitted(slot) => Ok(slot),
-        Verdict::Refused(reason) => {
+        ConnectionVerdict::Exempt => Ok(None),
+        ConnectionVerdict::Admitted(slot) => Ok(slot),
+        ConnectionVerdict::Refused(reason) => {
             shared
                 .metrics
                 .connection_rejections
@@ -118,7 +117,7 @@ fn refuse_client(tcp: TcpStream, shared: &Arc<Shared>) {
     let shared = shared.clone();
     tokio::spawn(async move {
         let _turn = turn;
-        let id = headers::new_request_id();
+        let id = edgekit::new_request_id();
         let bytes = raw_error_response(errors::TOO_MANY_CONNECTIONS, &shared.live.load(), &id);
         let mut tcp = tcp;
         let answer = async {
@@ -139,7 +138,7 @@ const REFUSE_DEADLINE: Duration = Duration::from_millis(250);
 /// the request.
 async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
     let live = shared.live.load();
-    let id = headers::new_request_id();
+    let id = edgekit::new_request_id();
     let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
     // A TLS client could not read cleartext; it only sees the close (no handshake is spent).
     if shared.tls.is_none() {

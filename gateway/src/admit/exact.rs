@@ -6,7 +6,7 @@ use super::{Admission, Refusal, RefusalKind};
 
 /// Awaits Redis for the verdict's pending `exact` confirmations, if any.
 /// A Redis "no" turns the admission (or a refused token's 401) into a 429.
-#[allow(clippy::result_large_err)] // as pipeline::admit
+#[allow(clippy::result_large_err)] // as admit::admit
 pub async fn confirm(admitted: Result<Admission, Refusal>) -> Result<Admission, Refusal> {
     let (mut found, kind) = match admitted {
         Ok(found) => (found, None),

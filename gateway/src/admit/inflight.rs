@@ -30,7 +30,7 @@ pub struct InflightCap {
 
 /// The answer for one request.
 #[derive(Debug)]
-pub enum Admission {
+pub enum Claim {
     /// The client is exempt (`rate_limits.exempt`): not counted.
     Exempt,
     /// Counted; the slot is held until this guard drops (however the request ends).
@@ -51,16 +51,16 @@ impl InflightCap {
     /// `client` is `None` for an exempt client. A refused request gives its increment
     /// back at once; between its increment and that, a concurrent request of the same
     /// client can see one too many and be refused too (never one too few: no overshoot).
-    pub fn admit<K: Hash>(&self, client: Option<K>, cap: usize) -> Admission {
+    pub fn admit<K: Hash>(&self, client: Option<K>, cap: usize) -> Claim {
         let Some(client) = client else {
-            return Admission::Exempt;
+            return Claim::Exempt;
         };
         let (guard, count) = self.counts.incr(client, 1);
         if usize::try_from(count).unwrap_or(usize::MAX) > cap {
             drop(guard);
-            Admission::Refused
+            Claim::Refused
         } else {
-            Admission::Admitted(guard)
+            Claim::Admitted(guard)
         }
     }
 }
@@ -69,8 +69,8 @@ impl InflightCap {
 mod tests {
     use super::*;
 
-    fn admitted(a: &Admission) -> bool {
-        matches!(a, Admission::Admitted(_))
+    fn admitted(a: &Claim) -> bool {
+        matches!(a, Claim::Admitted(_))
     }
 
     #[test]
@@ -78,7 +78,7 @@ mod tests {
         // (cap, requests held at once, admitted)
         for (cap, held, want) in [(8, 12, 8), (1, 3, 1), (256, 300, 256), (0, 2, 0), (5, 5, 5)] {
             let c = InflightCap::default();
-            let got: Vec<Admission> = (0..held).map(|_| c.admit(Some("client-a"), cap)).collect();
+            let got: Vec<Claim> = (0..held).map(|_| c.admit(Some("client-a"), cap)).collect();
             assert_eq!(
                 got.iter().filter(|a| admitted(a)).count(),
                 want,
@@ -92,9 +92,9 @@ mod tests {
     #[test]
     fn slots_free_when_guards_drop_and_clients_are_separate() {
         let c = InflightCap::default();
-        let held: Vec<Admission> = (0..8).map(|_| c.admit(Some("a"), 8)).collect();
+        let held: Vec<Claim> = (0..8).map(|_| c.admit(Some("a"), 8)).collect();
         assert!(held.iter().all(admitted));
-        assert!(matches!(c.admit(Some("a"), 8), Admission::Refused));
+        assert!(matches!(c.admit(Some("a"), 8), Claim::Refused));
         assert!(
             admitted(&c.admit(Some("b"), 8)),
             "another client is not affected"
@@ -102,7 +102,7 @@ mod tests {
         // A raised cap (reload) applies to the next request; the held slots still count.
         assert!(admitted(&c.admit(Some("a"), 9)));
         drop(held);
-        let again: Vec<Admission> = (0..8).map(|_| c.admit(Some("a"), 8)).collect();
+        let again: Vec<Claim> = (0..8).map(|_| c.admit(Some("a"), 8)).collect();
         assert!(again.iter().all(admitted), "every slot came back");
     }
 
@@ -110,7 +110,7 @@ mod tests {
     fn exempt_is_never_counted_or_refused() {
         let c = InflightCap::default();
         for _ in 0..1000 {
-            assert!(matches!(c.admit(None::<&str>, 0), Admission::Exempt));
+            assert!(matches!(c.admit(None::<&str>, 0), Claim::Exempt));
         }
     }
 
@@ -124,13 +124,13 @@ mod tests {
         for client in 0..2000u32 {
             for _ in 0..cap {
                 // Late fillers can collide too (that is what is measured below).
-                if let Admission::Admitted(g) = c.admit(Some(client), cap) {
+                if let Claim::Admitted(g) = c.admit(Some(client), cap) {
                     held.push(g);
                 }
             }
         }
         let falsely_refused = (1_000_000..1_002_000u32)
-            .filter(|&fresh| matches!(c.admit(Some(fresh), cap), Admission::Refused))
+            .filter(|&fresh| matches!(c.admit(Some(fresh), cap), Claim::Refused))
             .count();
         eprintln!("inflight false sharing: {falsely_refused} of 2000 fresh clients refused at cap {cap}, {} held", held.len());
         // Bound: 2000 × (16 000 / (8 × 8192))^4 ≈ 7; three runs here measured 7, 2, 4.

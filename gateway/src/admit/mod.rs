@@ -1,5 +1,5 @@
-//! The admission pipeline: decides, without sockets, metrics or I/O, whether a request
-//! goes upstream. Stages run in a fixed order and the order is part of the contract:
+//! Admit: the admission pipeline, `admit`, decides without sockets, metrics or I/O whether
+//! a request goes upstream. Stages run in a fixed order and the order is part of the contract:
 //!
 //! 1. client IP (forwarded headers believed only from trusted peers);
 //! 2. request id (a trusted peer's well-formed one is kept, else a new one);
@@ -13,7 +13,7 @@
 //! 9. a refused token (401) — after the limits, so refused tokens are still charged to
 //!    the per-IP and global policies and guessing tokens is throttled like anything else.
 //!
-//! The pingora adapter (`proxy`) records metrics and answers from the result.
+//! The pingora adapter (`forward::proxy`) records metrics and answers from the result.
 
 pub mod blocklist;
 pub mod client_ip;
@@ -31,10 +31,8 @@ use pingora::http::RequestHeader;
 use crate::admit::blocklist::BlockReason;
 use crate::admit::client_ip::{Resolution, TrustDecision};
 use crate::admit::identity::{AuthFailure, Identity};
-use crate::admit::inflight::Admission as Slot;
+use crate::admit::inflight::Claim;
 use crate::admit::limits::{RequestFacts, Verdict};
-use crate::forward::errors::{self, EdgeError};
-use crate::forward::headers;
 use crate::state::Live;
 use pingora_limits::inflight::Guard;
 
@@ -94,21 +92,6 @@ pub enum RefusalKind {
     InvalidToken(AuthFailure),
 }
 
-impl RefusalKind {
-    /// The JSON error the client sees.
-    pub fn edge_error(self) -> EdgeError {
-        match self {
-            RefusalKind::Blocked(_) => errors::FORBIDDEN,
-            RefusalKind::AmbiguousPath => errors::BAD_REQUEST,
-            RefusalKind::NoRoute => errors::NOT_FOUND,
-            RefusalKind::BodyTooLarge => errors::PAYLOAD_TOO_LARGE,
-            RefusalKind::TooManyInFlight => errors::TOO_MANY_IN_FLIGHT,
-            RefusalKind::RateLimited => errors::RATE_LIMITED,
-            RefusalKind::InvalidToken(_) => errors::UNAUTHORIZED,
-        }
-    }
-}
-
 #[derive(Debug)]
 pub struct Refusal {
     pub kind: RefusalKind,
@@ -154,9 +137,9 @@ pub fn admit(
     }
     let cap = live.config.limits.max_in_flight_per_client;
     match live.inflight.admit(live.limiter.client_group(client), cap) {
-        Slot::Admitted(guard) => found.inflight = Some(guard),
-        Slot::Exempt => {}
-        Slot::Refused => return refuse(RefusalKind::TooManyInFlight, found),
+        Claim::Admitted(guard) => found.inflight = Some(guard),
+        Claim::Exempt => {}
+        Claim::Refused => return refuse(RefusalKind::TooManyInFlight, found),
     }
 
     found.identity =
@@ -189,12 +172,12 @@ fn request_id(req: &RequestHeader, trust: TrustDecision) -> String {
         Some(v)
             if trust != TrustDecision::Direct
                 && trust != TrustDecision::UntrustedPeerSpoof
-                && headers::is_valid_request_id(v.as_bytes()) =>
+                && edgekit::is_valid_request_id(v.as_bytes()) =>
         {
             // Valid ids are ASCII by construction.
             String::from_utf8_lossy(v.as_bytes()).into_owned()
         }
-        _ => headers::new_request_id(),
+        _ => edgekit::new_request_id(),
     }
 }
 

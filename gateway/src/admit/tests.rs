@@ -169,7 +169,7 @@ fn request_id_is_kept_only_from_trusted_peers() {
             .to_owned();
         let (_, found) = run(&live, peer, &req);
         assert_eq!(found.request_id == sent, kept, "{peer} {sent:?}");
-        assert!(headers::is_valid_request_id(found.request_id.as_bytes()));
+        assert!(edgekit::is_valid_request_id(found.request_id.as_bytes()));
     }
     // Refused requests carry their id too (the answer and the log line use it).
     let (got, found) = run(

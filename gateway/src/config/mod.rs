@@ -686,10 +686,6 @@ impl Config {
         })?;
         Ok(())
     }
-
-    pub fn route_for(&self, path: &str) -> Option<&RoutePrefix> {
-        self.routes.iter().find(|r| r.matches(path))
-    }
 }
 
 #[cfg(test)]

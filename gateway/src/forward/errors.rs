@@ -2,6 +2,10 @@
 
 use std::fmt::Write as _;
 
+use crate::admit::blocklist::BlockReason;
+use crate::admit::identity::AuthFailure;
+use crate::admit::RefusalKind;
+
 /// One kind of edge error: status, stable code, short message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EdgeError {
@@ -99,6 +103,65 @@ pub fn for_proxy_failure(e: &pingora::Error) -> Option<EdgeError> {
             }
             _ => Some(BAD_GATEWAY),
         },
+    }
+}
+
+/// A refusal, decided once: the answer the client gets, the access log's `error`, and the
+/// counter it adds to (rate-limit refusals are counted per policy from the verdict).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub answer: EdgeError,
+    pub log_error: Option<ProxyError>,
+    pub count: Option<RefusalCount>,
+}
+
+/// The refusal counters: `gateway_blocked_requests_total{reason}`,
+/// `gateway_inflight_rejections_total`, `gateway_auth_failures_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalCount {
+    InFlight,
+    Blocked(BlockReason),
+    AuthFailure(AuthFailure),
+}
+
+// `RefusalKind` is admit's; what a refusal means to the client, the log and the metrics is
+// decided here, in one exhaustive match: a new kind does not compile until it is decided.
+impl RefusalKind {
+    pub fn refused(self) -> Refused {
+        let (answer, log_error, count) = match self {
+            RefusalKind::Blocked(r @ BlockReason::Client) => (
+                FORBIDDEN,
+                Some(ProxyError::BlockedClient),
+                Some(RefusalCount::Blocked(r)),
+            ),
+            RefusalKind::Blocked(r @ BlockReason::User) => (
+                FORBIDDEN,
+                Some(ProxyError::BlockedUser),
+                Some(RefusalCount::Blocked(r)),
+            ),
+            RefusalKind::AmbiguousPath => (BAD_REQUEST, None, None),
+            RefusalKind::NoRoute => (NOT_FOUND, None, None),
+            RefusalKind::BodyTooLarge => (PAYLOAD_TOO_LARGE, None, None),
+            RefusalKind::TooManyInFlight => (
+                TOO_MANY_IN_FLIGHT,
+                Some(ProxyError::TooManyInFlight),
+                Some(RefusalCount::InFlight),
+            ),
+            RefusalKind::RateLimited => (RATE_LIMITED, None, None),
+            RefusalKind::InvalidToken(r) => {
+                (UNAUTHORIZED, None, Some(RefusalCount::AuthFailure(r)))
+            }
+        };
+        Refused {
+            answer,
+            log_error,
+            count,
+        }
+    }
+
+    /// The JSON error the client sees.
+    pub fn edge_error(self) -> EdgeError {
+        self.refused().answer
     }
 }
 

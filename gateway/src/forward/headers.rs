@@ -1,38 +1,12 @@
 //! What the upstream receives: which request headers must be stripped before
-//! proxying, and request-id validation/generation.
+//! proxying (the forwarding headers `client_ip` knows, hop-by-hop, `Connection:` nominees).
 //!
 //! Pure functions over `http::HeaderMap`; no I/O. Clients on the internet are
 //! hostile, so nothing here may panic on any input.
 
 use http::{HeaderMap, HeaderName};
 
-/// Canonical (lower-case, dash-separated) names of headers that claim to say
-/// who the client is or how it connected. Upstreams must only ever see the
-/// values *we* write, so every spelling of these is stripped from requests.
-const FORWARDING_HEADERS: &[&str] = &[
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-server",
-    "x-forwarded-prefix",
-    "x-forwarded-ssl",
-    "x-forwarded",
-    "forwarded",
-    "forwarded-for",
-    "x-real-ip",
-    "x-client-ip",
-    "client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-cluster-client-ip",
-    "x-original-forwarded-for",
-    "x-originating-ip",
-    "x-remote-ip",
-    "x-remote-addr",
-    "x-proxyuser-ip",
-];
+use crate::admit::client_ip::forwarded::{is_forwarding_header, trim_ows};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 plus the de-facto `proxy-connection`
 /// and `keep-alive`): they describe *this* connection and must not be relayed.
@@ -51,31 +25,6 @@ const HOP_BY_HOP_HEADERS: &[&str] = &[
 /// listing them in `Connection:` must not be able to make us drop them
 /// (request smuggling / desync, host confusion).
 const NEVER_STRIP: &[&str] = &["host", "content-length", "transfer-encoding"];
-
-/// ASCII lower-case with `_` folded to `-`, so `X_Forwarded_For` matches
-/// `x-forwarded-for`: many servers (CGI, some frameworks) treat the two as the
-/// same header, so an attacker can use either spelling.
-fn fold(b: u8) -> u8 {
-    if b == b'_' {
-        b'-'
-    } else {
-        b.to_ascii_lowercase()
-    }
-}
-
-/// Compare `name` against an already-canonical `canonical` without allocating.
-fn eq_folded(name: &[u8], canonical: &[u8]) -> bool {
-    name.len() == canonical.len() && name.iter().zip(canonical).all(|(&a, &b)| fold(a) == b)
-}
-
-/// True for every header that claims to say who the client is or how it
-/// connected, in any case and with `_` in place of `-` (`X_Forwarded_For`).
-/// `x-request-id` is deliberately not one of them.
-pub fn is_forwarding_header(name: &str) -> bool {
-    FORWARDING_HEADERS
-        .iter()
-        .any(|c| eq_folded(name.as_bytes(), c.as_bytes()))
-}
 
 fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP_HEADERS
@@ -126,17 +75,6 @@ pub fn headers_to_strip(headers: &HeaderMap) -> Vec<HeaderName> {
     out
 }
 
-/// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
-pub fn trim_ows(mut s: &[u8]) -> &[u8] {
-    while let [b' ' | b'\t', rest @ ..] = s {
-        s = rest;
-    }
-    while let [rest @ .., b' ' | b'\t'] = s {
-        s = rest;
-    }
-    s
-}
-
 /// Headers the proxy writes itself after stripping. `insert_header` replaces every
 /// client copy of these, so they need no separate removal (one map operation less each).
 /// Other spellings (`X_Forwarded_For`) are different names and are still stripped.
@@ -146,9 +84,6 @@ const REWRITTEN: &[&str] = &["x-forwarded-for", "x-real-ip", "x-forwarded-proto"
 pub fn is_rewritten(name: &HeaderName) -> bool {
     REWRITTEN.contains(&name.as_str())
 }
-
-// The X-Request-Id rule and generator are shared with the app.
-pub use edgekit::{is_valid_request_id, new_request_id};
 
 #[cfg(test)]
 mod tests {

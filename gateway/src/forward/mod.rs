@@ -1,6 +1,9 @@
-//! Forward: the pingora `ProxyHttp` adapter, the upstream's headers and address, and the
-//! shape of every response and error a client sees.
+//! Forward: from an admitted request to the upstream and back. The pingora `ProxyHttp`
+//! adapter (`proxy`) wires the stages; the upstream's headers and address, per-connection
+//! settings, the shape of every response and error a client sees, and what a finished
+//! request leaves behind (`request_log`) are each one module here.
 
+pub mod conn;
 pub mod errors;
 pub mod headers;
 pub mod proxy;

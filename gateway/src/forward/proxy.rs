@@ -1,5 +1,5 @@
 //! The pingora `ProxyHttp` impl: wires the stages into pingora's request phases.
-//! Decisions live in `pipeline`, response shapes in `respond`, failure classes in
+//! Decisions live in `admit`, response shapes in `respond`, failure classes in
 //! `errors`; this file calls them and records metrics and the access log.
 
 use std::net::IpAddr;
@@ -13,11 +13,11 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
-use crate::admit::blocklist::BlockReason;
 use crate::admit::client_ip::Resolution;
 use crate::admit::identity::Identity;
 use crate::admit::limits::Verdict;
 use crate::admit::{self, Admission, Now, RefusalKind};
+use crate::forward::conn;
 use crate::forward::errors::{self, EdgeError, ProxyError, UpstreamFailure};
 use crate::forward::headers;
 use crate::forward::request_log::{self, Finished};
@@ -81,17 +81,9 @@ impl Gateway {
         ctx: &mut RequestCtx,
         kind: RefusalKind,
     ) -> Result<bool> {
-        let err = kind.edge_error();
-        match kind {
-            RefusalKind::Blocked(BlockReason::Client) => {
-                ctx.proxy_error = Some(ProxyError::BlockedClient)
-            }
-            RefusalKind::Blocked(BlockReason::User) => {
-                ctx.proxy_error = Some(ProxyError::BlockedUser)
-            }
-            RefusalKind::TooManyInFlight => ctx.proxy_error = Some(ProxyError::TooManyInFlight),
-            _ => {}
-        }
+        let refused = kind.refused();
+        let err = refused.answer;
+        ctx.proxy_error = refused.log_error;
         // Jitter from the clock's low bits: enough to spread retries, no RNG call.
         let (resp, body) = respond::refusal(
             err,
@@ -100,10 +92,9 @@ impl Gateway {
             ctx.verdict.as_ref(),
             Now::mono_ns() >> 10,
         )?;
-        // An unread request body would be parsed as the next request: close instead.
-        if admit::has_request_body(session.req_header()) || self.shared.is_draining() {
-            session.set_keepalive(None);
-        }
+        let unread_body = admit::has_request_body(session.req_header());
+        let t = &ctx.live().config.timeouts;
+        session.set_keepalive(conn::keepalive(t, self.shared.is_draining(), unread_body));
         ctx.answered = Some(err);
         session.write_response_header(Box::new(resp), false).await?;
         session
@@ -143,14 +134,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let live = self.shared.live.load_full();
         let t = &live.config.timeouts;
-        // Pingora keeps a connection only when keepalive is set; our listener enforces the idle time.
-        if self.shared.is_draining() {
-            session.set_keepalive(None);
-        } else {
-            session.set_keepalive(Some(t.keepalive_idle.as_secs().max(1)));
-        }
-        session.set_read_timeout(Some(t.downstream_read));
-        session.set_write_timeout(Some(t.downstream_write));
+        session.set_keepalive(conn::keepalive(t, self.shared.is_draining(), false));
+        conn::client_timeouts(session, t);
         ctx.live = Some(live);
         Ok(())
     }
@@ -201,11 +186,7 @@ impl ProxyHttp for Gateway {
         };
         let t = &ctx.live().config.timeouts;
         let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(t.upstream_connect);
-        peer.options.total_connection_timeout = Some(t.upstream_connect);
-        peer.options.read_timeout = Some(t.upstream_read);
-        peer.options.write_timeout = Some(t.upstream_write);
-        peer.options.idle_timeout = Some(t.upstream_idle);
+        conn::upstream_timeouts(&mut peer, t);
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
     }

@@ -12,7 +12,7 @@ use crate::admit::client_ip::Resolution;
 use crate::admit::identity::Identity;
 use crate::admit::limits::Verdict;
 use crate::admit::{Admission, RefusalKind};
-use crate::forward::errors::EdgeError;
+use crate::forward::errors::{EdgeError, RefusalCount};
 use crate::observe::access_log::{clip, AccessRecord, MAX_PATH, MAX_USER_AGENT};
 use crate::observe::metrics::{method_label, status_label, Metrics};
 
@@ -29,13 +29,15 @@ pub fn admission(m: &Metrics, found: &Admission, refusal: Option<RefusalKind>) {
             .with_label_values(&[&outcome.policy, outcome.decision.as_str()])
             .inc();
     }
-    match refusal {
-        Some(RefusalKind::Blocked(reason)) => m.blocked.with_label_values(&[reason.as_str()]).inc(),
-        Some(RefusalKind::TooManyInFlight) => m.inflight_rejections.inc(),
-        Some(RefusalKind::InvalidToken(reason)) => {
+    match refusal.and_then(|kind| kind.refused().count) {
+        Some(RefusalCount::Blocked(reason)) => {
+            m.blocked.with_label_values(&[reason.as_str()]).inc()
+        }
+        Some(RefusalCount::InFlight) => m.inflight_rejections.inc(),
+        Some(RefusalCount::AuthFailure(reason)) => {
             m.auth_failures.with_label_values(&[reason.as_str()]).inc()
         }
-        _ => {}
+        None => {}
     }
 }
 
@@ -158,7 +160,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         upstream_ms: f.upstream_elapsed.map(millis),
         peer: peer_ip(f.digest),
         client_ip: f.resolution.map(|r| r.client),
-        trust: f.resolution.map(|r| r.decision.as_str()),
+        trust: f.resolution.map(|r| r.decision),
         forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
         user_id: f.identity.user_id(),
         auth: f.identity.auth_label(),

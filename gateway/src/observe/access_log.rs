@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::net::IpAddr;
 use std::time::SystemTime;
 
+use crate::observe::labels::TrustDecision;
 use crate::observe::logging;
 use crate::observe::textfmt::{push_f64, push_ip, push_json_str, push_rfc3339_micros, push_u64};
 
@@ -30,8 +31,7 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
     pub peer: Option<IpAddr>,
     pub client_ip: Option<IpAddr>,
-    /// `client_ip::TrustDecision::as_str`: how the client address was decided.
-    pub trust: Option<&'static str>,
+    pub trust: Option<TrustDecision>,
     pub forwarded_rejection: Option<&'static str>,
     pub user_id: Option<&'a str>,
     pub auth: &'static str,
@@ -137,7 +137,7 @@ impl AccessRecord<'_> {
         }
         o.opt_ip(key!("peer"), self.peer);
         o.opt_ip(key!("client_ip"), self.client_ip);
-        o.opt_str(key!("trust"), self.trust);
+        o.opt_str(key!("trust"), self.trust.map(|t| t.as_str()));
         o.opt_str(key!("forwarded_rejection"), self.forwarded_rejection);
         o.opt_str(key!("user_id"), self.user_id);
         o.str(key!("auth"), self.auth);
@@ -208,7 +208,7 @@ mod tests {
                 upstream_ms = rec.upstream_ms,
                 peer = rec.peer.map(tracing::field::display),
                 client_ip = rec.client_ip.map(tracing::field::display),
-                trust = rec.trust,
+                trust = rec.trust.map(|t| t.as_str()),
                 forwarded_rejection = rec.forwarded_rejection,
                 user_id = rec.user_id,
                 auth = rec.auth,
@@ -245,7 +245,7 @@ mod tests {
                 user_agent: Some("curl\"/8\n".into()),
                 status: 200,
                 client_ip: Some("2001:db8::1".parse().unwrap()),
-                trust: Some("untrusted_peer_spoof"),
+                trust: Some(TrustDecision::UntrustedPeerSpoof),
                 auth: "anonymous",
                 ..Default::default()
             };
@@ -275,7 +275,7 @@ mod tests {
             upstream_ms: Some(0.5),
             peer: Some("127.0.0.1".parse().unwrap()),
             client_ip: Some("2001:db8::1".parse().unwrap()),
-            trust: Some("trusted"),
+            trust: Some(TrustDecision::Trusted),
             forwarded_rejection: Some("malformed"),
             user_id: Some("u-alice"),
             auth: "user",

@@ -1,6 +1,6 @@
-//! The bounded `reason` label sets that features report: each list is registered up front
-//! (every series exists from the first scrape) and each feature's test holds its values to it.
-//! Kept here so that metrics need no feature module.
+//! The bounded label and field value sets that features report: each `reason` list is
+//! registered up front (every series exists from the first scrape) and each feature's test
+//! holds its values to it. Kept here so that observe needs no feature module.
 
 /// `gateway_tls_handshake_failures_total{reason}`: why a handshake failed.
 pub const TLS_HANDSHAKE_FAILURES: &[&str] = &[
@@ -33,3 +33,27 @@ pub const H2_CLOSE_REASONS: &[&str] = &[
 
 /// `gateway_connection_rejections_total{reason}`: which per-client cap refused a connection.
 pub const CONNECTION_REJECTIONS: &[&str] = &["per_client_open", "per_client_rate"];
+
+/// The access log's `trust`: how the client address was decided (`client_ip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrustDecision {
+    /// Untrusted peer, no forwarding headers: the peer is the client.
+    Direct,
+    /// Trusted peer; the client came from a verified walk (or is the peer).
+    Trusted,
+    /// Untrusted peer sent forwarding headers; ignored, the peer is the client.
+    UntrustedPeerSpoof,
+    /// The walk hit something unusable; the client is the last verified hop.
+    Malformed,
+}
+
+impl TrustDecision {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TrustDecision::Direct => "direct",
+            TrustDecision::Trusted => "trusted",
+            TrustDecision::UntrustedPeerSpoof => "untrusted_peer_spoof",
+            TrustDecision::Malformed => "malformed",
+        }
+    }
+}

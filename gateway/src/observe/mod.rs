@@ -1,4 +1,5 @@
-//! Observe: metrics, the per-request log record, the access log and JSON logging.
+//! Observe: metrics and their bounded label sets, the access-log record, hot-path text
+//! writers and JSON logging. Imports no other folder: features report into it.
 
 pub mod access_log;
 pub mod labels;

@@ -1,4 +1,5 @@
-//! Operate: the admin port, config and certificate hot reload.
+//! Operate: what runs the process around the request path: the admin port, config hot
+//! reload and certificate hot reload. Nothing but `main` imports it.
 
 pub mod admin;
 pub mod certs;

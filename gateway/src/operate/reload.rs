@@ -1,6 +1,6 @@
 //! Hot reload: on SIGHUP or when the config or key file's content changes, parse
 //! and validate; swap in the new config atomically only if it is valid. The TLS
-//! certificate pair is watched the same way (`cert_reload::CertWatch`).
+//! certificate pair is watched the same way (`certs::CertWatch`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::operate::certs::{self as cert_reload, CertWatch};
+use crate::operate::certs::{self, CertWatch};
 use crate::state::{Live, Shared};
 
 /// Why polling and not inotify: editors replace files by rename and a
@@ -32,7 +32,7 @@ pub fn reload(shared: &Shared) -> ReloadResult {
         .map_err(|e| e.to_string())
         .and_then(|config| Live::build(config, Some(&old)))
         .and_then(|live| {
-            cert_reload::for_new_config(&old.config, &live.config)
+            certs::for_new_config(&old.config, &live.config)
                 .map(|pair| (live, pair))
                 .map_err(|e| format!("{}: {e}", shared.config_path.display()))
         });
@@ -40,7 +40,7 @@ pub fn reload(shared: &Shared) -> ReloadResult {
         Ok((live, pair)) => {
             shared.live.store(Arc::new(live));
             if let Some(pair) = pair {
-                cert_reload::apply(shared, Ok(pair), "config");
+                certs::apply(shared, Ok(pair), "config");
             }
             shared
                 .metrics
@@ -90,7 +90,7 @@ pub async fn watch(shared: Arc<Shared>) {
             .await
             .unwrap_or_default()
     };
-    let mut certs = CertWatch::start(&shared).await;
+    let mut cert_watch = CertWatch::start(&shared).await;
     loop {
         let hangup = tokio::select! {
             _ = hup.recv() => {
@@ -100,7 +100,7 @@ pub async fn watch(shared: Arc<Shared>) {
             }
             _ = tokio::time::sleep(POLL_INTERVAL) => false,
         };
-        if let Some(c) = certs.as_mut() {
+        if let Some(c) = cert_watch.as_mut() {
             c.poll(&shared, hangup).await;
         }
         let s = shared.clone();

@@ -18,13 +18,13 @@ pub enum HeadScan {
     Complete(usize),
     Partial,
     TooManyHeaders,
-    Invalid(Refusal),
+    Invalid(HeadRefusal),
 }
 
 /// Why a complete head is refused with 400. Each is one bounded `reason` label of
 /// `gateway_request_head_rejections_total` and the access log's `error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub enum HeadRefusal {
     /// Not HTTP/1.x syntax at all (httparse refuses it).
     Malformed,
     /// A line ends in a bare LF.
@@ -51,36 +51,36 @@ pub enum Refusal {
     Authority,
 }
 
-impl Refusal {
+impl HeadRefusal {
     pub fn reason(self) -> &'static str {
         match self {
-            Refusal::Malformed => "malformed",
-            Refusal::BareLf => "bare_lf",
-            Refusal::ContentLength => "content_length",
-            Refusal::TransferEncoding => "transfer_encoding",
-            Refusal::UnderscoreFraming => "underscore_framing",
-            Refusal::HostMissing => "host_missing",
-            Refusal::HostDuplicate => "host_duplicate",
-            Refusal::HostInvalid => "host_invalid",
-            Refusal::Method => "method",
-            Refusal::Target => "target",
-            Refusal::Authority => "authority",
+            HeadRefusal::Malformed => "malformed",
+            HeadRefusal::BareLf => "bare_lf",
+            HeadRefusal::ContentLength => "content_length",
+            HeadRefusal::TransferEncoding => "transfer_encoding",
+            HeadRefusal::UnderscoreFraming => "underscore_framing",
+            HeadRefusal::HostMissing => "host_missing",
+            HeadRefusal::HostDuplicate => "host_duplicate",
+            HeadRefusal::HostInvalid => "host_invalid",
+            HeadRefusal::Method => "method",
+            HeadRefusal::Target => "target",
+            HeadRefusal::Authority => "authority",
         }
     }
 
     /// Every value, for tests and for pre-registering metric labels.
-    pub const ALL: [Refusal; 11] = [
-        Refusal::Malformed,
-        Refusal::BareLf,
-        Refusal::ContentLength,
-        Refusal::TransferEncoding,
-        Refusal::UnderscoreFraming,
-        Refusal::HostMissing,
-        Refusal::HostDuplicate,
-        Refusal::HostInvalid,
-        Refusal::Method,
-        Refusal::Target,
-        Refusal::Authority,
+    pub const ALL: [HeadRefusal; 11] = [
+        HeadRefusal::Malformed,
+        HeadRefusal::BareLf,
+        HeadRefusal::ContentLength,
+        HeadRefusal::TransferEncoding,
+        HeadRefusal::UnderscoreFraming,
+        HeadRefusal::HostMissing,
+        HeadRefusal::HostDuplicate,
+        HeadRefusal::HostInvalid,
+        HeadRefusal::Method,
+        HeadRefusal::Target,
+        HeadRefusal::Authority,
     ];
 }
 
@@ -101,8 +101,15 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
         },
         Ok(httparse::Status::Partial) => HeadScan::Partial,
         Err(httparse::Error::TooManyHeaders) => HeadScan::TooManyHeaders,
-        Err(_) => HeadScan::Invalid(Refusal::Malformed),
+        Err(_) => HeadScan::Invalid(HeadRefusal::Malformed),
     }
+}
+
+/// What `origin_form` will do to a head `unambiguous` passed.
+enum Rewrite {
+    None,
+    ReplacesHost,
+    AddsHost,
 }
 
 /// Framing and addressing every parser on the path must agree on. Refused here
@@ -115,17 +122,10 @@ pub fn scan_head(buf: &[u8], max_headers: usize) -> HeadScan {
 /// CONNECT, and request targets other than origin-form or http(s) absolute-form.
 /// Last, the target and Host go through pingora's own request-target parser and
 /// authority checks, so nothing we pass can be refused by pingora with its bare 400.
-/// What `origin_form` will do to a head `unambiguous` passed.
-enum Rewrite {
-    None,
-    ReplacesHost,
-    AddsHost,
-}
-
-fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, Refusal> {
+fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, HeadRefusal> {
     // memchr jumps from line end to line end instead of testing every byte of the head.
     if memchr::memchr_iter(b'\n', head).any(|i| i == 0 || head[i - 1] != b'\r') {
-        return Err(Refusal::BareLf);
+        return Err(HeadRefusal::BareLf);
     }
     let (mut cl, mut te, mut hosts) = (0, 0, 0);
     let mut host: Option<&[u8]> = None;
@@ -136,12 +136,12 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, 
             cl += 1;
             // At most 19 digits: always fits a u64.
             if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
-                return Err(Refusal::ContentLength);
+                return Err(HeadRefusal::ContentLength);
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te += 1;
             if !value.eq_ignore_ascii_case(b"chunked") {
-                return Err(Refusal::TransferEncoding);
+                return Err(HeadRefusal::TransferEncoding);
             }
         } else if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
@@ -153,34 +153,34 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, 
                         .all(|(&a, &b)| a.to_ascii_lowercase() == b || (a == b'_' && b == b'-'))
             };
             if folded(b"content-length") || folded(b"transfer-encoding") || folded(b"host") {
-                return Err(Refusal::UnderscoreFraming);
+                return Err(HeadRefusal::UnderscoreFraming);
             }
         }
     }
     if cl > 1 {
-        return Err(Refusal::ContentLength);
+        return Err(HeadRefusal::ContentLength);
     }
     if te > 1 || (cl > 0 && te > 0) || (te > 0 && req.version == Some(0)) {
-        return Err(Refusal::TransferEncoding);
+        return Err(HeadRefusal::TransferEncoding);
     }
     // RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without Host, with
     // more than one Host line, or with an invalid Host value (whatever the target form).
     if hosts > 1 {
-        return Err(Refusal::HostDuplicate);
+        return Err(HeadRefusal::HostDuplicate);
     }
     match host {
-        None if req.version == Some(1) => return Err(Refusal::HostMissing),
-        Some(value) if !valid_authority(value) => return Err(Refusal::HostInvalid),
+        None if req.version == Some(1) => return Err(HeadRefusal::HostMissing),
+        Some(value) if !valid_authority(value) => return Err(HeadRefusal::HostInvalid),
         _ => {}
     }
     let method = req.method.unwrap_or("");
     if method == "CONNECT" {
-        return Err(Refusal::Method);
+        return Err(HeadRefusal::Method);
     }
     let target = req.path.unwrap_or("").as_bytes();
     // RFC 3986 URIs are ASCII; pingora would forward other bytes verbatim (and log them lossily).
     if !target.is_ascii() {
-        return Err(Refusal::Target);
+        return Err(HeadRefusal::Target);
     }
     // What pingora will see after `origin_form` rewrote an absolute-form head.
     let (forwarded_target, forwarded_host, rewrite) = match split_target(target)? {
@@ -206,7 +206,7 @@ fn unambiguous(req: &httparse::Request<'_, '_>, head: &[u8]) -> Result<Rewrite, 
         return Ok(rewrite);
     }
     if !pingora_accepts(method, forwarded_target, forwarded_host, v10) {
-        return Err(Refusal::Target);
+        return Err(HeadRefusal::Target);
     }
     Ok(rewrite)
 }
@@ -299,7 +299,7 @@ enum Target<'a> {
 }
 
 /// Classifies the target with pingora's own absolute-form classifier.
-fn split_target(target: &[u8]) -> Result<Target<'_>, Refusal> {
+fn split_target(target: &[u8]) -> Result<Target<'_>, HeadRefusal> {
     use pingora::http::authority::{raw_target_authority, RawTargetAuthority};
     if target.first() == Some(&b'/') {
         return Ok(Target::Origin);
@@ -311,16 +311,16 @@ fn split_target(target: &[u8]) -> Result<Target<'_>, Refusal> {
             path_and_query,
         } if scheme.eq_ignore_ascii_case(b"http") || scheme.eq_ignore_ascii_case(b"https") => {
             if !valid_authority(authority) {
-                return Err(Refusal::Authority);
+                return Err(HeadRefusal::Authority);
             }
             Ok(Target::Absolute {
                 authority,
                 path_and_query,
             })
         }
-        RawTargetAuthority::AmbiguousAuthority => Err(Refusal::Authority),
+        RawTargetAuthority::AmbiguousAuthority => Err(HeadRefusal::Authority),
         // `*`, `ws://`, `mailto:x`, `foo`: nothing we serve.
-        _ => Err(Refusal::Target),
+        _ => Err(HeadRefusal::Target),
     }
 }
 
@@ -410,8 +410,8 @@ pub enum HeadOutcome {
     TimedOut,
     /// Head larger than the cap, or too many fields: 431.
     TooLarge,
-    /// Not HTTP/1.x, or a head we refuse (see `Refusal`): 400.
-    Malformed(Refusal),
+    /// Not HTTP/1.x, or a head we refuse (see `HeadRefusal`): 400.
+    Malformed(HeadRefusal),
     /// The connection broke mid-head: nothing to answer.
     Broken,
 }
@@ -549,12 +549,12 @@ mod tests {
             ("partial headers", b"GET / HTTP/1.1\r\nHost: a\r\n", Partial),
             ("empty", b"", Partial),
             ("http/1.0 needs no Host", b"GET / HTTP/1.0\r\n\r\n", Complete(18)),
-            ("not http", b"\x16\x03\x01\x02\x00\x01\x00", Invalid(Refusal::Malformed)),
-            ("space in name", b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", Invalid(Refusal::Malformed)),
-            ("obs-fold", b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", Invalid(Refusal::Malformed)),
-            ("nul in value", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", Invalid(Refusal::Malformed)),
-            ("bad version", b"GET / HTTP/2.0\r\n\r\n", Invalid(Refusal::Malformed)),
-            ("non-ASCII target", b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", Invalid(Refusal::Target)),
+            ("not http", b"\x16\x03\x01\x02\x00\x01\x00", Invalid(HeadRefusal::Malformed)),
+            ("space in name", b"GET / HTTP/1.1\r\nBad Name: a\r\n\r\n", Invalid(HeadRefusal::Malformed)),
+            ("obs-fold", b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n", Invalid(HeadRefusal::Malformed)),
+            ("nul in value", b"GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n", Invalid(HeadRefusal::Malformed)),
+            ("bad version", b"GET / HTTP/2.0\r\n\r\n", Invalid(HeadRefusal::Malformed)),
+            ("non-ASCII target", b"GET /\xc3\xa9 HTTP/1.1\r\nHost: a\r\n\r\n", Invalid(HeadRefusal::Target)),
         ];
         let mut cases: Vec<(&str, Vec<u8>, HeadScan)> =
             fixed.iter().map(|(n, b, w)| (*n, b.to_vec(), *w)).collect();
@@ -579,9 +579,9 @@ mod tests {
                 HeadScan::Complete(24 + 9 + 99 * 6 + 2),
             ),
         ]);
-        use Refusal::*;
+        use HeadRefusal::*;
         // Ambiguous framing or addressing: refused before pingora or the app sees it.
-        let rows: &[(&str, &str, Option<Refusal>)] = &[
+        let rows: &[(&str, &str, Option<HeadRefusal>)] = &[
             ("chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", None),
             ("one length", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length:  42 \r\n\r\n", None),
             ("absolute-form = Host", "GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n", None),
@@ -624,7 +624,7 @@ mod tests {
             ("invalid Host beside absolute-form", "GET http://a/ HTTP/1.1\r\nHost: bad host\r\n\r\n", Some(HostInvalid)),
             ("CONNECT", "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n", Some(Method)),
             ("asterisk", "OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
-            // What pingora's own Uri parser refuses (issue #13 §1): must be ours.
+            // What pingora's own Uri parser refuses: must be ours.
             ("< in path", "GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
             ("> in path", "GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
             ("backtick in path", "GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Some(Target)),
@@ -691,7 +691,7 @@ mod tests {
     }
 
     /// Differential check against pingora itself: every head we pass (after the
-    /// absolute-form rewrite) pingora reads; and the issue's classes that used to get
+    /// absolute-form rewrite) pingora reads; and the head classes that used to get
     /// pingora's bare 400 are refused by pingora indeed, and now by us first.
     #[tokio::test]
     async fn agrees_with_pingoras_reader() {
@@ -713,30 +713,42 @@ mod tests {
             assert_eq!(read, Ok(forwarded.len()), "{head:?}");
         }
         let pingora_refuses = [
-            ("GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
-            ("GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
-            ("GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n", Refusal::Target),
+            (
+                "GET /v1/<x HTTP/1.1\r\nHost: a\r\n\r\n",
+                HeadRefusal::Target,
+            ),
+            (
+                "GET /v1/x> HTTP/1.1\r\nHost: a\r\n\r\n",
+                HeadRefusal::Target,
+            ),
+            (
+                "GET /v1/`x` HTTP/1.1\r\nHost: a\r\n\r\n",
+                HeadRefusal::Target,
+            ),
             (
                 "GET /v1/x?a=\" HTTP/1.1\r\nHost: a\r\n\r\n",
-                Refusal::Target,
+                HeadRefusal::Target,
             ),
             (
                 "GET /v1/x?a=<> HTTP/1.1\r\nHost: a\r\n\r\n",
-                Refusal::Target,
+                HeadRefusal::Target,
             ),
             (
                 "GET http://[::1/x HTTP/1.1\r\nHost: a\r\n\r\n",
-                Refusal::Authority,
+                HeadRefusal::Authority,
             ),
             (
                 "GET http://a\\b/x HTTP/1.1\r\nHost: a\r\n\r\n",
-                Refusal::Authority,
+                HeadRefusal::Authority,
             ),
             (
                 "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-                Refusal::HostDuplicate,
+                HeadRefusal::HostDuplicate,
             ),
-            ("GET / HTTP/1.1\r\nHost: u@a\r\n\r\n", Refusal::HostInvalid),
+            (
+                "GET / HTTP/1.1\r\nHost: u@a\r\n\r\n",
+                HeadRefusal::HostInvalid,
+            ),
         ];
         for (head, refusal) in pingora_refuses {
             assert!(
@@ -803,10 +815,10 @@ mod tests {
 
     #[test]
     fn reasons_are_distinct_labels() {
-        let mut labels: Vec<&str> = Refusal::ALL.iter().map(|r| r.reason()).collect();
+        let mut labels: Vec<&str> = HeadRefusal::ALL.iter().map(|r| r.reason()).collect();
         labels.sort();
         labels.dedup();
-        assert_eq!(labels.len(), Refusal::ALL.len());
+        assert_eq!(labels.len(), HeadRefusal::ALL.len());
         assert!(labels
             .iter()
             .all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
@@ -878,7 +890,7 @@ mod tests {
             })
         })
         .await;
-        assert_eq!(bad, HeadOutcome::Malformed(Refusal::Malformed));
+        assert_eq!(bad, HeadOutcome::Malformed(HeadRefusal::Malformed));
         let ok = run(|mut c| {
             tokio::spawn(async move {
                 let _ = c.write_all(b"GET /v1/x HTTP/1.1\r\nHost: a\r\n\r\n").await;

@@ -18,8 +18,8 @@ use tokio::sync::watch;
 
 use crate::accept::h1::buffered::{Buffered, Transport};
 use crate::accept::h1::head::{origin_form, read_head, HeadLimits, HeadOutcome};
+use crate::forward::conn;
 use crate::forward::errors;
-use crate::forward::headers;
 use crate::forward::request_log;
 use crate::forward::respond::raw_error_response;
 use crate::state::Shared;
@@ -67,7 +67,7 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
             HeadOutcome::Idle | HeadOutcome::Broken => return,
         };
         if let Some(err) = answer {
-            let id = headers::new_request_id();
+            let id = edgekit::new_request_id();
             let bytes = raw_error_response(err, &live, &id);
             let _ = tokio::time::timeout(t.downstream_write, async {
                 io.write_all(&bytes).await?;
@@ -102,7 +102,8 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
             Ok(s) => s,
             Err(_) => return,
         };
-        if shared.is_draining() {
+        // Pingora handed the connection back for the next request; a drain ends it here.
+        if conn::keepalive(t, shared.is_draining(), false).is_none() {
             return;
         }
         first = false;

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 
 use crate::accept::tls::stream::TlsIo;
 use crate::config::Http2Config;
+use crate::forward::conn;
 use crate::forward::errors;
-use crate::forward::headers;
 use crate::forward::request_log;
 use crate::forward::respond;
 use crate::state::Shared;
@@ -275,7 +275,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
                 refuse_oversized(session, peer, &shared).await;
                 return;
             }
-            session.set_write_timeout(Some(shared.live.load().config.timeouts.downstream_write));
+            conn::client_timeouts(&mut session, &shared.live.load().config.timeouts);
             proxy.process_new_http(session, &shutdown).await;
         });
     }
@@ -286,7 +286,7 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
     let started = Instant::now();
     let tls = session.digest().and_then(|d| d.ssl_digest.clone());
     let live = shared.live.load();
-    let id = headers::new_request_id();
+    let id = edgekit::new_request_id();
     let err = errors::HEADERS_TOO_LARGE;
     let body = err.body(None);
     if let Ok(head) = respond::error_header(err, body.len(), &live, &id) {

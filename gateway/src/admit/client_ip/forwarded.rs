@@ -7,7 +7,69 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::header::{HeaderName, FORWARDED};
 use http::HeaderMap;
 
-use crate::forward::headers::trim_ows;
+/// Canonical (lower-case, dash-separated) names of headers that claim to say
+/// who the client is or how it connected. Upstreams must only ever see the
+/// values *we* write, so every spelling of these is stripped from requests.
+const FORWARDING_HEADERS: &[&str] = &[
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-forwarded-ssl",
+    "x-forwarded",
+    "forwarded",
+    "forwarded-for",
+    "x-real-ip",
+    "x-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+    "x-original-forwarded-for",
+    "x-originating-ip",
+    "x-remote-ip",
+    "x-remote-addr",
+    "x-proxyuser-ip",
+];
+
+/// ASCII lower-case with `_` folded to `-`, so `X_Forwarded_For` matches
+/// `x-forwarded-for`: many servers (CGI, some frameworks) treat the two as the
+/// same header, so an attacker can use either spelling.
+fn fold(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Compare `name` against an already-canonical `canonical` without allocating.
+fn eq_folded(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len() && name.iter().zip(canonical).all(|(&a, &b)| fold(a) == b)
+}
+
+/// True for every header that claims to say who the client is or how it
+/// connected, in any case and with `_` in place of `-` (`X_Forwarded_For`).
+/// `x-request-id` is deliberately not one of them.
+pub fn is_forwarding_header(name: &str) -> bool {
+    FORWARDING_HEADERS
+        .iter()
+        .any(|c| eq_folded(name.as_bytes(), c.as_bytes()))
+}
+
+/// Strip optional whitespace (SP / HTAB) from both ends, per RFC 9110 OWS.
+pub fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
+}
 
 /// One chain entry as seen by the walker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -19,11 +19,14 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
 use crate::admit::client_ip::forwarded::{
-    parse_addr_entry, parse_forwarded_element, Node, SplitOutsideQuotes,
+    is_forwarding_header, parse_addr_entry, parse_forwarded_element, trim_ows, Node,
+    SplitOutsideQuotes,
 };
 use crate::admit::net::{canonical_ip, canonical_nets};
-use crate::forward::headers::{is_forwarding_header, trim_ows};
 use crate::observe::textfmt::push_ip;
+
+// The decision is the access log's bounded `trust` field, so observe defines it.
+pub use crate::observe::labels::TrustDecision;
 
 /// Default cap on chain entries walked: deep enough for any real proxy chain,
 /// small enough that a 10 KB header cannot make us do real work.
@@ -92,30 +95,6 @@ impl ClientIpPolicy {
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
-    }
-}
-
-/// How the client address was decided.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TrustDecision {
-    /// Untrusted peer, no forwarding headers: the peer is the client.
-    Direct,
-    /// Trusted peer; the client came from a verified walk (or is the peer).
-    Trusted,
-    /// Untrusted peer sent forwarding headers; ignored, the peer is the client.
-    UntrustedPeerSpoof,
-    /// The walk hit something unusable; the client is the last verified hop.
-    Malformed,
-}
-
-impl TrustDecision {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            TrustDecision::Direct => "direct",
-            TrustDecision::Trusted => "trusted",
-            TrustDecision::UntrustedPeerSpoof => "untrusted_peer_spoof",
-            TrustDecision::Malformed => "malformed",
-        }
     }
 }
 

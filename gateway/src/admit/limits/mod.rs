@@ -194,22 +194,22 @@ impl Compiled {
     }
 }
 
-/// Client identity within one policy's store.
+/// The key of a client's bucket within one policy's store.
 #[derive(Hash, Clone, Copy)]
-enum ClientKey<'a> {
+enum BucketKey<'a> {
     V4(u32),
     V6(u128),
     User(&'a str),
     Global,
 }
 
-impl ClientKey<'_> {
+impl BucketKey<'_> {
     fn id(&self) -> ClientId<'_> {
         match *self {
-            ClientKey::V4(a) => ClientId::V4(a),
-            ClientKey::V6(a) => ClientId::V6(a),
-            ClientKey::User(u) => ClientId::User(u),
-            ClientKey::Global => ClientId::Global,
+            BucketKey::V4(a) => ClientId::V4(a),
+            BucketKey::V6(a) => ClientId::V6(a),
+            BucketKey::User(u) => ClientId::User(u),
+            BucketKey::Global => ClientId::Global,
         }
     }
 }
@@ -311,23 +311,23 @@ impl Limiter {
     pub fn check(&self, req: &RequestFacts, now_ns: u64) -> Verdict {
         let ip = canonical_ip(req.client_ip);
         // Computed lazily: most configs have few policies and exempt lists are short.
-        let mut ip_key: Option<Option<ClientKey>> = None;
-        let mut matched: Vec<(&Compiled, u64, ClientKey)> = Vec::new();
+        let mut ip_key: Option<Option<BucketKey>> = None;
+        let mut matched: Vec<(&Compiled, u64, BucketKey)> = Vec::new();
         for p in &self.policies {
             if !p.config.matcher.matches(req.method, req.path) {
                 continue;
             }
             let key = match p.config.key {
                 KeyKind::Ip => match ip_key.get_or_insert_with(|| self.ip_key(ip)) {
-                    Some(ClientKey::V4(a)) => ClientKey::V4(*a),
-                    Some(ClientKey::V6(a)) => ClientKey::V6(*a),
+                    Some(BucketKey::V4(a)) => BucketKey::V4(*a),
+                    Some(BucketKey::V6(a)) => BucketKey::V6(*a),
                     _ => continue, // exempt
                 },
                 KeyKind::User => match req.user {
-                    Some(u) => ClientKey::User(u),
+                    Some(u) => BucketKey::User(u),
                     None => continue,
                 },
-                KeyKind::Global => ClientKey::Global,
+                KeyKind::Global => BucketKey::Global,
             };
             // The policy name is hashed in too, so no two policies ever share a bucket
             // even if they were to share a store.
@@ -424,24 +424,24 @@ impl Limiter {
     /// `ipv6_prefix`), for other per-client counters; `None` when `exempt`.
     pub fn client_group(&self, ip: IpAddr) -> Option<(u8, u128)> {
         match self.ip_key(canonical_ip(ip))? {
-            ClientKey::V4(a) => Some((4, u128::from(a))),
-            ClientKey::V6(a) => Some((6, a)),
-            ClientKey::User(_) | ClientKey::Global => None,
+            BucketKey::V4(a) => Some((4, u128::from(a))),
+            BucketKey::V6(a) => Some((6, a)),
+            BucketKey::User(_) | BucketKey::Global => None,
         }
     }
 
     /// `None` when the client is exempt from per-IP policies.
-    fn ip_key(&self, ip: IpAddr) -> Option<ClientKey<'static>> {
+    fn ip_key(&self, ip: IpAddr) -> Option<BucketKey<'static>> {
         if self.exempt.iter().any(|n| n.contains(&ip)) {
             return None;
         }
         Some(match ip {
-            IpAddr::V4(a) => ClientKey::V4(u32::from(a)),
+            IpAddr::V4(a) => BucketKey::V4(u32::from(a)),
             IpAddr::V6(a) => {
                 // One subscriber usually gets a whole /64: group by prefix so rotating
                 // addresses does not multiply the allowance.
                 let mask = u128::MAX << (128 - u32::from(self.ipv6_prefix));
-                ClientKey::V6(u128::from(a) & mask)
+                BucketKey::V6(u128::from(a) & mask)
             }
         })
     }

@@ -1,7 +1,7 @@
 //! Certificate files → a checked pair: reads `tls.cert_file` and `tls.key_file` (blocking:
 //! callers on the runtime use `spawn_blocking`), checks them with `tls::cert::load_pair`, and
-//! says which config field an error belongs to. Shared by startup, `check-config` and the
-//! hot-reload watcher (`reload.rs`); when to try is decided in `cert_watch`.
+//! says which config field an error belongs to. Used by startup, `check-config` and the
+//! hot-reload watcher (`CertWatch`, run by `reload`); when to try is decided in `decide`.
 
 pub mod decide;
 

@@ -1,5 +1,5 @@
 //! Rate limits shared across gateway replicas through Redis, with no Redis round trip on
-//! the hot path (issue 12; design in `shared/research/shared-limits.md` §4).
+//! the hot path.
 //!
 //! - `policy`: the local state of one shared policy (pure, time injected). The local GCRA
 //!   always decides; each replica may spend only 1/n of the free shared burst between

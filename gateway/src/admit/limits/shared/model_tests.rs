@@ -3,7 +3,7 @@
 //! flush script, with injected time, per-replica clock offsets, random latency and loss.
 //! Adversaries: spread, simultaneous burst at every replica, replica hopping, sticky.
 //! Asserts, in every sliding window, admitted <= R·W + B + E (+ hits whose flush was lost
-//! before reaching Redis), with E = (n−1)·(R·(2T+d)+1) + (n−1)·B/(2n) (research §4.2),
+//! before reaching Redis), with E = (n−1)·(R·(2T+d)+1) + (n−1)·B/(2n) (the lease bound),
 //! and the long-run total within 1 % of R·L + B.
 
 use std::cmp::Reverse;
