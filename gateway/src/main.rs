@@ -15,7 +15,7 @@ use gateway::forward::{proxy, upstream};
 use gateway::observe::logging;
 use gateway::operate::certs::{self, decide};
 use gateway::operate::{admin, reload};
-use gateway::state::{Live, Shared};
+use gateway::state::{Live, Process};
 use pingora::server::configuration::ServerConf;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -165,7 +165,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         }
     };
     let c = live.config.clone();
-    let mut shared = Shared::new(live, config_path.to_path_buf());
+    let mut shared = Process::new(live, config_path.to_path_buf());
     if let Some(t) = &c.tls {
         // The same check as `check-config`: errors say file:line and the field.
         let loaded = certs::check(&c, config_path).map_err(|e| e.to_string());

@@ -91,7 +91,7 @@ impl Live {
     }
 }
 
-pub struct Shared {
+pub struct Process {
     pub live: ArcSwap<Live>,
     pub metrics: Metrics,
     pub upstream: Arc<UpstreamState>,
@@ -103,10 +103,10 @@ pub struct Shared {
     draining: AtomicBool,
 }
 
-impl Shared {
-    pub fn new(live: Live, config_path: PathBuf) -> Shared {
+impl Process {
+    pub fn new(live: Live, config_path: PathBuf) -> Process {
         let upstream = Arc::new(UpstreamState::new(&live.config.upstream));
-        Shared {
+        Process {
             live: ArcSwap::from_pointee(live),
             metrics: Metrics::new(),
             upstream,
@@ -118,7 +118,7 @@ impl Shared {
     }
 
     /// Serves TLS with `tls` (loaded by `operate::certs::check`).
-    pub fn with_tls(mut self, tls: TlsState) -> Shared {
+    pub fn with_tls(mut self, tls: TlsState) -> Process {
         self.tls = Some(tls);
         self
     }

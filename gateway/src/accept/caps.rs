@@ -13,7 +13,7 @@
 //! `inflight` (fixed size, never undercounts; see there for the false-sharing bound,
 //! which holds here as every counted slot is one of at most `max_connections`), new
 //! connections in a GCRA `limits::store::Store` (capped keys, full buckets evicted first).
-//! The state lives in `Shared`; the caps are read per connection, so a reload applies to
+//! The state lives in `Process`; the caps are read per connection, so a reload applies to
 //! the next connection.
 
 use std::net::IpAddr;

@@ -29,14 +29,14 @@ use crate::admit::limits::shared::monotonic_ns;
 use crate::forward::errors;
 use crate::forward::request_log;
 use crate::forward::respond::raw_error_response;
-use crate::state::Shared;
+use crate::state::Process;
 
 /// Accepts until `shutdown` flips. Each connection holds a permit of `permits`,
 /// so the caller can wait for all of them to come back to know it has drained.
 pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     listener: TcpListener,
     proxy: Arc<P>,
-    shared: Arc<Shared>,
+    shared: Arc<Process>,
     permits: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -79,7 +79,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
 
 /// The per-client caps for a new connection; `Ok` holds its open slot (if counted) until
 /// dropped, however the connection ends.
-fn admit(peer: SocketAddr, shared: &Shared) -> Result<Option<Guard>, Reason> {
+fn admit(peer: SocketAddr, shared: &Process) -> Result<Option<Guard>, Reason> {
     let live = shared.live.load();
     let key = caps::client_key(peer.ip(), &live.client_ip, &live.limiter);
     let caps = caps::Caps::from_config(&live.config.limits);
@@ -104,7 +104,7 @@ fn admit(peer: SocketAddr, shared: &Shared) -> Result<Option<Guard>, Reason> {
 /// JSON 429 and a lingering close (so the client's unread request does not turn it into a
 /// reset), under a tiny deadline and at most `REFUSING` at a time, so a flood can hold
 /// neither many tasks nor many fds (beyond that it is just closed).
-fn refuse_client(tcp: TcpStream, shared: &Arc<Shared>) {
+fn refuse_client(tcp: TcpStream, shared: &Arc<Process>) {
     static REFUSING: Semaphore = Semaphore::const_new(64);
     let Some(turn) = shared
         .tls
@@ -136,7 +136,7 @@ const REFUSE_DEADLINE: Duration = Duration::from_millis(250);
 
 /// Over the connection cap: a short 503 (cleartext listener only) and close, without reading
 /// the request.
-async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Process) {
     let live = shared.live.load();
     let id = edgekit::new_request_id();
     let bytes = raw_error_response(errors::UNAVAILABLE, &live, &id);
@@ -160,7 +160,7 @@ async fn handle<P: HttpServerApp + Send + Sync + 'static>(
     tcp: TcpStream,
     peer: SocketAddr,
     proxy: Arc<P>,
-    shared: &Arc<Shared>,
+    shared: &Arc<Process>,
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);

@@ -14,7 +14,7 @@
 //! row hashes): ≤ 5·10⁻¹⁰ at the defaults (M = 10 000, C = 256) and ≤ 5·10⁻⁴ with a
 //! cap as low as 8. `tests::false_sharing_is_rare` measures it.
 //!
-//! The sketch lives in `Shared`, not in the reloaded `Live`: a reload changes the cap
+//! The sketch lives in `Process`, not in the reloaded `Live`: a reload changes the cap
 //! (read per request) and never forgets who holds slots.
 
 use std::hash::Hash;

@@ -22,10 +22,10 @@ use crate::forward::errors::{self, EdgeError, ProxyError, UpstreamFailure};
 use crate::forward::headers;
 use crate::forward::request_log::{self, Finished};
 use crate::forward::respond;
-use crate::state::{Live, Shared};
+use crate::state::{Live, Process};
 
 pub struct Gateway {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<Process>,
 }
 
 /// Per-request state, filled phase by phase and read once in `logging`.

@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::state::Shared;
+use crate::state::Process;
 
 fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     Response::builder()
@@ -24,7 +24,7 @@ fn json(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
 }
 
 /// Refreshes gauges that are read from state rather than counted on the hot path.
-fn refresh_gauges(shared: &Shared, log_dropped: usize) {
+fn refresh_gauges(shared: &Process, log_dropped: usize) {
     let m = &shared.metrics;
     let live = shared.live.load();
     for stats in live.limiter.policies() {
@@ -39,7 +39,7 @@ fn refresh_gauges(shared: &Shared, log_dropped: usize) {
 }
 
 pub fn route(
-    shared: &Shared,
+    shared: &Process,
     req: &Request<Incoming>,
     log_dropped: usize,
 ) -> Response<Full<Bytes>> {
@@ -75,7 +75,7 @@ pub fn route(
 
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Process>,
     log_dropped: Arc<dyn Fn() -> usize + Send + Sync>,
 ) {
     // Runs until the process exits, so /readyz keeps answering 503 while draining.

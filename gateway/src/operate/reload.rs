@@ -10,7 +10,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
 use crate::operate::certs::{self, CertWatch};
-use crate::state::{Live, Shared};
+use crate::state::{Live, Process};
 
 /// Why polling and not inotify: editors replace files by rename and a
 /// single-file bind mount pins the old inode, so events get lost; comparing
@@ -25,7 +25,7 @@ pub enum ReloadResult {
 }
 
 /// One reload attempt. The running config is replaced only by a valid one.
-pub fn reload(shared: &Shared) -> ReloadResult {
+pub fn reload(shared: &Process) -> ReloadResult {
     let old = shared.live.load_full();
     // A config that names other certificate files brings their pair, or is refused whole.
     let result = Config::load(&shared.config_path)
@@ -71,7 +71,7 @@ fn fingerprint(paths: &[&Path]) -> Vec<(PathBuf, Option<Vec<u8>>)> {
 }
 
 /// Watches for SIGHUP and content changes until the process exits.
-pub async fn watch(shared: Arc<Shared>) {
+pub async fn watch(shared: Arc<Process>) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => s,
         Err(e) => {
@@ -79,7 +79,7 @@ pub async fn watch(shared: Arc<Shared>) {
             return;
         }
     };
-    let watched = |shared: &Shared| {
+    let watched = |shared: &Process| {
         let key_file = shared.live.load().config.token_key_file.clone();
         let paths = [shared.config_path.as_path(), key_file.as_path()];
         fingerprint(&paths)

@@ -22,13 +22,13 @@ use crate::forward::conn;
 use crate::forward::errors;
 use crate::forward::request_log;
 use crate::forward::respond::raw_error_response;
-use crate::state::Shared;
+use crate::state::Process;
 
 pub async fn serve<S: Transport, P: HttpServerApp>(
     mut io: Box<Buffered<S>>,
     peer: SocketAddr,
     proxy: Arc<P>,
-    shared: &Shared,
+    shared: &Process,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut settings = None;

@@ -23,7 +23,7 @@ use crate::forward::conn;
 use crate::forward::errors;
 use crate::forward::request_log;
 use crate::forward::respond;
-use crate::state::Shared;
+use crate::state::Process;
 use frames::{FrameLimits, FrameWatch, Violation};
 
 /// Streams pingora refused (bad :path, Content-Length, authority) before the connection goes:
@@ -131,7 +131,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     mut io: TlsIo,
     peer: SocketAddr,
     proxy: Arc<P>,
-    shared: Arc<Shared>,
+    shared: Arc<Process>,
     mut shutdown: watch::Receiver<bool>,
 ) -> &'static str {
     let live = shared.live.load_full();
@@ -282,7 +282,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
 }
 
 /// Our JSON 431 on the stream (the codec's bare 431 is only above `max_header_list_bytes`).
-async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: &Shared) {
+async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: &Process) {
     let started = Instant::now();
     let tls = session.digest().and_then(|d| d.ssl_digest.clone());
     let live = shared.live.load();

@@ -14,7 +14,7 @@ use tokio_rustls::TlsAcceptor;
 use cert::LoadedCert;
 use resolver::CertResolver;
 
-/// What the listener needs for TLS; lives in `Shared` so a reload can `resolver.store`.
+/// What the listener needs for TLS; lives in `Process` so a reload can `resolver.store`.
 pub struct TlsState {
     pub resolver: Arc<CertResolver>,
     pub acceptor: TlsAcceptor,

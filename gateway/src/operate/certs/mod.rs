@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use crate::accept::tls::cert::{load_pair, CertError, LoadedCert};
 use crate::config::{locate_field, Config, ConfigError, TlsConfig};
 use crate::operate::certs::decide::{tls_change, Debounce, FileRead, Snapshot, Step, TlsChange};
-use crate::state::Shared;
+use crate::state::Process;
 
 /// A read of the two files that takes longer is given up on for this poll (a hung network
 /// file system): the served certificate stays, the stall is logged and counted once.
@@ -108,7 +108,7 @@ pub fn check(config: &Config, path: &Path) -> Result<Option<LoadedCert>, ConfigE
 
 /// Puts a checked pair in service (or refuses it): resolver, expiry gauge, counter, log.
 /// `why` says what triggered it (file change, SIGHUP, config).
-pub fn apply(shared: &Shared, result: Result<LoadedCert, PairError>, why: &str) -> bool {
+pub fn apply(shared: &Process, result: Result<LoadedCert, PairError>, why: &str) -> bool {
     let (Some(tls), Some(paths)) = (&shared.tls, shared.live.load().config.tls.clone()) else {
         return false;
     };
@@ -176,7 +176,7 @@ pub struct CertWatch {
 impl CertWatch {
     /// `None` without TLS. Starts from the files as they are now; if they no longer hold the
     /// pair being served (changed since startup), the first settled poll tries them.
-    pub async fn start(shared: &Arc<Shared>) -> Option<CertWatch> {
+    pub async fn start(shared: &Arc<Process>) -> Option<CertWatch> {
         let tls = shared.live.load().config.tls.clone()?;
         let served = shared.tls.as_ref()?.resolver.current();
         let t = tls.clone();
@@ -198,7 +198,7 @@ impl CertWatch {
     }
 
     /// One poll (`forced` on SIGHUP): read, and load + apply when the debounce says so.
-    pub async fn poll(&mut self, shared: &Arc<Shared>, forced: bool) {
+    pub async fn poll(&mut self, shared: &Arc<Process>, forced: bool) {
         let Some(tls) = shared.live.load().config.tls.clone() else {
             return;
         };
@@ -218,7 +218,7 @@ impl CertWatch {
         }
     }
 
-    async fn read(&mut self, tls: &TlsConfig, shared: &Shared) -> Option<Snapshot> {
+    async fn read(&mut self, tls: &TlsConfig, shared: &Process) -> Option<Snapshot> {
         let mut handle = match self.stalled.take() {
             Some(h) if !h.is_finished() => {
                 self.stalled = Some(h);
