@@ -1,4 +1,4 @@
-//! Hostile request heads through the real gateway (issue #13 §1–§3): every refusal is
+//! Hostile request heads through the real gateway: every refusal is
 //! ours (JSON, security headers, `X-Request-Id`, one access-log line, a metric), Host
 //! per RFC 9112 §3.2, absolute-form forwarded with the target's authority as Host, and
 //! tokens whose JOSE header has `crit` refused at the edge and at the app.
@@ -180,7 +180,7 @@ fn fuzzed_request(rng: &mut Rng) -> Vec<u8> {
     req.into_bytes()
 }
 
-/// Issue #13 §1: request lines pingora would refuse, and many it would not, through the
+/// Request lines pingora would refuse, and many it would not, through the
 /// real gateway. Every answer is ours and every request has exactly one access-log line.
 #[tokio::test]
 async fn fuzzed_request_lines_always_get_our_answer_and_one_log_line() {
@@ -225,7 +225,7 @@ async fn fuzzed_request_lines_always_get_our_answer_and_one_log_line() {
     );
 }
 
-/// Issue #13 §1's named examples, one by one, with their reason label.
+/// The head classes pingora refuses with a bare 400, one example each, with their reason label.
 #[tokio::test]
 async fn targets_pingora_refuses_are_our_400_with_a_reason() {
     let stub = Stub::start(StubMode::Echo).await;
@@ -289,7 +289,7 @@ async fn targets_pingora_refuses_are_our_400_with_a_reason() {
     assert_eq!(stub.count(), 0, "nothing reached the upstream");
 }
 
-/// Issue #13 §2: Host per RFC 9112 §3.2, and absolute-form's authority winning.
+/// Host per RFC 9112 §3.2, and absolute-form's authority winning.
 #[tokio::test]
 async fn host_rules_and_absolute_form_authority_wins() {
     let stub = Stub::start(StubMode::Echo).await;
@@ -380,7 +380,7 @@ async fn host_rules_and_absolute_form_authority_wins() {
     }
 }
 
-/// Issue #13 §3: `crit` (and the other refused header parameters) → 401 at the edge and
+/// `crit` (and the other refused header parameters) → 401 at the edge and
 /// at the app, which share `keyring`; the same token with a plain header is accepted.
 #[tokio::test]
 async fn crit_and_key_carrying_headers_are_401_at_the_edge_and_at_the_app() {

@@ -1,4 +1,4 @@
-//! `limits.max_in_flight_per_client` through the real gateway (issue #13 §4): one client
+//! `limits.max_in_flight_per_client` through the real gateway: one client
 //! holding slow requests is capped with fast 429s while another client goes on, and its
 //! slots come back when its requests end, however they end.
 

@@ -25,7 +25,7 @@ use serde_yaml::Value as Yaml;
 /// added here is no longer checked against the services.
 const PROMETHEUS_GENERATED: &[&str] = &["up"];
 
-/// Alerts the issue requires.
+/// Alerts that must exist (RUNBOOK has a section for each).
 const REQUIRED_ALERTS: &[&str] = &[
     "GatewayHighErrorRate",
     "GatewayHighLatency",

@@ -1,4 +1,4 @@
-//! Shared rate limits against a real `redis-server` on loopback (issue 12):
+//! Shared rate limits against a real `redis-server` on loopback:
 //! - the Lua scripts themselves: arithmetic, TTLs (DBSIZE back to 0 after refill),
 //!   NOSCRIPT recovery after `SCRIPT FLUSH`, the exact script and the replica heartbeat;
 //! - end to end: 3 gateway processes + redis-server + an upstream stub. One client spread

@@ -577,7 +577,7 @@ fn hostile_cases() -> Vec<Case> {
             BAD,
         ),
         // An absolute-form authority disagreeing with Host is no longer refused: it wins
-        // and is forwarded as the only Host (RFC 9112 §3.2.2, issue #13), asserted by
+        // and is forwarded as the only Host (RFC 9112 §3.2.2), asserted by
         // hostile_head.rs `host_rules_and_absolute_form_authority_wins`. What stays
         // refused is an authority parsers could read two ways.
         req(
