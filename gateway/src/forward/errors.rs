@@ -252,6 +252,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn each_refusal_decides_status_log_error_and_counter() {
+        use ProxyError as E;
+        use RefusalCount as C;
+        let auth = AuthFailure::UnsupportedScheme;
+        #[rustfmt::skip]
+        let cases = [
+            (RefusalKind::Blocked(BlockReason::Client), 403, Some(E::BlockedClient), Some(C::Blocked(BlockReason::Client))),
+            (RefusalKind::Blocked(BlockReason::User), 403, Some(E::BlockedUser), Some(C::Blocked(BlockReason::User))),
+            (RefusalKind::AmbiguousPath, 400, None, None),
+            (RefusalKind::NoRoute, 404, None, None),
+            (RefusalKind::BodyTooLarge, 413, None, None),
+            (RefusalKind::TooManyInFlight, 429, Some(E::TooManyInFlight), Some(C::InFlight)),
+            // Counted per policy from the verdict's outcomes, not here.
+            (RefusalKind::RateLimited, 429, None, None),
+            (RefusalKind::InvalidToken(auth), 401, None, Some(C::AuthFailure(auth))),
+        ];
+        for (kind, status, log_error, count) in cases {
+            let r = kind.refused();
+            assert_eq!(
+                (r.answer.status, r.log_error, r.count),
+                (status, log_error, count),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bodies_are_valid_short_json() {
         let all = [
             BAD_REQUEST,
