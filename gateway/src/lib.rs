@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod blocklist;
+pub mod body_relay;
 pub mod buffered;
 pub mod cert_reload;
 pub mod cert_watch;

@@ -14,6 +14,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType, Result};
 
 use crate::blocklist::BlockReason;
+use crate::body_relay::BodyRelay;
 use crate::client_ip::Resolution;
 use crate::errors::{self, EdgeError, ProxyError, UpstreamFailure};
 use crate::forwarding;
@@ -38,6 +39,7 @@ pub struct RequestCtx {
     identity: Identity,
     verdict: Option<Verdict>,
     body_bytes: u64,
+    body: BodyRelay,
     upstream_started: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     /// Set when the gateway itself answered (edge error).
@@ -128,6 +130,7 @@ impl ProxyHttp for Gateway {
             identity: Identity::Anonymous,
             verdict: None,
             body_bytes: 0,
+            body: BodyRelay::default(),
             upstream_started: None,
             upstream_elapsed: None,
             answered: None,
@@ -176,9 +179,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -188,6 +191,10 @@ impl ProxyHttp for Gateway {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
             }
         }
+        let req = session.req_header();
+        *body = ctx.body.pass(body.take(), end_of_stream, || {
+            pipeline::declared_body_len(req)
+        });
         Ok(())
     }
 
@@ -231,6 +238,11 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("x-real-ip", real_ip)?;
         upstream.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if session.req_header().version == http::Version::HTTP_2 {
+            if let Some(cookie) = forwarding::joined_cookie(&upstream.headers) {
+                upstream.insert_header(http::header::COOKIE, cookie)?;
+            }
+        }
         Ok(())
     }
 
