@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::buffered::{Buffered, Transport};
 use crate::errors;
 use crate::forwarding;
-use crate::head::{origin_form, read_head, HeadLimits, HeadOutcome};
+use crate::head::{origin_form, read_head, seen, HeadLimits, HeadOutcome};
 use crate::request_log;
 use crate::respond::raw_error_response;
 use crate::state::Shared;
@@ -77,7 +77,7 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
                 ..request_log::EdgeConn::plain(peer)
             };
             let m = &shared.metrics;
-            request_log::edge_answer(m, conn, id, err, outcome.reason(), started);
+            request_log::edge_answer(m, conn, seen(&buf), id, err, outcome.reason(), started);
             return;
         }
         // Absolute-form: forward origin-form with Host = the target's authority (RFC 9112 §3.2.2).
