@@ -167,6 +167,16 @@ impl ProxyHttp for Gateway {
             Ok(found) => {
                 request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);
+                // `content-length: 0` makes the request complete upstream at its head: an h2
+                // stream still open after its HEADERS waits for its END_STREAM first, so one
+                // refused later (a trailer section) never reaches the app.
+                let req = session.req_header();
+                if req.version == http::Version::HTTP_2
+                    && pipeline::declared_body_len(req) == Some(0)
+                    && !session.is_body_done()
+                {
+                    while session.read_request_body().await?.is_some() {}
+                }
                 Ok(false)
             }
             Err(refusal) => {

@@ -826,6 +826,7 @@ fn h2_case(rng: &mut impl rand::Rng, id: usize) -> H2Case {
         frames.push(n);
         left -= n;
     }
+    let trailers = has_body && rng.random_bool(0.15);
     H2Case {
         method,
         path,
@@ -833,8 +834,9 @@ fn h2_case(rng: &mut impl rand::Rng, id: usize) -> H2Case {
         body,
         frames,
         content_length: has_body && rng.random_bool(0.5),
-        end_on_empty: has_body && rng.random_bool(0.4),
-        trailers: has_body && rng.random_bool(0.15),
+        trailers,
+        // A trailer section ends the stream itself.
+        end_on_empty: has_body && !trailers && rng.random_bool(0.4),
     }
 }
 
