@@ -69,7 +69,10 @@ fn relay(declared_mode: u8, pieces: &[&[u8]]) {
         }
         if !end {
             if let Some(d) = declared {
-                assert!((out.len() as u64) < d || d == 0, "declared length completed early");
+                assert!(
+                    (out.len() as u64) < d || d == 0,
+                    "declared length completed early"
+                );
             }
         }
     }

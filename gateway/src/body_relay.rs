@@ -94,7 +94,11 @@ mod tests {
         for (name, declared, steps) in cases {
             let mut relay = BodyRelay::default();
             for (i, (piece, end, want)) in steps.iter().enumerate() {
-                let got = relay.pass(piece.map(|s| Bytes::from_static(s.as_bytes())), *end, || *declared);
+                let got = relay.pass(
+                    piece.map(|s| Bytes::from_static(s.as_bytes())),
+                    *end,
+                    || *declared,
+                );
                 let got = got.as_deref().map(|b| std::str::from_utf8(b).unwrap());
                 assert_eq!(got, *want, "{name}, step {i}");
             }

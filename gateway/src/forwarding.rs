@@ -397,7 +397,11 @@ mod tests {
                 h.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());
             }
             let got = joined_cookie(&h);
-            assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), *want, "{crumbs:?}");
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *want,
+                "{crumbs:?}"
+            );
         }
     }
 }

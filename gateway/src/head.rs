@@ -576,7 +576,11 @@ mod tests {
         ];
         for (name, head, (method, target, ua)) in cases {
             let got = seen(head);
-            assert_eq!((got.method, got.target, got.user_agent), (*method, *target, *ua), "{name}");
+            assert_eq!(
+                (got.method, got.target, got.user_agent),
+                (*method, *target, *ua),
+                "{name}"
+            );
         }
     }
 

@@ -715,7 +715,11 @@ const OURS: &[&str] = &[
 ];
 
 /// Checks one case against what the upstream recorded; `Err` says what differs.
-fn compare(case: &H2Case, outcome: &H2Outcome, seen: &[(serde_json::Value, Vec<u8>)]) -> Result<(), String> {
+fn compare(
+    case: &H2Case,
+    outcome: &H2Outcome,
+    seen: &[(serde_json::Value, Vec<u8>)],
+) -> Result<(), String> {
     if case.trailers {
         // Request trailers are refused: the stream fails, the upstream never holds a
         // complete request from it.
@@ -724,7 +728,11 @@ fn compare(case: &H2Case, outcome: &H2Outcome, seen: &[(serde_json::Value, Vec<u
         }
         return match seen {
             [] => Ok(()),
-            _ => Err(format!("upstream got {} request(s): {:?}", seen.len(), seen[0].0)),
+            _ => Err(format!(
+                "upstream got {} request(s): {:?}",
+                seen.len(),
+                seen[0].0
+            )),
         };
     }
     if *outcome != Ok(200) {
@@ -738,13 +746,22 @@ fn compare(case: &H2Case, outcome: &H2Outcome, seen: &[(serde_json::Value, Vec<u
         return Err(format!("request line {} {}", rec["method"], rec["path"]));
     }
     if *body != case.body {
-        return Err(format!("body {} bytes, sent {}", body.len(), case.body.len()));
+        return Err(format!(
+            "body {} bytes, sent {}",
+            body.len(),
+            case.body.len()
+        ));
     }
     let got: Vec<(String, String)> = rec["headers"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h[0].as_str().unwrap().to_owned(), h[1].as_str().unwrap().to_owned()))
+        .map(|h| {
+            (
+                h[0].as_str().unwrap().to_owned(),
+                h[1].as_str().unwrap().to_owned(),
+            )
+        })
         .filter(|(k, _)| !OURS.contains(&k.as_str()))
         .collect();
     let crumbs: Vec<&str> = case
@@ -753,8 +770,12 @@ fn compare(case: &H2Case, outcome: &H2Outcome, seen: &[(serde_json::Value, Vec<u
         .filter(|(k, _)| k == "cookie")
         .map(|(_, v)| v.as_str())
         .collect();
-    let mut want: Vec<(String, String)> =
-        case.headers.iter().filter(|(k, _)| k != "cookie").cloned().collect();
+    let mut want: Vec<(String, String)> = case
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "cookie")
+        .cloned()
+        .collect();
     if !crumbs.is_empty() {
         want.push(("cookie".into(), crumbs.join("; ")));
     }
@@ -778,13 +799,19 @@ fn h2_case(rng: &mut impl rand::Rng, id: usize) -> H2Case {
     const PCHARS: &[u8] = b"abcXYZ019-_~!$&'()*+,;=:@";
     const QCHARS: &[u8] = b"abc019-_~!$&'()*+,;=:@/?";
     fn seg(rng: &mut impl rand::Rng, set: &[u8], n: usize) -> String {
-        (0..n).map(|_| set[rng.random_range(0..set.len())] as char).collect()
+        (0..n)
+            .map(|_| set[rng.random_range(0..set.len())] as char)
+            .collect()
     }
     let method = METHODS[rng.random_range(0..METHODS.len())];
     let n = rng.random_range(1..12);
     let mut path = format!("/v1/documents/{}", seg(rng, PCHARS, n));
     if rng.random_bool(0.3) {
-        path.push_str(&format!("/{}%20{}", seg(rng, PCHARS, 3), seg(rng, PCHARS, 2)));
+        path.push_str(&format!(
+            "/{}%20{}",
+            seg(rng, PCHARS, 3),
+            seg(rng, PCHARS, 2)
+        ));
     }
     if rng.random_bool(0.4) {
         path.push('?');
@@ -903,11 +930,22 @@ async fn h2_to_h1_translation_differential() {
         started.elapsed()
     );
     assert!(cases >= 20, "only {cases} cases in the time bound");
-    assert!(failures.is_empty(), "H2_DIFF_SEED={seed}: {} of {cases} cases failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "H2_DIFF_SEED={seed}: {} of {cases} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 /// A POST case on `path` with `body` in DATA frames of `frames` bytes.
-fn post_case(id: &str, body: &[u8], frames: &[usize], content_length: bool, end_on_empty: bool) -> H2Case {
+fn post_case(
+    id: &str,
+    body: &[u8],
+    frames: &[usize],
+    content_length: bool,
+    end_on_empty: bool,
+) -> H2Case {
     H2Case {
         method: "POST",
         path: "/v1/documents".into(),
@@ -939,7 +977,11 @@ async fn h2_body_without_content_length_reaches_the_upstream_framed_once() {
     let body = b"hello world";
     let mut failures = Vec::new();
     for (i, (name, frames, cl, empty_end)) in cases.iter().enumerate() {
-        let body = if frames.is_empty() { &b""[..] } else { &body[..] };
+        let body = if frames.is_empty() {
+            &b""[..]
+        } else {
+            &body[..]
+        };
         let case = post_case(&i.to_string(), body, frames, *cl, *empty_end);
         let outcome = h2_send(&send, &case).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -970,10 +1012,22 @@ async fn h2_cookie_crumbs_are_joined_for_the_h1_upstream() {
     let (stub, gw) = (&w.stub, &w.gw);
     let r = resolve(gw);
     let target = url(gw, "/v1/documents");
-    let args = ["--http1.1", "--resolve", &r, "-H", "Cookie: a=1", "-H", "Cookie: b=2", &target];
+    let args = [
+        "--http1.1",
+        "--resolve",
+        &r,
+        "-H",
+        "Cookie: a=1",
+        "-H",
+        "Cookie: b=2",
+        &target,
+    ];
     let (ok, out) = tokio::task::block_in_place(|| curl(gw, &args));
     assert!(ok, "{out}");
-    assert_eq!(header_values(&stub.last_headers(), "cookie"), ["a=1", "b=2"]);
+    assert_eq!(
+        header_values(&stub.last_headers(), "cookie"),
+        ["a=1", "b=2"]
+    );
 }
 
 /// Malformed trailers: a trailer section with a pseudo-header (which the h2 codec drops
@@ -986,7 +1040,10 @@ async fn h2_malformed_trailers_never_reach_the_upstream() {
     let (stub, gw) = (&w.stub, &w.gw);
     let mut failures = Vec::new();
     let kinds = ["pseudo", "connection", "te", "content-length", "valid"];
-    for kind in kinds.iter().flat_map(|k| [k.to_string(), format!("{k}-cl")]) {
+    for kind in kinds
+        .iter()
+        .flat_map(|k| [k.to_string(), format!("{k}-cl")])
+    {
         let before = stub.count();
         let r = tokio::task::block_in_place(|| h2_client(gw, &["trailers", "100", &kind]));
         if r["status"] != serde_json::Value::Null {

@@ -323,12 +323,23 @@ mod tests {
             // too (closed or not, it is never a new request).
             (
                 "trailers",
-                [PREFACE, &headers_end, &data, &frame(HEADERS, END_HEADERS, 4)].concat(),
+                [
+                    PREFACE,
+                    &headers_end,
+                    &data,
+                    &frame(HEADERS, END_HEADERS, 4),
+                ]
+                .concat(),
                 Err(Violation::RequestTrailers),
             ),
             (
                 "headers on an older stream",
-                [PREFACE, &on(5, headers_end.clone()), &on(3, headers_end.clone())].concat(),
+                [
+                    PREFACE,
+                    &on(5, headers_end.clone()),
+                    &on(3, headers_end.clone()),
+                ]
+                .concat(),
                 Err(Violation::RequestTrailers),
             ),
             (
@@ -338,7 +349,14 @@ mod tests {
             ),
             (
                 "data on open streams interleaved",
-                [PREFACE, &on(1, headers_end.clone()), &on(3, headers_end.clone()), &data, &on(3, data.clone())].concat(),
+                [
+                    PREFACE,
+                    &on(1, headers_end.clone()),
+                    &on(3, headers_end.clone()),
+                    &data,
+                    &on(3, data.clone()),
+                ]
+                .concat(),
                 Ok(()),
             ),
         ];
