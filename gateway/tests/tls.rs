@@ -752,16 +752,8 @@ fn compare(
             case.body.len()
         ));
     }
-    let got: Vec<(String, String)> = rec["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h[0].as_str().unwrap().to_owned(),
-                h[1].as_str().unwrap().to_owned(),
-            )
-        })
+    let got: Vec<(String, String)> = record_headers(rec)
+        .into_iter()
         .filter(|(k, _)| !OURS.contains(&k.as_str()))
         .collect();
     let crumbs: Vec<&str> = case

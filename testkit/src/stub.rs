@@ -121,18 +121,7 @@ impl Stub {
     /// Headers of the last request the stub saw, lower-cased names, every line kept.
     pub fn last_headers(&self) -> Vec<(String, String)> {
         let reqs = self.requests.lock().unwrap();
-        let last = reqs.last().expect("stub saw no request");
-        last["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| {
-                (
-                    p[0].as_str().unwrap().to_string(),
-                    p[1].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
+        record_headers(reqs.last().expect("stub saw no request"))
     }
 
     pub fn count(&self) -> usize {
@@ -222,6 +211,21 @@ fn chunked_body(buf: &[u8]) -> Result<Option<(Vec<u8>, usize)>, ()> {
         }
         at += size + 2;
     }
+}
+
+/// The header lines of one record in `Stub::requests`, in order.
+pub fn record_headers(record: &serde_json::Value) -> Vec<(String, String)> {
+    record["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p[0].as_str().unwrap().to_string(),
+                p[1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 pub fn header_values<'a>(headers: &'a [(String, String)], name: &str) -> Vec<&'a str> {

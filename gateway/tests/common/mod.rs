@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use testkit::{
     assert_all_passed, free_port, get_blocking, header_values, mint_token, mint_token_with_header,
-    parse_response, raw_request, wait_until, ChildGuard, Response, Stub, StubMode,
+    parse_response, raw_request, record_headers, wait_until, ChildGuard, Response, Stub, StubMode,
     TEST_KEYS as DEV_KEYS,
 };
 
