@@ -178,7 +178,10 @@ async fn upstream_down_is_502_and_stalled_is_504() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let slow = Stub::start(StubMode::Slow(Duration::from_millis(1500))).await;
-    let mut gw = GatewayProc::start(slow.addr, "timeouts:\n  shutdown_grace: 5s\n");
+    let mut gw = GatewayProc::start(
+        slow.addr,
+        "timeouts:\n  shutdown_grace: 5s\n  shutdown_delay: 0s\n",
+    );
     gw.wait_ready(200);
     let addr = gw.addr;
     let in_flight = tokio::spawn(async move { get_from(CLIENT, addr, "/v1/slow", &[]).await });
