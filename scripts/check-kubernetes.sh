@@ -10,9 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kit=deploy/kubernetes
 gateway_bin=${GATEWAY_BIN:-target/debug/gateway}
-for tool in kubectl kubernetes-validate; do
-  command -v "$tool" >/dev/null || { echo "check-kubernetes: $tool missing (.ci/run installs it)" >&2; exit 1; }
-done
+command -v kubectl >/dev/null || { echo "check-kubernetes: kubectl missing (.ci/run installs it)" >&2; exit 1; }
+# Through the module: a pip-installed console script may not be on PATH (pyenv shims).
+validate() { python3 -m kubernetes_validate "$@"; }
+validate --version >/dev/null 2>&1 || { echo "check-kubernetes: kubernetes-validate missing (.ci/run installs it)" >&2; exit 1; }
 work=$(mktemp -d /tmp/k8s-kit.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 fail=0
@@ -27,7 +28,7 @@ echo "ok   rendered $kit, $kit/base, $kit/shared ($(grep -c '^kind:' "$work/shar
 # Schemas: the oldest supported (native sidecars + preStop sleep: 1.30) and the newest shipped.
 newest=$(python3 -c 'import kubernetes_validate.utils as u; print(u.latest_version())')
 for version in 1.30.0 "$newest"; do
-  if timeout 120 kubernetes-validate --strict --quiet -k "$version" "$work/base.yaml" "$work/shared.yaml"; then
+  if timeout 120 python3 -m kubernetes_validate --strict --quiet -k "$version" "$work/base.yaml" "$work/shared.yaml"; then
     echo "ok   strict schema validation, Kubernetes $version"
   else
     echo "FAIL strict schema validation, Kubernetes $version"; fail=1
@@ -39,7 +40,7 @@ sed 's/terminationGracePeriodSeconds: 30/terminationGracePeriodSeconds: thirty/'
 for broken in unknown badtype; do
   if cmp -s "$work/base.yaml" "$work/$broken.yaml"; then
     echo "FAIL broken variant $broken: the edit did not apply"; fail=1
-  elif timeout 120 kubernetes-validate --strict --quiet -k 1.30.0 "$work/$broken.yaml" >/dev/null 2>&1; then
+  elif timeout 120 python3 -m kubernetes_validate --strict --quiet -k 1.30.0 "$work/$broken.yaml" >/dev/null 2>&1; then
     echo "FAIL broken variant $broken passed schema validation"; fail=1
   else
     echo "ok   broken variant $broken fails schema validation"

@@ -13,7 +13,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -62,6 +61,14 @@ fn kit() -> Kit {
         shutdown_delay: duration(&config["timeouts"]["shutdown_delay"]),
         shutdown_grace: duration(&config["timeouts"]["shutdown_grace"]),
     }
+}
+
+/// Waits for `p` to exit within what is left of the pod's grace period; it must exit cleanly.
+fn exits_cleanly(p: &mut Proc, left: Duration, what: &str) {
+    let (_, status) = p
+        .wait_exit(left)
+        .unwrap_or_else(|| panic!("{what} did not exit within the pod's grace period"));
+    assert!(status.success(), "{what}: {status}");
 }
 
 #[derive(Default)]
@@ -146,16 +153,8 @@ async fn pod_termination_in_the_kits_order_fails_no_request() {
     terminating.store(true, Ordering::Relaxed);
     let hook = &kit.gateway_pre_stop;
     assert!(hook[0].ends_with("/gateway") && hook[1..] == ["drain".to_string()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(&hook[1..])
-        .args(["--pid", &gw.proc.pid().to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let pid = gw.proc.pid().to_string();
+    run_gateway_ok(hook[1..].iter().map(String::as_str).chain(["--pid", &pid]));
     let not_ready = || get_blocking(gw.admin, "/readyz").is_ok_and(|r| r.status == 503);
     assert!(
         wait_until(Duration::from_millis(500), not_ready),
@@ -183,19 +182,12 @@ async fn pod_termination_in_the_kits_order_fails_no_request() {
     tokio::time::sleep(kit.app_pre_stop.saturating_sub(t0.elapsed())).await;
     let gateway_gone = gw.proc.guard.exited();
     app.proc.signal("-TERM");
-    let (_, app_status) = app
-        .proc
-        .wait_exit(kit.termination_grace.saturating_sub(t0.elapsed()))
-        .expect("app exits within the pod's grace period");
-    assert!(app_status.success());
+    let grace_left = || kit.termination_grace.saturating_sub(t0.elapsed());
+    exits_cleanly(&mut app.proc, grace_left(), "app");
     if gateway_gone.is_none() {
         gw.proc.signal("-TERM");
     }
-    let (_, gw_status) = gw
-        .proc
-        .wait_exit(kit.termination_grace.saturating_sub(t0.elapsed()))
-        .expect("gateway exits within the pod's grace period");
-    assert!(gw_status.success());
+    exits_cleanly(&mut gw.proc, grace_left(), "gateway");
     assert!(
         gateway_gone.is_some(),
         "the gateway's drain (delay {:?} + grace {:?}) ended before the app's preStop sleep ({:?})",

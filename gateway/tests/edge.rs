@@ -207,6 +207,30 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
     );
 }
 
+#[tokio::test]
+async fn sigterm_fails_readiness_but_serves_through_the_delay_and_a_second_signal_ends_it() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let mut gw = GatewayProc::start(stub.addr, "timeouts:\n  shutdown_delay: 30s\n");
+    gw.wait_ready(200);
+    gw.proc.signal("-TERM");
+    gw.wait_ready(503);
+    let ready = get_blocking(gw.admin, "/readyz").unwrap();
+    assert_eq!(ready.json()["status"], "shutting_down");
+    // Still accepting and serving: whoever routes here has not caught up yet.
+    for _ in 0..3 {
+        let resp = get_from(CLIENT, gw.addr, "/v1/x", &[]).await;
+        assert_eq!(resp.status, 200);
+    }
+    // A second signal ends the delay: drained (nothing in flight) and gone at once.
+    gw.proc.signal("-TERM");
+    let (took, status) = gw
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after the second signal");
+    assert!(status.success());
+    assert!(took < Duration::from_secs(2), "exited after {took:?}");
+}
+
 #[test]
 fn check_config_accepts_good_and_names_line_and_field_of_bad() {
     // The shipped stack config, with the compose secret's path pointed at a test key file.
@@ -268,16 +292,11 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
     // On a host, the shipped stack config as it is: its key file is a container path, so
     // `--skip-files` checks the file itself; without the flag the same file names the field.
     let shipped_path = workspace_root().join("config/gateway.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["check-config", "--skip-files"])
-        .arg(&shipped_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_gateway_ok([
+        "check-config".as_ref(),
+        "--skip-files".as_ref(),
+        shipped_path.as_os_str(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (referenced files not checked)"));
     if !std::path::Path::new("/run/secrets/token_keys").exists() {
         let out = check_config(&shipped_path);

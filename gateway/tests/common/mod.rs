@@ -293,6 +293,24 @@ impl AppProc {
     }
 }
 
+/// Runs the gateway binary with `args` to completion; it must succeed (stderr shown if not).
+pub fn run_gateway_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The app binary sits next to ours in the target dir (built by `cargo test --workspace`).
 pub fn app_binary() -> PathBuf {
     let gw = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
