@@ -100,6 +100,9 @@ pub struct Shared {
     pub tls: Option<TlsState>,
     /// Per-client connection counts and rates: outlive a reload (caps are read per accept).
     pub conn_limits: ConnLimits,
+    /// SIGTERM seen: /readyz fails, requests are still served (`timeouts.shutdown_delay`).
+    shutting_down: AtomicBool,
+    /// After the delay: the listener is closed and connections close after their request.
     draining: AtomicBool,
 }
 
@@ -113,6 +116,7 @@ impl Shared {
             config_path,
             tls: None,
             conn_limits: ConnLimits::default(),
+            shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
     }
@@ -123,16 +127,25 @@ impl Shared {
         self
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn start_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     pub fn start_draining(&self) {
+        self.start_shutting_down();
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Ready = upstream reachable and not draining.
+    /// Ready = upstream reachable and no shutdown under way.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.upstream.is_reachable()
+        !self.is_shutting_down() && self.upstream.is_reachable()
     }
 }
