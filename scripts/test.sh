@@ -27,6 +27,9 @@ GATEWAY_CONFIG_DUMP=$config_dump cargo test --workspace --locked
 step "config schema: shipped and test configs validate with Python jsonschema, broken ones fail"
 scripts/check-schema.sh "$config_dump"/*.yaml
 
+step "Kubernetes kit: render, strict schemas (1.30 + newest), hardening and drain-order checks"
+timeout 600 scripts/check-kubernetes.sh
+
 step "observability configs: promtool check/test rules, dashboards, RUNBOOK queries"
 bash scripts/check-observability.sh
 

@@ -52,6 +52,14 @@ enum Command {
     },
     /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
     Schema,
+    /// Start a running gateway's shutdown (SIGTERM to `--pid`). A native sidecar gets its own
+    /// SIGTERM only after the app has exited; this preStop hook runs when the pod starts
+    /// terminating, so the gateway drains while the app still answers.
+    Drain {
+        /// The gateway's process id: 1 when it is its container's entrypoint.
+        #[arg(long, default_value_t = 1)]
+        pid: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
+        Some(Command::Drain { pid }) => drain(pid),
         None => run(&cli.config),
     }
 }
@@ -94,6 +103,17 @@ fn check_config(file: &Path, skip_files: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn drain(pid: i32) -> ExitCode {
+    use nix::sys::signal::{kill, Signal};
+    match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway drain: cannot signal pid {pid}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -266,9 +286,24 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    // Drain: /readyz turns 503, the listener closes, idle keep-alive connections close,
-    // in-flight requests finish; exit when they have or when the grace period ends.
-    let grace = shared.live.load().config.timeouts.shutdown_grace;
+    // /readyz turns 503 at once, but traffic is served for `shutdown_delay`: endpoint lists
+    // and load balancers take that long to stop sending it here. A second signal ends the
+    // wait (the app behind is going away, or the operator insists).
+    let timeouts = shared.live.load().config.timeouts.clone();
+    shared.start_shutting_down();
+    tracing::info!(
+        delay_ms = timeouts.shutdown_delay.as_millis() as u64,
+        "shutting down: not ready; serving until the delay ends"
+    );
+    tokio::select! {
+        _ = tokio::time::sleep(timeouts.shutdown_delay) => {}
+        _ = term.recv() => tracing::info!("second signal: delay cut short"),
+        _ = int.recv() => tracing::info!("second signal: delay cut short"),
+    }
+    // Drain: the listener closes, idle keep-alive connections close, in-flight requests
+    // finish with `Connection: close` (HTTP/2: GOAWAY); exit when they have or when the
+    // grace period ends.
+    let grace = timeouts.shutdown_grace;
     tracing::info!(grace_ms = grace.as_millis() as u64, "draining");
     shared.start_draining();
     let _ = shutdown_tx.send(true);

@@ -100,6 +100,9 @@ pub struct Process {
     pub tls: Option<TlsState>,
     /// Per-client connection counts and rates: outlive a reload (caps are read per accept).
     pub conn_limits: ConnLimits,
+    /// SIGTERM seen: /readyz fails, requests are still served (`timeouts.shutdown_delay`).
+    shutting_down: AtomicBool,
+    /// After the delay: the listener is closed and connections close after their request.
     draining: AtomicBool,
 }
 
@@ -113,6 +116,7 @@ impl Process {
             config_path,
             tls: None,
             conn_limits: ConnLimits::default(),
+            shutting_down: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
     }
@@ -123,11 +127,20 @@ impl Process {
         self
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    pub fn start_shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
     }
 
     pub fn start_draining(&self) {
+        self.start_shutting_down();
         self.draining.store(true, Ordering::Relaxed);
     }
 }

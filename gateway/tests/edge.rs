@@ -178,7 +178,10 @@ async fn upstream_down_is_502_and_stalled_is_504() {
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits() {
     let slow = Stub::start(StubMode::Slow(Duration::from_millis(1500))).await;
-    let mut gw = GatewayProc::start(slow.addr, "timeouts:\n  shutdown_grace: 5s\n");
+    let mut gw = GatewayProc::start(
+        slow.addr,
+        "timeouts:\n  shutdown_grace: 5s\n  shutdown_delay: 0s\n",
+    );
     gw.wait_ready(200);
     let addr = gw.addr;
     let in_flight = tokio::spawn(async move { get_from(CLIENT, addr, "/v1/slow", &[]).await });
@@ -202,6 +205,30 @@ async fn sigterm_drains_in_flight_requests_then_exits() {
         took < Duration::from_secs(3),
         "exited {took:?} after the last request, not after the full grace"
     );
+}
+
+#[tokio::test]
+async fn sigterm_fails_readiness_but_serves_through_the_delay_and_a_second_signal_ends_it() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let mut gw = GatewayProc::start(stub.addr, "timeouts:\n  shutdown_delay: 30s\n");
+    gw.wait_ready(200);
+    gw.proc.signal("-TERM");
+    gw.wait_ready(503);
+    let ready = get_blocking(gw.admin, "/readyz").unwrap();
+    assert_eq!(ready.json()["status"], "shutting_down");
+    // Still accepting and serving: whoever routes here has not caught up yet.
+    for _ in 0..3 {
+        let resp = get_from(CLIENT, gw.addr, "/v1/x", &[]).await;
+        assert_eq!(resp.status, 200);
+    }
+    // A second signal ends the delay: drained (nothing in flight) and gone at once.
+    gw.proc.signal("-TERM");
+    let (took, status) = gw
+        .proc
+        .wait_exit(Duration::from_secs(5))
+        .expect("exited after the second signal");
+    assert!(status.success());
+    assert!(took < Duration::from_secs(2), "exited after {took:?}");
 }
 
 #[test]
@@ -265,16 +292,11 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
     // On a host, the shipped stack config as it is: its key file is a container path, so
     // `--skip-files` checks the file itself; without the flag the same file names the field.
     let shipped_path = workspace_root().join("config/gateway.yaml");
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["check-config", "--skip-files"])
-        .arg(&shipped_path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_gateway_ok([
+        "check-config".as_ref(),
+        "--skip-files".as_ref(),
+        shipped_path.as_os_str(),
+    ]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (referenced files not checked)"));
     if !std::path::Path::new("/run/secrets/token_keys").exists() {
         let out = check_config(&shipped_path);

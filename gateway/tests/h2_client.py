@@ -7,6 +7,9 @@ normal N            N sequential GETs on one connection; prints latencies (ms) p
 idle N S            N GETs, then silence: how long until the server closes (at most S s)
 no-pong N S         a POST whose body never comes, then never reads (so never answers PING)
 post N              one POST with an N-byte body; prints the response status, headers, body
+trailers N KIND     one POST with an N-byte body (KIND ending in "-cl": with content-length),
+                    then a trailer section: pseudo (:path), connection, te (gzip),
+                    content-length (mismatched) or valid; prints the status or how it ended
 rapid-reset N S     HEADERS + RST_STREAM pairs, up to N or S seconds (CVE-2023-44487)
 rapid-reset-loop N S  rapid-reset, reconnecting after each close (at most 10 a second), for S s
 ping-flood N S      PING frames
@@ -28,6 +31,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 import hpack
 
 PATH = "/v1/documents"
@@ -208,6 +212,60 @@ def post(port, n):
                       "reset": reset}))
 
 
+TRAILERS = {
+    "pseudo": [(":path", "/v1/other")],
+    "connection": [("connection", "close")],
+    "te": [("te", "gzip")],
+    "content-length": [("content-length", "1")],
+    "valid": [("x-checksum", "abc")],
+}
+
+
+def trailers(port, n, kind):
+    """A body, then a trailer section sent unchecked by our side (no outbound validation)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost")
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                       normalize_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    if kind.endswith("-cl"):
+        hs.append(("content-length", str(n)))
+    conn.send_headers(1, hs, end_stream=False)
+    conn.send_data(1, b"t" * n, end_stream=False)
+    s.sendall(conn.data_to_send())
+    # The body first, on its own: the upstream may already hold every byte of it.
+    time.sleep(0.3)
+    conn.send_headers(1, TRAILERS[kind.removesuffix("-cl")], end_stream=True)
+    s.sendall(conn.data_to_send())
+    result = {"status": None, "reset": False, "closed": False}
+    s.settimeout(3)
+    try:
+        while result["status"] is None and not result["reset"]:
+            data = s.recv(65536)
+            if not data:
+                result["closed"] = True
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    result["status"] = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.StreamReset):
+                    result["reset"] = True
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    result["closed"] = True
+    except socket.timeout:
+        result["timeout"] = True
+    except (ConnectionError, ssl.SSLError, OSError, h2.exceptions.ProtocolError):
+        result["closed"] = True
+    print(json.dumps(result))
+
+
 def normal(port, n):
     s, conn = connect(port)
     lat = get_all(s, conn, port, n)
@@ -242,11 +300,13 @@ def get_all(s, conn, port, n):
 if __name__ == "__main__":
     mode, port = sys.argv[1], int(sys.argv[2])
     n = int(sys.argv[3]) if len(sys.argv) > 3 else 100
-    seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 10.0
+    seconds = float(sys.argv[4]) if len(sys.argv) > 4 and mode != "trailers" else 10.0
     if mode == "normal":
         normal(port, n)
     elif mode == "post":
         post(port, n)
+    elif mode == "trailers":
+        trailers(port, n, sys.argv[4])
     elif mode == "no-pong":
         no_pong(port, seconds)
     elif mode == "idle":

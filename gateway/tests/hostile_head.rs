@@ -289,6 +289,56 @@ async fn targets_pingora_refuses_are_our_400_with_a_reason() {
     assert_eq!(stub.count(), 0, "nothing reached the upstream");
 }
 
+/// Refused after the head was read: the access-log line keeps what the head said — method,
+/// path (no query) and user_agent, clipped (256 bytes) and escaped as for any request.
+#[tokio::test]
+async fn refusals_after_the_head_log_method_path_and_user_agent() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let gw = GatewayProc::start(stub.addr, "");
+    let long_ua = "u".repeat(300);
+    let cases: Vec<(&str, String, &str, &str, String)> = vec![
+        (
+            "target pingora refuses",
+            "GET /v1/a<script> HTTP/1.1\r\nHost: gw\r\nUser-Agent: probe/1\r\n\r\n".into(),
+            "GET",
+            "/v1/a<script>",
+            "probe/1".into(),
+        ),
+        (
+            "query not logged, UA escaped",
+            "POST /v1/x?q=<> HTTP/1.1\r\nHost: gw\r\nUser-Agent: a\"b\\c\r\n\r\n".into(),
+            "POST",
+            "/v1/x",
+            "a\"b\\c".into(),
+        ),
+        (
+            "duplicate Host, long UA clipped",
+            format!("GET /v1/y HTTP/1.1\r\nHost: a\r\nHost: b\r\nUser-Agent: {long_ua}\r\n\r\n"),
+            "GET",
+            "/v1/y",
+            "u".repeat(256),
+        ),
+        (
+            "bare LF",
+            "DELETE /v1/z HTTP/1.1\nHost: gw\nUser-Agent: lf\n\n".into(),
+            "DELETE",
+            "/v1/z",
+            "lf".into(),
+        ),
+    ];
+    for (i, (name, request, method, path, ua)) in cases.iter().enumerate() {
+        let r = send(&gw, request.as_bytes()).await;
+        assert_eq!(r.status, 400, "{name}");
+        let id = assert_ours(&r, name);
+        let logs = logged(&gw, i + 1);
+        let line = &logs[&id][0];
+        assert_eq!(line["method"], *method, "{name}: {line}");
+        assert_eq!(line["path"], *path, "{name}: {line}");
+        assert_eq!(line["user_agent"], ua.as_str(), "{name}: {line}");
+    }
+    assert_eq!(stub.count(), 0, "nothing reached the upstream");
+}
+
 /// Host per RFC 9112 §3.2, and absolute-form's authority winning.
 #[tokio::test]
 async fn host_rules_and_absolute_form_authority_wins() {

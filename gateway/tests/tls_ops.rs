@@ -383,6 +383,64 @@ async fn certificate_hot_reload_through_a_real_gateway() {
     );
 }
 
+/// A pair as the files of a TLS Secret.
+fn secret_files(pair: &(String, String)) -> [(&str, &[u8]); 2] {
+    [
+        ("tls.crt", pair.0.as_bytes()),
+        ("tls.key", pair.1.as_bytes()),
+    ]
+}
+
+/// A Secret volume (`tls.crt`, `tls.key`) updated the way the kubelet does it, several times in
+/// a row: each new pair is served within 2 s of the swap (no debounce wait: both files move
+/// in one rename), a broken pair is refused once and the served one kept, and the watcher
+/// outlives every deleted directory.
+#[tokio::test]
+async fn kubelet_secret_swaps_of_the_pair_are_served_within_2s() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let first = pair_for(90);
+    let mut secret = KubeletVolume::new(&dir.path().join("tls"), &secret_files(&first));
+    let tls = format!(
+        "tls:\n  cert_file: {}\n  key_file: {}\n",
+        secret.path("tls.crt").display(),
+        secret.path("tls.key").display()
+    );
+    let gw = GatewayProc::start(stub.addr, &tls);
+    wait_served(&gw, &first.0, Duration::from_secs(5));
+    let (ok, err) = (("result", "ok"), ("result", "error"));
+    let mut slowest = Duration::ZERO;
+    for i in 0..5 {
+        let next = pair_for(60 - i);
+        secret.update(&secret_files(&next));
+        let took = wait_served(&gw, &next.0, Duration::from_secs(2));
+        assert!(
+            took <= Duration::from_secs(2),
+            "swap {i} served after {took:?}"
+        );
+        slowest = slowest.max(took);
+        gw.wait_metric_above(RELOADS, &[ok], i as f64, Duration::from_secs(2))
+            .await;
+    }
+    eprintln!("certificate swaps: slowest served after {slowest:?}");
+    let served_now = served(&gw);
+
+    // A mismatched pair published together: refused once, the served pair kept.
+    let (a, b) = (pair_for(30), pair_for(30));
+    secret.update(&secret_files(&(a.0.clone(), b.1.clone())));
+    gw.wait_metric_above(RELOADS, &[err], 0.0, Duration::from_secs(2))
+        .await;
+    assert_eq!(served(&gw), served_now, "old certificate still served");
+    // And a good one after it.
+    secret.update(&secret_files(&a));
+    wait_served(&gw, &a.0, Duration::from_secs(2));
+    assert_eq!(
+        gw.metric_sum(RELOADS, &[err]),
+        1.0,
+        "refused once, not every poll"
+    );
+}
+
 #[tokio::test]
 async fn a_hung_certificate_read_is_given_up_and_the_served_certificate_stays() {
     let stub = Stub::start(StubMode::Echo).await;

@@ -23,4 +23,4 @@ pub fn assert_all_passed(failures: &[String], cases: usize) {
     );
 }
 
-pub use stub::{header_values, Stub, StubMode};
+pub use stub::{header_values, record_headers, Stub, StubMode};

@@ -288,7 +288,8 @@ docker rmi edge-gateway:prev >/dev/null 2>&1 || true
 # ---- docker stop drains the gateway --------------------------------------------------------
 gw_c=$(cid gateway)
 # A 4 s trickled upload is in flight when the stop arrives; it must complete (201) and the
-# gateway must then exit 0 on its own, well inside stop_grace_period (20 s).
+# gateway must then exit 0 on its own (after timeouts.shutdown_delay, 5 s), well inside
+# stop_grace_period (25 s).
 python3 - "$port" "$token" >"$work/slow-upload.out" 2>&1 <<'PY' &
 import socket, sys, time
 port, token = int(sys.argv[1]), sys.argv[2]
@@ -304,14 +305,14 @@ PY
 slow_pid=$!
 sleep 1
 t0=$(date +%s.%N)
-docker stop -t 20 "$gw_c" >/dev/null
+docker stop -t 25 "$gw_c" >/dev/null
 took=$(python3 -c "import time; print(round(time.time() - $t0, 1))")
 wait $slow_pid || true
 exit_code=$(docker inspect -f '{{.State.ExitCode}}' "$gw_c")
 grep -q '^HTTP/1.1 201' "$work/slow-upload.out" && pass "in-flight upload completed during stop ($(cat "$work/slow-upload.out"))" \
   || fail "in-flight upload: $(cat "$work/slow-upload.out")"
 [ "$exit_code" = 0 ] && python3 -c "import sys; sys.exit(0 if $took < 15 else 1)" \
-  && pass "docker stop gateway: drained and exited 0 in ${took}s (grace 20 s)" \
+  && pass "docker stop gateway: drained and exited 0 in ${took}s (grace 25 s)" \
   || fail "docker stop gateway: exit $exit_code after ${took}s"
 
 # ---- RUNBOOK "Turn on TLS" and "Renew the certificate", as written ---------------------------

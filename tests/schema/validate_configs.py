@@ -23,7 +23,8 @@ SCHEMA = os.path.join(ROOT, "config", "gateway.schema.json")
 # Every gateway config the repo ships or runs: the stack's, perf's, and test fixtures meant
 # to be valid. A gateway config is recognised by its `upstream:` + `token_key_file:` keys, so
 # a new one is picked up without editing this list.
-CANDIDATES = ["config/*.yaml", "perf/*.yaml", "gateway/tests/**/*.yaml", "tests/**/*.yaml"]
+CANDIDATES = ["config/*.yaml", "perf/*.yaml", "gateway/tests/**/*.yaml", "tests/**/*.yaml",
+              "deploy/kubernetes/**/gateway.yaml"]
 
 
 def is_gateway_config(doc):

@@ -149,6 +149,7 @@ async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Process) {
     request_log::edge_answer(
         m,
         request_log::EdgeConn::plain(peer),
+        request_log::Seen::default(),
         id,
         errors::UNAVAILABLE,
         "over_connection_cap",

@@ -204,8 +204,14 @@ pub struct Timeouts {
     #[serde(deserialize_with = "duration")]
     #[schemars(schema_with = "field_schema::duration")]
     pub upstream_idle: Duration,
-    /// After SIGTERM: time for in-flight requests to finish before exit.
-    /// Keep it below the container's stop grace period (compose: 20 s).
+    /// After SIGTERM: /readyz fails at once, but requests are still served (and connections
+    /// accepted) for this long, the time load balancers and endpoint lists take to stop
+    /// sending traffic; then the drain (`shutdown_grace`) starts. 0s: drain at once. At most 60s.
+    #[serde(deserialize_with = "wait")]
+    #[schemars(schema_with = "field_schema::duration")]
+    pub shutdown_delay: Duration,
+    /// After `shutdown_delay`: time for in-flight requests to finish before exit. The
+    /// container's stop grace period must cover both (compose: 25 s).
     #[serde(deserialize_with = "duration")]
     #[schemars(schema_with = "field_schema::duration")]
     pub shutdown_grace: Duration,
@@ -226,6 +232,7 @@ impl Default for Timeouts {
             upstream_read: Duration::from_secs(30),
             upstream_write: Duration::from_secs(30),
             upstream_idle: Duration::from_secs(60),
+            shutdown_delay: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(15),
             upstream_refresh: Duration::from_secs(5),
         }
@@ -430,17 +437,23 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let v = wait(d)?;
+    if v.is_zero() {
+        return Err(serde::de::Error::custom(
+            "a timeout of 0 would disable it; set a real bound",
+        ));
+    }
+    Ok(v)
+}
+
+/// A duration that may be 0 (a wait, not a bound: 0 means no wait).
+fn wait<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     let v = humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
             "{s:?} is not a duration like \"10s\" or \"500ms\": {e}"
         ))
     })?;
-    if v.is_zero() {
-        return Err(serde::de::Error::custom(
-            "a timeout of 0 would disable it; set a real bound",
-        ));
-    }
     if v > Duration::from_secs(24 * 3600) {
         return Err(serde::de::Error::custom(
             "timeouts above 24h are not accepted",
@@ -609,6 +622,9 @@ impl Config {
         if self.timeouts.shutdown_grace > Duration::from_secs(300) {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
+        if self.timeouts.shutdown_delay > Duration::from_secs(60) {
+            return err("timeouts.shutdown_delay", "must be at most 60s");
+        }
         self.rate_limits.validate()?;
         crate::admit::limits::policy::validate_policies(
             self.shared_limits.as_ref(),
@@ -702,6 +718,11 @@ mod tests {
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.routes, vec![RoutePrefix("/v1/".into())]);
         assert_eq!(c.timeouts.shutdown_grace, Duration::from_secs(15));
+        assert_eq!(c.timeouts.shutdown_delay, Duration::from_secs(5));
+        // A delay may be 0 (drain at once); a timeout may not.
+        let now = format!("{MINIMAL}timeouts:\n  shutdown_delay: 0s\n");
+        let c = Config::parse("g.yaml", &now).unwrap();
+        assert_eq!(c.timeouts.shutdown_delay, Duration::ZERO);
         assert_eq!(c.timeouts.keepalive_idle, Duration::from_secs(60));
         assert_eq!(c.limits.max_connections_per_client, 256);
         assert_eq!(
@@ -722,6 +743,8 @@ mod tests {
             ("bad cidr", "upstream: a:1\ntoken_key_file: k\ntrusted_proxies:\n  - 10.0.0.0/33\n", Some(4), "trusted_proxies[0]"),
             ("bad duration", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  upstream_read: forever\n", Some(4), "timeouts.upstream_read"),
             ("zero duration", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  upstream_read: 0s\n", Some(4), "timeouts.upstream_read"),
+            ("long shutdown delay", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  shutdown_delay: 61s\n", Some(4), "timeouts.shutdown_delay"),
+            ("bad shutdown delay", "upstream: a:1\ntoken_key_file: k\ntimeouts:\n  shutdown_delay: soon\n", Some(4), "timeouts.shutdown_delay"),
             ("bad route", "upstream: a:1\ntoken_key_file: k\nroutes: [\"v1\"]\n", Some(3), "routes[0]"),
             ("traversal route", "upstream: a:1\ntoken_key_file: k\nroutes: [\"/v1/../admin\"]\n", Some(3), "routes[0]"),
             ("bad upstream", "upstream: \"no port\"\ntoken_key_file: k\n", Some(1), "upstream"),

@@ -4,7 +4,7 @@
 //! Pure functions over `http::HeaderMap`; no I/O. Clients on the internet are
 //! hostile, so nothing here may panic on any input.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::admit::client_ip::forwarded::{is_forwarding_header, trim_ows};
 
@@ -85,10 +85,27 @@ pub fn is_rewritten(name: &HeaderName) -> bool {
     REWRITTEN.contains(&name.as_str())
 }
 
+/// RFC 9113 §8.2.3: an HTTP/2 client may split `cookie` into several fields ("crumbs");
+/// before the request goes to an HTTP/1.1 upstream they are joined with `"; "` into one.
+/// `None` when there is nothing to join (zero or one field). HTTP/1.1 requests are left
+/// as sent: RFC 9110 gives no rule to merge `Cookie` lines (it is not a list field).
+pub fn joined_cookie(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut crumbs = headers.get_all(http::header::COOKIE).iter();
+    let first = crumbs.next()?;
+    let second = crumbs.next()?;
+    let mut out = Vec::with_capacity(first.len() + 2 + second.len());
+    for v in [first, second].into_iter().chain(crumbs) {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     #[test]
     fn forwarding_header_spellings() {
@@ -296,5 +313,30 @@ mod tests {
         m.append("x-a", HeaderValue::from_static("1"));
         let got = headers_to_strip(&m);
         assert!(got.iter().any(|h| h == "x-a"));
+    }
+
+    #[test]
+    fn cookie_crumbs_join_with_semicolon_space() {
+        let cases: &[(&[&str], Option<&str>)] = &[
+            (&[], None),
+            (&["a=1"], None),
+            (&["a=1", "b=2"], Some("a=1; b=2")),
+            (&["a=1", "b=2", "c=3"], Some("a=1; b=2; c=3")),
+            // An empty crumb is kept in place, not dropped: the app sees what was sent.
+            (&["a=1", "", "c=3"], Some("a=1; ; c=3")),
+            (&["a=x;", "b=\"q\""], Some("a=x;; b=\"q\"")),
+        ];
+        for (crumbs, want) in cases {
+            let mut h = HeaderMap::new();
+            for c in *crumbs {
+                h.append(http::header::COOKIE, HeaderValue::from_str(c).unwrap());
+            }
+            let got = joined_cookie(&h);
+            assert_eq!(
+                got.as_ref().map(|v| v.to_str().unwrap()),
+                *want,
+                "{crumbs:?}"
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! settings, the shape of every response and error a client sees, and what a finished
 //! request leaves behind (`request_log`) are each one module here.
 
+pub mod body_relay;
 pub mod conn;
 pub mod errors;
 pub mod headers;

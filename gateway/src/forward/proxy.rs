@@ -17,6 +17,7 @@ use crate::admit::client_ip::Resolution;
 use crate::admit::identity::Identity;
 use crate::admit::limits::Verdict;
 use crate::admit::{self, Admission, Now, RefusalKind};
+use crate::forward::body_relay::BodyRelay;
 use crate::forward::conn;
 use crate::forward::errors::{self, EdgeError, ProxyError, UpstreamFailure};
 use crate::forward::headers;
@@ -38,6 +39,7 @@ pub struct RequestCtx {
     identity: Identity,
     verdict: Option<Verdict>,
     body_bytes: u64,
+    body: BodyRelay,
     upstream_started: Option<Instant>,
     upstream_elapsed: Option<Duration>,
     /// Set when the gateway itself answered (edge error).
@@ -119,6 +121,7 @@ impl ProxyHttp for Gateway {
             identity: Identity::Anonymous,
             verdict: None,
             body_bytes: 0,
+            body: BodyRelay::default(),
             upstream_started: None,
             upstream_elapsed: None,
             answered: None,
@@ -149,6 +152,16 @@ impl ProxyHttp for Gateway {
             Ok(found) => {
                 request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);
+                // `content-length: 0` makes the request complete upstream at its head: an h2
+                // stream still open after its HEADERS waits for its END_STREAM first, so one
+                // refused later (a trailer section) never reaches the app.
+                let req = session.req_header();
+                if req.version == http::Version::HTTP_2
+                    && admit::declared_body_len(req) == Some(0)
+                    && !session.is_body_done()
+                {
+                    while session.read_request_body().await?.is_some() {}
+                }
                 Ok(false)
             }
             Err(refusal) => {
@@ -161,9 +174,9 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(b) = body {
@@ -173,6 +186,10 @@ impl ProxyHttp for Gateway {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over limit");
             }
         }
+        let req = session.req_header();
+        *body = ctx
+            .body
+            .pass(body.take(), end_of_stream, || admit::declared_body_len(req));
         Ok(())
     }
 
@@ -213,6 +230,11 @@ impl ProxyHttp for Gateway {
         upstream.insert_header("x-real-ip", real_ip)?;
         upstream.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
         upstream.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if session.req_header().version == http::Version::HTTP_2 {
+            if let Some(cookie) = headers::joined_cookie(&upstream.headers) {
+                upstream.insert_header(http::header::COOKIE, cookie)?;
+            }
+        }
         Ok(())
     }
 

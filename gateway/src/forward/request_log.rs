@@ -191,11 +191,36 @@ fn user_agent(raw: &[u8]) -> Cow<'_, str> {
     }
 }
 
+/// Longest method kept (a method is any token; the ones we know are under 10 bytes).
+const MAX_METHOD: usize = 32;
+
+/// What the listener had read of a request it answered itself: raw bytes, logged clipped
+/// and escaped like a proxied request's. Empty when nothing was read (connection cap).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Seen<'a> {
+    pub method: &'a [u8],
+    /// The request target; its query is not logged.
+    pub target: &'a [u8],
+    pub user_agent: Option<&'a [u8]>,
+}
+
+impl<'a> Seen<'a> {
+    /// The fields of a parsed request (h2 streams refused before the pipeline).
+    pub fn request(req: &'a RequestHeader) -> Seen<'a> {
+        Seen {
+            method: req.method.as_str().as_bytes(),
+            target: req.uri.path().as_bytes(),
+            user_agent: req.headers.get(USER_AGENT).map(|v| v.as_bytes()),
+        }
+    }
+}
+
 /// An answer the listener wrote itself (408/431/400 from the head reader, 503 over the
-/// connection cap): no method, path or identity is known.
+/// connection cap): no identity is known; method, path and User-Agent as far as read.
 pub fn edge_answer(
     m: &Metrics,
     conn: EdgeConn,
+    seen: Seen<'_>,
     request_id: String,
     err: EdgeError,
     reason: &'static str,
@@ -205,8 +230,14 @@ pub fn edge_answer(
     m.requests_total
         .with_label_values(&["OTHER", status_label(err.status), "unmatched"])
         .inc();
+    let method = String::from_utf8_lossy(seen.method);
+    let path = seen.target.split(|b| *b == b'?').next().unwrap_or_default();
+    let path = String::from_utf8_lossy(path);
     AccessRecord {
         request_id: &request_id,
+        method: clip(&method, MAX_METHOD),
+        path: clip(&path, MAX_PATH),
+        user_agent: seen.user_agent.map(user_agent),
         route: "unmatched",
         status: err.status,
         duration_ms: millis(started.elapsed()),

@@ -24,6 +24,7 @@ pub const H2_CLOSE_REASONS: &[&str] = &[
     "rapid_reset",
     "control_flood",
     "continuation_flood",
+    "request_trailers",
     "enhance_your_calm",
     "malformed_streams",
     "protocol_error",

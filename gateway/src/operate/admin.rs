@@ -54,6 +54,10 @@ pub fn route(
         "/readyz" if shared.is_draining() => {
             json(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
         }
+        "/readyz" if shared.is_shutting_down() => json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"shutting_down"}"#,
+        ),
         "/readyz" if !shared.upstream.is_reachable() => json(
             StatusCode::SERVICE_UNAVAILABLE,
             r#"{"status":"upstream_unreachable"}"#,

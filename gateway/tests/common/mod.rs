@@ -11,7 +11,7 @@ use std::time::Duration;
 
 pub use testkit::{
     assert_all_passed, free_port, get_blocking, header_values, mint_token, mint_token_with_header,
-    parse_response, raw_request, wait_until, ChildGuard, Response, Stub, StubMode,
+    parse_response, raw_request, record_headers, wait_until, ChildGuard, Response, Stub, StubMode,
     TEST_KEYS as DEV_KEYS,
 };
 
@@ -134,6 +134,16 @@ impl GatewayProc {
                 &yaml,
             );
         }
+        Self::start_at(dir, config_path, addr, admin)
+    }
+
+    /// Starts the gateway on `config_path` (which names `addr` and `admin`); logs go to `dir`.
+    pub fn start_at(
+        dir: tempfile::TempDir,
+        config_path: PathBuf,
+        addr: SocketAddr,
+        admin: SocketAddr,
+    ) -> GatewayProc {
         let log = dir.path().join("gateway.log");
         let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
             .arg("--config")
@@ -283,6 +293,24 @@ impl AppProc {
     }
 }
 
+/// Runs the gateway binary with `args` to completion; it must succeed (stderr shown if not).
+pub fn run_gateway_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The app binary sits next to ours in the target dir (built by `cargo test --workspace`).
 pub fn app_binary() -> PathBuf {
     let gw = PathBuf::from(env!("CARGO_BIN_EXE_gateway"));
@@ -333,4 +361,56 @@ pub fn tail(path: &Path, lines: usize) -> String {
     };
     let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A directory laid out and updated the way the kubelet does a ConfigMap or Secret volume:
+/// each file is a symlink `name -> ..data/name`, `..data` a symlink to a timestamped
+/// directory holding the real files. An update writes a new timestamped directory, points a
+/// new symlink `..data_tmp` at it, renames that over `..data` (the one atomic step), and then
+/// deletes the old directory.
+pub struct KubeletVolume {
+    pub dir: PathBuf,
+    generation: u32,
+    current: Option<PathBuf>,
+}
+
+impl KubeletVolume {
+    /// Publishes `files` (name, content) in `dir` (created if missing).
+    pub fn new(dir: &Path, files: &[(&str, &[u8])]) -> KubeletVolume {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut v = KubeletVolume {
+            dir: dir.to_path_buf(),
+            generation: 0,
+            current: None,
+        };
+        v.update(files);
+        v
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// One kubelet update: every file of the volume at once, as the new `files`.
+    pub fn update(&mut self, files: &[(&str, &[u8])]) {
+        self.generation += 1;
+        let stamp = format!("..2026_12_06_04_00_00.{:09}", self.generation);
+        let new = self.dir.join(&stamp);
+        std::fs::create_dir(&new).unwrap();
+        for (name, content) in files {
+            std::fs::write(new.join(name), content).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+        for (name, _) in files {
+            let link = self.dir.join(name);
+            if link.symlink_metadata().is_err() {
+                std::os::unix::fs::symlink(Path::new("..data").join(name), &link).unwrap();
+            }
+        }
+        if let Some(old) = self.current.replace(new) {
+            std::fs::remove_dir_all(old).unwrap();
+        }
+    }
 }

@@ -9,6 +9,8 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::forward::request_log::Seen;
+
 /// pingora's HTTP/1 parser accepts at most this many header fields.
 pub const PARSER_MAX_HEADERS: usize = 256;
 
@@ -400,6 +402,29 @@ pub fn origin_form(buf: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Pure: the method, target and User-Agent of what `buf` holds of a head, as far as httparse
+/// read them (the request line even when a header line is refused); for the access log of
+/// an answer the listener gave itself.
+pub fn seen(buf: &[u8]) -> Seen<'_> {
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; PARSER_MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let complete = matches!(
+        req.parse_with_uninit_headers(buf, &mut headers),
+        Ok(httparse::Status::Complete(_))
+    );
+    let user_agent = req
+        .headers
+        .iter()
+        .filter(|_| complete)
+        .find(|h| h.name.eq_ignore_ascii_case("user-agent"))
+        .map(|h| h.value);
+    Seen {
+        method: req.method.map_or(&[][..], str::as_bytes),
+        target: req.path.map_or(&[][..], str::as_bytes),
+        user_agent,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HeadOutcome {
     /// `buf` holds a complete head (and maybe the start of the body).
@@ -535,6 +560,29 @@ mod tests {
     }
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn seen_keeps_what_a_refused_head_said() {
+        type Want = (&'static [u8], &'static [u8], Option<&'static [u8]>);
+        #[rustfmt::skip]
+        let cases: &[(&str, &[u8], Want)] = &[
+            ("target pingora refuses", b"GET /v1/a<script> HTTP/1.1\r\nHost: a\r\nUser-Agent: probe/1\r\n\r\n", (b"GET", b"/v1/a<script>", Some(b"probe/1"))),
+            ("bare LF", b"POST /x HTTP/1.1\nhost: a\nuser-agent: u\n\n", (b"POST", b"/x", Some(b"u"))),
+            ("bad header line: request line only", b"GET /y HTTP/1.1\r\nBad Name: a\r\nUser-Agent: u\r\n\r\n", (b"GET", b"/y", None)),
+            ("bad version", b"GET /z HTTP/2.0\r\n\r\n", (b"GET", b"/z", None)),
+            ("partial", b"GET /slo", (b"GET", b"", None)),
+            ("not http", b"\x16\x03\x01\x02\x00", (b"", b"", None)),
+            ("empty", b"", (b"", b"", None)),
+        ];
+        for (name, head, (method, target, ua)) in cases {
+            let got = seen(head);
+            assert_eq!(
+                (got.method, got.target, got.user_agent),
+                (*method, *target, *ua),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn scan_table() {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::accept::h1::buffered::{Buffered, Transport};
-use crate::accept::h1::head::{origin_form, read_head, HeadLimits, HeadOutcome};
+use crate::accept::h1::head::{origin_form, read_head, seen, HeadLimits, HeadOutcome};
 use crate::forward::conn;
 use crate::forward::errors;
 use crate::forward::request_log;
@@ -80,7 +80,7 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
                 ..request_log::EdgeConn::plain(peer)
             };
             let m = &shared.metrics;
-            request_log::edge_answer(m, conn, id, err, outcome.reason(), started);
+            request_log::edge_answer(m, conn, seen(&buf), id, err, outcome.reason(), started);
             return;
         }
         // Absolute-form: forward origin-form with Host = the target's authority (RFC 9112 §3.2.2).

@@ -1,7 +1,8 @@
 //! Pure h2 frame watcher: reads the client's decrypted byte stream frame header by frame
 //! header (payloads skipped) and flags the floods the h2 codec does not cap per connection:
-//! RST_STREAM (rapid reset), PING/SETTINGS, CONTINUATION. It also says since when a header
-//! block has been open, for the per-stream header deadline.
+//! RST_STREAM (rapid reset), PING/SETTINGS, CONTINUATION. It refuses request trailers (see
+//! `Violation::RequestTrailers`) and says since when a header block has been open, for the
+//! per-stream header deadline.
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,12 @@ pub enum Violation {
     RapidReset,
     ControlFlood,
     ContinuationFlood,
+    /// A HEADERS frame on a stream the client already opened: a trailer section (or a
+    /// frame on a closed stream). The h2 codec drops a trailer's pseudo-header fields
+    /// unseen and pingora cannot forward request trailers to an HTTP/1.1 upstream, so a
+    /// trailer section is refused whole, as nginx does: the read that carries it never
+    /// reaches the codec, and the stream's body never completes at the upstream.
+    RequestTrailers,
 }
 
 impl Violation {
@@ -30,6 +37,7 @@ impl Violation {
             Violation::RapidReset => "rapid_reset",
             Violation::ControlFlood => "control_flood",
             Violation::ContinuationFlood => "continuation_flood",
+            Violation::RequestTrailers => "request_trailers",
         }
     }
 }
@@ -57,6 +65,8 @@ pub struct FrameWatch {
     control: u32,
     /// When the open header block's first frame header arrived.
     block_since: Option<Instant>,
+    /// The highest stream id a HEADERS frame opened (client streams only go up).
+    last_stream: u32,
 }
 
 impl FrameWatch {
@@ -73,6 +83,7 @@ impl FrameWatch {
             resets: 0,
             control: 0,
             block_since: None,
+            last_stream: 0,
         }
     }
 
@@ -115,6 +126,11 @@ impl FrameWatch {
         self.ends_block = false;
         match kind {
             HEADERS => {
+                let stream = u32::from_be_bytes([h[5] & 0x7f, h[6], h[7], h[8]]);
+                if stream <= self.last_stream {
+                    return Err(Violation::RequestTrailers);
+                }
+                self.last_stream = stream;
                 self.block_since.get_or_insert(now);
                 self.continuations = 0;
                 self.ends_block = flags & END_HEADERS != 0;
@@ -192,6 +208,17 @@ mod tests {
         f.repeat(n)
     }
 
+    /// `f` on stream `id`.
+    fn on(id: u32, mut f: Vec<u8>) -> Vec<u8> {
+        f[5..9].copy_from_slice(&id.to_be_bytes());
+        f
+    }
+
+    /// `n` copies of `group`, each starting (its first frame) on a new client stream.
+    fn streams(group: &[u8], n: u32) -> Vec<u8> {
+        (0..n).flat_map(|i| on(2 * i + 1, group.to_vec())).collect()
+    }
+
     #[test]
     fn table_of_streams() {
         let headers_end = frame(HEADERS, END_HEADERS, 20);
@@ -205,14 +232,14 @@ mod tests {
             ("preface only", PREFACE.to_vec(), Ok(())),
             (
                 "normal requests",
-                [PREFACE, &repeat(&headers_end, 50), &data].concat(),
+                [PREFACE, &streams(&headers_end, 50), &data].concat(),
                 Ok(()),
             ),
             (
                 "3 resets ok",
                 [
                     PREFACE,
-                    &repeat(&[headers_end.clone(), rst.clone()].concat(), 3),
+                    &streams(&[headers_end.clone(), rst.clone()].concat(), 3),
                 ]
                 .concat(),
                 Ok(()),
@@ -221,7 +248,7 @@ mod tests {
                 "4th reset",
                 [
                     PREFACE,
-                    &repeat(&[headers_end.clone(), rst.clone()].concat(), 4),
+                    &streams(&[headers_end.clone(), rst.clone()].concat(), 4),
                 ]
                 .concat(),
                 Err(Violation::RapidReset),
@@ -273,7 +300,7 @@ mod tests {
                 "budget per block",
                 [
                     PREFACE,
-                    &repeat(
+                    &streams(
                         &[
                             frame(HEADERS, 0, 5),
                             cont.clone(),
@@ -290,6 +317,46 @@ mod tests {
             (
                 "payload not parsed",
                 [PREFACE, &frame(0x0, 0, 900)[..9], &repeat(&rst, 60)].concat(),
+                Ok(()),
+            ),
+            // A second HEADERS on an open stream is a trailer section; on an older stream
+            // too (closed or not, it is never a new request).
+            (
+                "trailers",
+                [
+                    PREFACE,
+                    &headers_end,
+                    &data,
+                    &frame(HEADERS, END_HEADERS, 4),
+                ]
+                .concat(),
+                Err(Violation::RequestTrailers),
+            ),
+            (
+                "headers on an older stream",
+                [
+                    PREFACE,
+                    &on(5, headers_end.clone()),
+                    &on(3, headers_end.clone()),
+                ]
+                .concat(),
+                Err(Violation::RequestTrailers),
+            ),
+            (
+                "stream 0",
+                [PREFACE, &on(0, headers_end.clone())].concat(),
+                Err(Violation::RequestTrailers),
+            ),
+            (
+                "data on open streams interleaved",
+                [
+                    PREFACE,
+                    &on(1, headers_end.clone()),
+                    &on(3, headers_end.clone()),
+                    &data,
+                    &on(3, data.clone()),
+                ]
+                .concat(),
                 Ok(()),
             ),
         ];
@@ -335,7 +402,7 @@ mod tests {
         assert_eq!(w.header_block_since(), Some(t0));
         w.feed(&h[12..], t1).unwrap();
         assert_eq!(w.header_block_since(), None, "END_HEADERS frame complete");
-        w.feed(&frame(HEADERS, 0, 3), t1).unwrap();
+        w.feed(&on(3, frame(HEADERS, 0, 3)), t1).unwrap();
         w.feed(&frame(CONTINUATION, 0, 3), t1 + Duration::from_secs(5))
             .unwrap();
         assert_eq!(

@@ -77,10 +77,11 @@ struct Signals {
     block_since: AtomicU64,
 }
 
-const VIOLATIONS: [Violation; 3] = [
+const VIOLATIONS: [Violation; 4] = [
     Violation::RapidReset,
     Violation::ControlFlood,
     Violation::ContinuationFlood,
+    Violation::RequestTrailers,
 ];
 
 impl Signals {
@@ -284,6 +285,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
 /// Our JSON 431 on the stream (the codec's bare 431 is only above `max_header_list_bytes`).
 async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: &Process) {
     let started = Instant::now();
+    let req = session.req_header().clone();
     let tls = session.digest().and_then(|d| d.ssl_digest.clone());
     let live = shared.live.load();
     let id = edgekit::new_request_id();
@@ -302,7 +304,8 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
         protocol: "HTTP/2",
         tls_version: tls.as_deref().map(request_log::tls_name),
     };
-    request_log::edge_answer(&shared.metrics, conn, id, err, "too_large", started);
+    let seen = request_log::Seen::request(&req);
+    request_log::edge_answer(&shared.metrics, conn, seen, id, err, "too_large", started);
 }
 
 /// Pure: why the codec ended the connection.

@@ -2,6 +2,7 @@
 //! new config's `tls` block means for the served pair, and when check-config warns about
 //! expiry. No I/O here: `reload.rs` reads the files off the runtime and acts on the answers.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// check-config warns, and TlsCertificateExpiringSoon fires, inside this window.
@@ -15,9 +16,17 @@ pub type FileRead = Result<Vec<u8>, String>;
 pub struct Snapshot {
     pub cert: FileRead,
     pub key: FileRead,
+    /// The one directory both files resolve into through symlinks, when they do: a
+    /// Kubernetes Secret volume, whose update writes a new timestamped directory and swaps
+    /// both files in with one rename. None for plain files or files in different places.
+    pub published_in: Option<PathBuf>,
 }
 
 impl Snapshot {
+    fn same_files(&self, other: &Snapshot) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+
     /// Both files' bytes, or the first read error.
     pub fn pair(&self) -> Result<(&[u8], &[u8]), String> {
         match (&self.cert, &self.key) {
@@ -38,7 +47,9 @@ pub enum Step {
 /// Debounces file changes: a pair is tried once its bytes were the same on two polls in a
 /// row. Renewals write the certificate and the key one after the other; trying the first
 /// poll that sees only one of them would refuse a mismatched pair, count an error and page
-/// someone for a renewal that is fine. SIGHUP skips the wait (the operator says it is done).
+/// someone for a renewal that is fine. SIGHUP skips the wait (the operator says it is done),
+/// and so does a pair that moved into a new directory together (`published_in`): the
+/// kubelet's swap is atomic, so the pair is complete on the first poll that sees it.
 #[derive(Debug, Default)]
 pub struct Debounce {
     /// What was last tried (at startup: what the process loaded).
@@ -63,10 +74,19 @@ impl Debounce {
             self.tried = Some(now.clone());
             return Step::Attempt;
         }
-        if self.tried.as_ref() == Some(now) {
-            // Back to what was tried (a change reverted before it settled).
+        if self.tried.as_ref().is_some_and(|t| t.same_files(now)) {
+            // Back to what was tried (a change reverted before it settled), or the same
+            // bytes republished in a new directory (another key of the Secret changed).
             self.pending = None;
+            self.tried = Some(now.clone());
             return Step::Wait;
+        }
+        let swapped = now.published_in.is_some()
+            && self.tried.as_ref().map(|t| &t.published_in) != Some(&now.published_in);
+        if swapped {
+            self.pending = None;
+            self.tried = Some(now.clone());
+            return Step::Attempt;
         }
         if self.pending.as_ref() == Some(now) {
             self.pending = None;
@@ -126,9 +146,15 @@ mod tests {
             Some(e) => Err(e.to_string()),
             None => Ok(s.as_bytes().to_vec()),
         };
+        // `c1@d1`: content c1 read through a symlink into directory d1.
+        let (cert, dir) = match cert.split_once('@') {
+            Some((c, d)) => (c, Some(PathBuf::from(d))),
+            None => (cert, None),
+        };
         Snapshot {
             cert: read(cert),
             key: read(key),
+            published_in: dir,
         }
     }
 
@@ -167,6 +193,23 @@ mod tests {
                 "c2 k2 W; !c3 k3 A; c3 k3 W",
             ),
             ("swapped files are a change", "k1 c1 W; k1 c1 A"),
+            // A kubelet volume: both files resolve into one directory per update.
+            (
+                "moved into symlinked dirs: tried at once",
+                "c2@d2 k2 A; c2@d2 k2 W; c3@d3 k3 A; c4@d4 k4 A",
+            ),
+            (
+                "same bytes in a new dir are no change",
+                "c1@d2 k1 W; c1@d3 k1 W",
+            ),
+            (
+                "a broken pair in a new dir is tried once",
+                "junk@d2 k1 A; junk@d2 k1 W; c2@d3 k2 A",
+            ),
+            (
+                "edited in place inside one dir: debounced",
+                "c1@d2 k1 W; c2@d2 k1 W; c2@d2 k1 A",
+            ),
         ];
         for (name, polls) in cases {
             let mut d = Debounce::loaded(snap("c1", "k1"));

@@ -26,10 +26,29 @@ pub fn read(tls: &TlsConfig) -> Snapshot {
     let one = |p: &Path| -> FileRead {
         std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))
     };
+    let cert = one(&tls.cert_file);
+    let key = one(&tls.key_file);
     Snapshot {
-        cert: one(&tls.cert_file),
-        key: one(&tls.key_file),
+        published_in: published_in(&tls.cert_file, &tls.key_file),
+        cert,
+        key,
     }
+}
+
+/// The directory both files resolve into, when one of them is a symlink and they resolve
+/// into the same directory (a Kubernetes Secret volume: `tls.crt -> ..data/tls.crt`,
+/// `..data -> ..2026_12_06_…`).
+fn published_in(cert: &Path, key: &Path) -> Option<PathBuf> {
+    let linked = |p: &Path| {
+        p.symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+    };
+    if !linked(cert) && !linked(key) {
+        return None;
+    }
+    let dir = |p: &Path| Some(std::fs::canonicalize(p).ok()?.parent()?.to_path_buf());
+    let (c, k) = (dir(cert)?, dir(key)?);
+    (c == k).then_some(c)
 }
 
 /// `read` on its own thread, given up after `READ_TIMEOUT` (for callers that are blocking
@@ -257,7 +276,11 @@ mod tests {
     use rcgen::KeyPair;
 
     fn snap(cert: FileRead, key: FileRead) -> Snapshot {
-        Snapshot { cert, key }
+        Snapshot {
+            cert,
+            key,
+            published_in: None,
+        }
     }
 
     #[test]
