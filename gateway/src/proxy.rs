@@ -335,6 +335,7 @@ impl ProxyHttp for Gateway {
             ),
             bytes_out: session.body_bytes_sent() as u64,
             digest: session.digest(),
+            balancer: crate::listener::balancer(),
             resolution: ctx.resolution.as_ref(),
             identity: &ctx.identity,
             verdict: ctx.verdict.as_ref(),

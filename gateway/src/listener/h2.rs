@@ -268,7 +268,8 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         served_any = true;
         let guard = active.start();
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let balancer = super::balancer();
+        tokio::spawn(super::with_balancer(balancer, async move {
             let _guard = guard;
             let mut session = session;
             // Rapid reset: a stream the client reset before we got to it does no work (no
@@ -291,7 +292,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
             }
             session.set_write_timeout(Some(shared.live.load().config.timeouts.downstream_write));
             proxy.process_new_http(session, &shutdown).await;
-        });
+        }));
     }
 }
 
@@ -313,6 +314,7 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
     }
     let conn = request_log::EdgeConn {
         peer,
+        balancer: super::balancer(),
         protocol: "HTTP/2",
         tls_version: tls.as_deref().map(request_log::tls_name),
     };
