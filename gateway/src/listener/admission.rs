@@ -4,7 +4,8 @@
 //! client reconnecting unpaced costs a full handshake per connection and slows everyone;
 //! `limits.max_connections` only bounds the total.
 //!
-//! The client is the socket peer (nothing of the request is known yet), grouped like the
+//! The client is the socket peer, or for a `proxy_protocol.from` balancer the source its
+//! header names (then checked after the header; nothing of the request is known yet), grouped like the
 //! per-IP rate limits (IPv4-mapped IPv6 as IPv4, IPv6 by `rate_limits.ipv6_prefix`).
 //! Peers in `trusted_proxies` (a load balancer carries many clients; they are limited per
 //! request) and in `rate_limits.exempt` are not counted.
