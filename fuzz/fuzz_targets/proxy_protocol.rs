@@ -16,7 +16,9 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     match data.split_first() {
         Some((0xff, rest)) => with_crc(rest),
-        _ => check(data),
+        _ => {
+            check(data);
+        }
     }
 });
 
