@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 
 secs="${1:-25}"
-read -r -a targets <<<"${FUZZ_TARGETS:-client_ip rate_policy token head h2_to_h1}"
+read -r -a targets <<<"${FUZZ_TARGETS:-client_ip rate_policy token head h2_to_h1 proxy_protocol}"
 runs="${FUZZ_RUNS:-}"
 flags=(-s none --codegen-units 16)
 # FUZZ_DEV=1 (CI): unoptimised instrumented build — about 4x quicker to compile on 2 cores

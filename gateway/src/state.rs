@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
+use ipnet::IpNet;
 use keyring::Keyring;
 
 use crate::accept::caps::ConnLimits;
@@ -16,6 +17,7 @@ use crate::admit::identity::TokenCache;
 use crate::admit::inflight::InflightCap;
 use crate::admit::limits::shared::Engine;
 use crate::admit::limits::Limiter;
+use crate::admit::net::canonical_nets;
 use crate::config::Config;
 use crate::forward::upstream::UpstreamState;
 use crate::observe::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct Live {
     /// Per-client in-flight counts: carried over on reload (the cap is read from `config`).
     pub inflight: Arc<InflightCap>,
     pub blocklist: Blocklist,
+    /// `proxy_protocol.from`, canonical: peers whose connections open with a PROXY header.
+    pub balancers: Vec<IpNet>,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
 }
@@ -78,6 +82,7 @@ impl Live {
         };
         Ok(Live {
             blocklist: Blocklist::new(&config.block),
+            balancers: canonical_nets(&config.proxy_protocol.from),
             config,
             client_ip,
             keys,

@@ -20,18 +20,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use gateway::admit::limits::shared::{script, sync};
 
-fn redis_server_available() -> bool {
-    Command::new("redis-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 macro_rules! require_redis {
     () => {
-        if !redis_server_available() {
+        if !installed("redis-server", "--version") {
             eprintln!(
                 "SKIPPED {}: redis-server is not installed (apt-get install redis-server)",
                 module_path!()

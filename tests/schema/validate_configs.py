@@ -74,6 +74,8 @@ BROKEN = [
     ("an unknown tls key", lambda d: set_path(d, ["tls"], {"cert_file": "c", "key_file": "k", "ciphers": "ALL"})),
     ("zero concurrent h2 streams", lambda d: set_path(d, ["http2", "max_concurrent_streams"], 0)),
     ("an h2 ping interval without a unit", lambda d: set_path(d, ["http2", "keepalive_interval"], "30")),
+    ("a PROXY protocol balancer that is no CIDR", lambda d: set_path(d, ["proxy_protocol"], {"from": ["10.0.0.1"]})),
+    ("an unknown proxy_protocol key", lambda d: set_path(d, ["proxy_protocol"], {"from": [], "versions": [2]})),
 ]
 
 

@@ -4,7 +4,8 @@
 //! client reconnecting unpaced costs a full handshake per connection and slows everyone;
 //! `limits.max_connections` only bounds the total.
 //!
-//! The client is the socket peer (nothing of the request is known yet), grouped like the
+//! The client is the socket peer, or for a `proxy_protocol.from` balancer the source its
+//! header names (then checked after the header; nothing of the request is known yet), grouped like the
 //! per-IP rate limits (IPv4-mapped IPv6 as IPv4, IPv6 by `rate_limits.ipv6_prefix`).
 //! Peers in `trusted_proxies` (a load balancer carries many clients; they are limited per
 //! request) and in `rate_limits.exempt` are not counted.
@@ -138,7 +139,17 @@ impl ConnLimits {
 
     /// True at most once per `LOG_INTERVAL_NS` per client (refusals are logged, not flooded).
     pub fn should_log(&self, client: Option<ClientKey>, now_ns: u64) -> bool {
-        let key = self.logged.hash_key(&client);
+        self.once_per_interval(&client, now_ns)
+    }
+
+    /// True at most once per `LOG_INTERVAL_NS` per balancer whose PROXY headers are refused.
+    pub fn should_log_balancer(&self, balancer: IpAddr, now_ns: u64) -> bool {
+        // Its own key space in the same bounded store: never shares a client's interval.
+        self.once_per_interval(&("proxy_protocol", balancer), now_ns)
+    }
+
+    fn once_per_interval<K: std::hash::Hash>(&self, key: &K, now_ns: u64) -> bool {
+        let key = self.logged.hash_key(key);
         let g = self.log_every;
         self.logged
             .update(key, now_ns, |tat| g.check(tat, now_ns))
@@ -336,5 +347,11 @@ mod tests {
         assert!(l.should_log(b, S), "another client has its own interval");
         assert!(!l.should_log(a, S + LOG_INTERVAL_NS / 2));
         assert!(l.should_log(a, S + LOG_INTERVAL_NS));
+        // A balancer has its own interval, apart from the same address as a client.
+        let lb: IpAddr = "10.0.0.2".parse().unwrap();
+        let logged = (0..1000).filter(|_| l.should_log_balancer(lb, S)).count();
+        assert_eq!(logged, 1);
+        assert!(l.should_log(Some((4, 0x0a00_0002)), S));
+        assert!(l.should_log_balancer(lb, S + LOG_INTERVAL_NS));
     }
 }

@@ -2,13 +2,17 @@
 //! connections per client (`caps`, before any handshake is spent), with `tls` runs the
 //! handshake under a deadline and picks HTTP/1.1 (`h1`) or HTTP/2 (`h2`) by ALPN; cleartext
 //! is HTTP/1.1.
+//! A peer in `proxy_protocol.from` (an L4 balancer) must open with a `proxy_protocol`
+//! header; the client it names is then the connection's peer for everything, the caps
+//! included (checked after the header), and the balancer is logged as `balancer_ip`.
 
 pub mod caps;
 pub mod h1;
 pub mod h2;
+pub mod proxy_protocol;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 use pingora::apps::HttpServerApp;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Ssl, ALPN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
@@ -26,6 +30,8 @@ use pingora_limits::inflight::Guard;
 use crate::accept::h1::buffered::Buffered;
 use crate::accept::tls::acceptor;
 use crate::admit::limits::shared::monotonic_ns;
+use crate::admit::net::canonical_ip;
+use crate::forward::conn::with_balancer;
 use crate::forward::errors;
 use crate::forward::request_log;
 use crate::forward::respond::raw_error_response;
@@ -53,12 +59,17 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
             },
             _ = shutdown.changed() => return,
         };
-        let slot = match admit(peer, &shared) {
-            Ok(slot) => slot,
-            Err(_) => {
-                refuse_client(tcp, &shared);
-                continue;
-            }
+        // A balancer's connection is admitted once its header names the client.
+        let from_balancer = is_balancer(peer.ip(), &shared);
+        let slot = match from_balancer {
+            true => None,
+            false => match admit(peer, &shared) {
+                Ok(slot) => slot,
+                Err(_) => {
+                    refuse_client(tcp, &shared);
+                    continue;
+                }
+            },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             shared.metrics.connections_refused.inc();
@@ -69,7 +80,12 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
         tokio::spawn(async move {
             shared.metrics.connections.inc();
-            handle(tcp, peer, proxy, &shared, shutdown).await;
+            if from_balancer {
+                // Boxed: the header's state does not grow every other connection's task.
+                Box::pin(proxied(tcp, peer, proxy, &shared, shutdown)).await;
+            } else {
+                handle(stream(tcp), peer, proxy, &shared, shutdown).await;
+            }
             shared.metrics.connections.dec();
             drop(permit);
             drop(slot);
@@ -100,11 +116,72 @@ fn admit(peer: SocketAddr, shared: &Process) -> Result<Option<Guard>, Reason> {
     }
 }
 
+/// The peer is in `proxy_protocol.from` (off: one length check per connection).
+fn is_balancer(peer: IpAddr, shared: &Process) -> bool {
+    let live = shared.live.load();
+    if live.balancers.is_empty() {
+        return false;
+    }
+    let ip = canonical_ip(peer);
+    live.balancers.iter().any(|n| n.contains(&ip))
+}
+
+/// A connection from a balancer: its PROXY header within `proxy_protocol.header_timeout`,
+/// else closed (counted, logged at most once per 10 s per balancer) with nothing read
+/// as HTTP. Then the named source (or, for `LOCAL`/`UNKNOWN`, the balancer itself) is the
+/// peer: the per-client caps are checked for it, and the connection is served as any other.
+async fn proxied<P: HttpServerApp + Send + Sync + 'static>(
+    tcp: TcpStream,
+    balancer: SocketAddr,
+    proxy: Arc<P>,
+    shared: &Arc<Process>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut io = stream(tcp);
+    let deadline = shared.live.load().config.proxy_protocol.header_timeout;
+    let (header, rest) = match proxy_protocol::read(&mut io, deadline).await {
+        Ok(read) => read,
+        Err(e) => {
+            let m = &shared.metrics.proxy_protocol_errors;
+            m.with_label_values(&[e.reason()]).inc();
+            if shared
+                .conn_limits
+                .should_log_balancer(balancer.ip(), monotonic_ns())
+            {
+                tracing::warn!(balancer = %balancer.ip(), reason = e.reason(), "PROXY protocol header refused, connection closed (logged once per 10 s per balancer)");
+            }
+            return;
+        }
+    };
+    let peer = match header {
+        proxy_protocol::Header::Proxied { source, .. } => source,
+        proxy_protocol::Header::Local => balancer,
+    };
+    if !rest.is_empty() {
+        io.rewind(&rest);
+    }
+    let _slot = match admit(peer, shared) {
+        Ok(slot) => slot,
+        Err(_) => return refuse_client(io, shared),
+    };
+    let serve = handle(io, peer, proxy, shared, shutdown);
+    with_balancer(Some(balancer.ip()), serve).await;
+}
+
+/// A TCP connection as pingora's stream.
+fn stream(tcp: TcpStream) -> L4Stream {
+    let _ = tcp.set_nodelay(true);
+    tcp.into()
+}
+
 /// Over a per-client cap: TLS is closed at once (no handshake); cleartext gets a short
 /// JSON 429 and a lingering close (so the client's unread request does not turn it into a
 /// reset), under a tiny deadline and at most `REFUSING` at a time, so a flood can hold
 /// neither many tasks nor many fds (beyond that it is just closed).
-fn refuse_client(tcp: TcpStream, shared: &Arc<Process>) {
+fn refuse_client<S>(tcp: S, shared: &Arc<Process>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     static REFUSING: Semaphore = Semaphore::const_new(64);
     let Some(turn) = shared
         .tls
@@ -158,15 +235,14 @@ async fn refuse(mut tcp: TcpStream, peer: SocketAddr, shared: &Process) {
 }
 
 async fn handle<P: HttpServerApp + Send + Sync + 'static>(
-    tcp: TcpStream,
+    mut stream: L4Stream,
     peer: SocketAddr,
     proxy: Arc<P>,
     shared: &Arc<Process>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let _ = tcp.set_nodelay(true);
-    let mut stream: L4Stream = tcp.into();
-    // pingora reads the client address from the socket digest.
+    // pingora reads the client address from the socket digest (with PROXY protocol, the
+    // header's source).
     let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
     let _ = digest.peer_addr.set(Some(peer.into()));
     stream.set_socket_digest(digest);

@@ -80,6 +80,33 @@ pub struct Config {
     /// HTTP/2 limits (used only with `tls`: h2 is negotiated by ALPN).
     #[serde(default)]
     pub http2: Http2Config,
+    /// PROXY protocol (v1/v2) from L4 load balancers; absent or `from: []` = off.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocolConfig,
+}
+
+/// README "Behind a load balancer". Read per connection: a reload applies to new ones.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// Peers (L4 load balancers, only they) whose connections must open with a PROXY v1
+    /// or v2 header; its source address is then the client. Empty = off.
+    #[serde(default)]
+    #[schemars(schema_with = "field_schema::cidr_list")]
+    pub from: Vec<IpNet>,
+    /// A connection from `from` without a complete header by then is closed.
+    #[serde(default = "defaults::proxy_header", deserialize_with = "duration")]
+    #[schemars(schema_with = "field_schema::duration")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ProxyProtocolConfig {
+    fn default() -> Self {
+        ProxyProtocolConfig {
+            from: Vec::new(),
+            header_timeout: defaults::proxy_header(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -486,6 +513,9 @@ mod defaults {
     pub fn tls_handshake() -> Duration {
         TlsConfig::DEFAULT_HANDSHAKE_TIMEOUT
     }
+    pub fn proxy_header() -> Duration {
+        Duration::from_secs(5)
+    }
 }
 
 /// A config error located in its file: `file:line:column: field: message`.
@@ -764,6 +794,44 @@ mod tests {
             }
             assert_eq!(e.field, *field, "{name}: {e}");
             assert!(e.to_string().starts_with("g.yaml"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn proxy_protocol_block() {
+        let c = Config::parse("g.yaml", MINIMAL).unwrap();
+        assert!(c.proxy_protocol.from.is_empty(), "absent = off");
+        assert_eq!(c.proxy_protocol.header_timeout, Duration::from_secs(5));
+        let on = format!("{MINIMAL}proxy_protocol:\n  from: [\"10.0.0.0/8\", \"2001:db8::/32\"]\n");
+        let c = Config::parse("g.yaml", &on).unwrap();
+        assert_eq!(c.proxy_protocol.from.len(), 2);
+        assert_eq!(c.proxy_protocol.header_timeout, Duration::from_secs(5));
+        // (YAML, field named)
+        let bad: &[(&str, &str)] = &[
+            (
+                "proxy_protocol:\n  from: [10.0.0.1]\n",
+                "proxy_protocol.from[0]",
+            ),
+            (
+                "proxy_protocol:\n  from: [10.0.0.0/33]\n",
+                "proxy_protocol.from[0]",
+            ),
+            (
+                "proxy_protocol:\n  header_timeout: 0s\n",
+                "proxy_protocol.header_timeout",
+            ),
+            (
+                "proxy_protocol:\n  header_timeout: 5\n",
+                "proxy_protocol.header_timeout",
+            ),
+            (
+                "proxy_protocol:\n  from: []\n  versions: [2]\n",
+                "proxy_protocol.versions",
+            ),
+        ];
+        for (yaml, field) in bad {
+            let e = Config::parse("g.yaml", &format!("{MINIMAL}{yaml}")).unwrap_err();
+            assert_eq!(e.field, *field, "{yaml}: {e}");
         }
     }
 

@@ -1,6 +1,9 @@
 //! Per-connection settings, decided in one place: whether a connection is kept after a
 //! response (keep-alive, drain, an unread body), and the timeouts a client session and an
-//! upstream peer run under.
+//! upstream peer run under; and the L4 balancer (PROXY protocol) the connection came through.
+
+use std::future::Future;
+use std::net::IpAddr;
 
 use pingora::prelude::HttpPeer;
 use pingora::protocols::http::ServerSession;
@@ -28,6 +31,24 @@ pub fn upstream_timeouts(peer: &mut HttpPeer, t: &Timeouts) {
     peer.options.read_timeout = Some(t.upstream_read);
     peer.options.write_timeout = Some(t.upstream_write);
     peer.options.idle_timeout = Some(t.upstream_idle);
+}
+
+tokio::task_local! {
+    /// The balancer of a PROXY protocol connection, for its requests' access log lines.
+    static BALANCER: IpAddr;
+}
+
+/// The balancer the current connection came through (`None` without PROXY protocol).
+pub fn balancer() -> Option<IpAddr> {
+    BALANCER.try_with(|b| *b).ok()
+}
+
+/// Runs `f` (a connection's or an h2 stream's task) with `balancer()` answering `balancer`.
+pub async fn with_balancer<F: Future>(balancer: Option<IpAddr>, f: F) -> F::Output {
+    match balancer {
+        Some(b) => BALANCER.scope(b, f).await,
+        None => f.await,
+    }
 }
 
 #[cfg(test)]

@@ -339,6 +339,7 @@ impl ProxyHttp for Gateway {
             ),
             bytes_out: session.body_bytes_sent() as u64,
             digest: session.digest(),
+            balancer: super::conn::balancer(),
             resolution: ctx.resolution.as_ref(),
             identity: &ctx.identity,
             verdict: ctx.verdict.as_ref(),

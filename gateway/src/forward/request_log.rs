@@ -53,8 +53,10 @@ pub struct Finished<'a> {
     /// See `bytes_in`.
     pub bytes_in: u64,
     pub bytes_out: u64,
-    /// The connection: socket peer (access log `peer`) and TLS version.
+    /// The connection: its peer (access log `peer`) and TLS version.
     pub digest: Option<&'a pingora::protocols::Digest>,
+    /// The balancer a PROXY protocol connection came through (access log `balancer_ip`).
+    pub balancer: Option<IpAddr>,
     pub resolution: Option<&'a Resolution>,
     pub identity: &'a Identity,
     pub verdict: Option<&'a Verdict>,
@@ -79,6 +81,8 @@ pub fn tls_name(d: &pingora::protocols::tls::SslDigest) -> &'static str {
 #[derive(Debug, Clone, Copy)]
 pub struct EdgeConn {
     pub peer: SocketAddr,
+    /// See `Finished::balancer`.
+    pub balancer: Option<IpAddr>,
     /// Empty when no request was parsed (HTTP/1.1 head refusals).
     pub protocol: &'static str,
     pub tls_version: Option<&'static str>,
@@ -89,6 +93,7 @@ impl EdgeConn {
     pub fn plain(peer: SocketAddr) -> EdgeConn {
         EdgeConn {
             peer,
+            balancer: None,
             protocol: "",
             tls_version: None,
         }
@@ -160,6 +165,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
         upstream_ms: f.upstream_elapsed.map(millis),
         peer: peer_ip(f.digest),
         client_ip: f.resolution.map(|r| r.client),
+        balancer_ip: f.balancer,
         trust: f.resolution.map(|r| r.decision),
         forwarded_rejection: f.resolution.and_then(|r| r.rejection).map(|r| r.as_str()),
         user_id: f.identity.user_id(),
@@ -243,6 +249,7 @@ pub fn edge_answer(
         duration_ms: millis(started.elapsed()),
         peer: Some(conn.peer.ip().to_canonical()),
         client_ip: Some(conn.peer.ip().to_canonical()),
+        balancer_ip: conn.balancer,
         auth: "none",
         protocol: conn.protocol,
         tls_version: conn.tls_version,

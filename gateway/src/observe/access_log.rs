@@ -31,6 +31,9 @@ pub struct AccessRecord<'a> {
     pub upstream_ms: Option<f64>,
     pub peer: Option<IpAddr>,
     pub client_ip: Option<IpAddr>,
+    /// The L4 balancer a PROXY protocol connection came through (then `peer` is the
+    /// source its header named); absent otherwise.
+    pub balancer_ip: Option<IpAddr>,
     pub trust: Option<TrustDecision>,
     pub forwarded_rejection: Option<&'static str>,
     pub user_id: Option<&'a str>,
@@ -137,6 +140,7 @@ impl AccessRecord<'_> {
         }
         o.opt_ip(key!("peer"), self.peer);
         o.opt_ip(key!("client_ip"), self.client_ip);
+        o.opt_ip(key!("balancer_ip"), self.balancer_ip);
         o.opt_str(key!("trust"), self.trust.map(|t| t.as_str()));
         o.opt_str(key!("forwarded_rejection"), self.forwarded_rejection);
         o.opt_str(key!("user_id"), self.user_id);
@@ -208,6 +212,7 @@ mod tests {
                 upstream_ms = rec.upstream_ms,
                 peer = rec.peer.map(tracing::field::display),
                 client_ip = rec.client_ip.map(tracing::field::display),
+                balancer_ip = rec.balancer_ip.map(tracing::field::display),
                 trust = rec.trust.map(|t| t.as_str()),
                 forwarded_rejection = rec.forwarded_rejection,
                 user_id = rec.user_id,
@@ -275,6 +280,7 @@ mod tests {
             upstream_ms: Some(0.5),
             peer: Some("127.0.0.1".parse().unwrap()),
             client_ip: Some("2001:db8::1".parse().unwrap()),
+            balancer_ip: Some("10.0.0.2".parse().unwrap()),
             trust: Some(TrustDecision::Trusted),
             forwarded_rejection: Some("malformed"),
             user_id: Some("u-alice"),

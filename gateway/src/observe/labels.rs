@@ -35,6 +35,18 @@ pub const H2_CLOSE_REASONS: &[&str] = &[
 /// `gateway_connection_rejections_total{reason}`: which per-client cap refused a connection.
 pub const CONNECTION_REJECTIONS: &[&str] = &["per_client_open", "per_client_rate"];
 
+/// `gateway_proxy_protocol_errors_total{reason}`: why a balancer's connection was closed
+/// for its PROXY header (`accept::proxy_protocol::Error::reason`, held to this by a test).
+pub const PROXY_PROTOCOL_ERRORS: &[&str] = &[
+    "missing",
+    "malformed",
+    "oversized",
+    "unsupported",
+    "checksum",
+    "timeout",
+    "closed",
+];
+
 /// The access log's `trust`: how the client address was decided (`client_ip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustDecision {

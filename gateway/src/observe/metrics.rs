@@ -40,6 +40,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     pub h2_closed: IntCounterVec,
     pub connection_rejections: IntCounterVec,
+    pub proxy_protocol_errors: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -159,6 +160,12 @@ impl Metrics {
             "Connections closed at accept by a per-client cap, by reason (per_client_open, per_client_rate).",
             labels::CONNECTION_REJECTIONS,
         );
+        let proxy_protocol_errors = reason_counter(
+            &r,
+            "gateway_proxy_protocol_errors_total",
+            "Connections from a proxy_protocol.from balancer closed for their PROXY header, by reason (missing, malformed, timeout, ...).",
+            labels::PROXY_PROTOCOL_ERRORS,
+        );
         let h2_closed = reason_counter(
             &r,
             "gateway_h2_connections_closed_total",
@@ -169,6 +176,7 @@ impl Metrics {
             tls_handshake_failures,
             h2_closed,
             connection_rejections,
+            proxy_protocol_errors,
             requests_total: counter_vec(
                 &r,
                 "http_requests_total",

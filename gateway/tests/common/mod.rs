@@ -234,6 +234,16 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `program arg` runs and succeeds (a tool a test needs is installed; e.g. `redis-server --version`).
+pub fn installed(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The real document app on a free loopback port.
 pub struct AppProc {
     pub proc: Proc,

@@ -77,6 +77,7 @@ pub async fn serve<S: Transport, P: HttpServerApp>(
             .await;
             let conn = request_log::EdgeConn {
                 tls_version: io.get_ssl_digest().as_deref().map(request_log::tls_name),
+                balancer: crate::forward::conn::balancer(),
                 ..request_log::EdgeConn::plain(peer)
             };
             let m = &shared.metrics;

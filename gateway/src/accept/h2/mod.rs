@@ -255,7 +255,8 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         served_any = true;
         let guard = active.start();
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        let balancer = crate::forward::conn::balancer();
+        tokio::spawn(crate::forward::conn::with_balancer(balancer, async move {
             let _guard = guard;
             let mut session = session;
             // Rapid reset: a stream the client reset before we got to it does no work (no
@@ -278,7 +279,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
             }
             conn::client_timeouts(&mut session, &shared.live.load().config.timeouts);
             proxy.process_new_http(session, &shutdown).await;
-        });
+        }));
     }
 }
 
@@ -301,6 +302,7 @@ async fn refuse_oversized(mut session: ServerSession, peer: SocketAddr, shared: 
     }
     let conn = request_log::EdgeConn {
         peer,
+        balancer: crate::forward::conn::balancer(),
         protocol: "HTTP/2",
         tls_version: tls.as_deref().map(request_log::tls_name),
     };
