@@ -8,13 +8,15 @@
 
 pub mod gcra;
 pub mod headers;
+pub mod inspect;
 pub mod policy;
 pub mod rate;
 pub mod shared;
 pub mod store;
+pub mod top;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -29,6 +31,7 @@ use shared::keys::ClientId;
 use shared::policy::SharedPolicy;
 use shared::Engine;
 use store::Store;
+use top::{TopKey, TopRefusals};
 
 /// What the limiter needs to know about a request.
 #[derive(Clone, Copy, Debug)]
@@ -184,6 +187,8 @@ struct Compiled {
     store: Arc<Store>,
     /// Set when the policy's state is shared through Redis (`shared: sync|exact`).
     shared: Option<Arc<SharedPolicy>>,
+    /// The keys this policy refused most (`/limits/top`); touched on refusals only.
+    top: Arc<Mutex<TopRefusals>>,
 }
 
 impl Compiled {
@@ -204,6 +209,15 @@ enum ClientKey<'a> {
 }
 
 impl ClientKey<'_> {
+    fn top_key(&self) -> TopKey {
+        match *self {
+            ClientKey::V4(a) => TopKey::V4(a),
+            ClientKey::V6(a) => TopKey::V6(a),
+            ClientKey::User(u) => TopKey::User(u.into()),
+            ClientKey::Global => TopKey::Global,
+        }
+    }
+
     fn id(&self) -> ClientId<'_> {
         match *self {
             ClientKey::V4(a) => ClientId::V4(a),
@@ -294,6 +308,7 @@ impl Limiter {
                     policy_value: headers::policy_header_value(&p.name, gcra.burst(), window_secs),
                     store: carry(p).unwrap_or_else(|| Arc::new(Store::new(cfg.max_keys))),
                     shared: shared_for(p, engine, cfg.max_keys, |_| None),
+                    top: Arc::default(),
                 }
             })
             .collect();
@@ -383,6 +398,12 @@ impl Limiter {
                 (false, Mode::Enforce) => Decision::Rejected,
                 (false, Mode::Shadow) => Decision::ShadowRejected,
             };
+            if decision != Decision::Allowed {
+                p.record_refusal(key, client, now_ns);
+            } else if d.remaining == 0 && !dry_run {
+                // Emptied the bucket: a client at its limit (the only admissions counted).
+                p.record_admission(key, now_ns);
+            }
             if decision == Decision::Rejected && verdict.rejected_by.is_none() {
                 verdict.rejected_by = Some(verdict.outcomes.len());
                 // Lost a race with a concurrent request after the look-ahead: stop charging.
