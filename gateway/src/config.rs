@@ -27,9 +27,12 @@ pub struct Config {
     /// Public listener.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    /// Admin listener: /metrics, /healthz, /readyz. Never publish it.
+    /// Admin listener: /metrics, /healthz, /readyz, /limits. Never publish it.
     #[serde(default = "defaults::admin_listen")]
     pub admin_listen: SocketAddr,
+    /// The admin port's token and the `/limits/top` view (README "Rate limits: the cockpit").
+    #[serde(default)]
+    pub admin: crate::cockpit::config::AdminConfig,
     /// host:port of the app; a name is resolved asynchronously and re-resolved in the background.
     pub upstream: Upstream,
     /// Peers whose forwarded headers are believed. Empty = trust no one.
@@ -427,7 +430,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     })
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     let v = humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -608,6 +611,7 @@ impl Config {
             return err("timeouts.shutdown_grace", "must be at most 300s");
         }
         self.rate_limits.validate()?;
+        self.admin.validate()?;
         crate::limits::shared::config::validate_policies(
             self.shared_limits.as_ref(),
             &self.rate_limits.policies,

@@ -11,6 +11,7 @@ pub mod buffered;
 pub mod cert_reload;
 pub mod cert_watch;
 pub mod client_ip;
+pub mod cockpit;
 pub mod config;
 pub mod config_schema;
 pub mod errors;

@@ -273,6 +273,11 @@ impl Metrics {
         }
     }
 
+    /// For modules that own their metrics (the cockpit's config and reset metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The exposition text for `/metrics`.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);

@@ -10,6 +10,8 @@ use keyring::Keyring;
 
 use crate::blocklist::Blocklist;
 use crate::client_ip::ClientIpPolicy;
+use crate::cockpit::auth::AdminToken;
+use crate::cockpit::status::ConfigStatus;
 use crate::config::Config;
 use crate::identity::TokenCache;
 use crate::inflight::InflightCap;
@@ -36,6 +38,8 @@ pub struct Live {
     pub blocklist: Blocklist,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
+    /// From `admin.token_file`, read on every (re)load so a new token needs no restart.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Live {
@@ -63,11 +67,17 @@ impl Live {
             )?),
             None => None,
         };
-        let limiter = Limiter::with_shared(
+        let mut limiter = Limiter::with_shared(
             &config.rate_limits,
             shared_limits.as_ref(),
             previous.map(|p| &p.limiter),
         );
+        limiter.set_top(
+            config.admin.top_keys,
+            config.admin.top_window,
+            previous.map(|p| &p.limiter),
+        );
+        let admin_token = config.admin.read_token()?.map(|t| AdminToken::new(&t));
         // Validated at load, so these conversions cannot fail.
         let csp = HeaderValue::from_str(&config.security_headers.content_security_policy)
             .map_err(|e| e.to_string())?;
@@ -87,6 +97,7 @@ impl Live {
             inflight: previous.map_or_else(Default::default, |p| Arc::clone(&p.inflight)),
             csp,
             hsts,
+            admin_token,
         })
     }
 }
@@ -100,15 +111,23 @@ pub struct Shared {
     pub tls: Option<TlsState>,
     /// Per-client connection counts and rates: outlive a reload (caps are read per accept).
     pub conn_limits: ConnLimits,
+    /// The loaded config's hash and the last reload's result (`/limits`, config metrics).
+    pub status: ConfigStatus,
     draining: AtomicBool,
 }
 
 impl Shared {
     pub fn new(live: Live, config_path: PathBuf) -> Shared {
         let upstream = Arc::new(UpstreamState::new(&live.config.upstream));
+        let metrics = Metrics::new();
+        let status = ConfigStatus::new(
+            metrics.registry(),
+            crate::cockpit::status::file_sha256(&config_path),
+        );
         Shared {
             live: ArcSwap::from_pointee(live),
-            metrics: Metrics::new(),
+            metrics,
+            status,
             upstream,
             config_path,
             tls: None,

@@ -73,6 +73,9 @@ BROKEN = [
     ("an unknown tls key", lambda d: set_path(d, ["tls"], {"cert_file": "c", "key_file": "k", "ciphers": "ALL"})),
     ("zero concurrent h2 streams", lambda d: set_path(d, ["http2", "max_concurrent_streams"], 0)),
     ("an h2 ping interval without a unit", lambda d: set_path(d, ["http2", "keepalive_interval"], "30")),
+    ("too few admin top_keys", lambda d: set_path(d, ["admin"], {"top_keys": 5})),
+    ("an admin top_window without a unit", lambda d: set_path(d, ["admin"], {"top_window": "300"})),
+    ("an unknown admin key", lambda d: set_path(d, ["admin"], {"token": "secret"})),
 ]
 
 
