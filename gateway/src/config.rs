@@ -554,7 +554,8 @@ impl Config {
     /// Cross-field checks that a single field's parser cannot make.
     fn validate(&self) -> Result<(), Invalid> {
         let err = |field: &str, message: &str| Err(Invalid::new(field, message));
-        if self.listen == self.admin_listen {
+        // Port 0 (the OS picks one) is fine on both: tests start several replicas from one file.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return err("admin_listen", "must differ from listen");
         }
         if self.routes.is_empty() {
@@ -673,7 +674,7 @@ impl Config {
         Ok(())
     }
 
-    /// The files the config names (today `token_key_file`) must load; an error is located at
+    /// The files the config names (`token_key_file`, `admin.token_file`) must load; an error is located at
     /// the field's line like any other: `config/gateway.yaml:6: field \`token_key_file\`: …`.
     pub fn check_referenced_files(&self, path: &Path) -> Result<(), ConfigError> {
         keyring::Keyring::load(&self.token_key_file).map_err(|e| {
@@ -684,6 +685,16 @@ impl Config {
                 column: None,
                 field: "token_key_file".into(),
                 message: e.to_string(),
+            }
+        })?;
+        self.admin.read_token().map_err(|message| {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            ConfigError {
+                file: path.display().to_string(),
+                line: locate_field(&text, "admin.token_file"),
+                column: None,
+                field: "admin.token_file".into(),
+                message,
             }
         })?;
         Ok(())

@@ -47,6 +47,52 @@ enum Command {
     },
     /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
     Schema,
+    /// Rate limits on running replicas' admin ports: who is refused, one key, a reset, config drift.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsCommand,
+        /// Admin addresses of the replicas, comma-separated.
+        #[arg(
+            long,
+            global = true,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:9901"
+        )]
+        admin: Vec<String>,
+        /// File with the admin bearer token (default: /run/secrets/admin_token if present).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Keys each policy refused most, summed over the replicas.
+    Top {
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
+    /// One key's bucket on every replica.
+    Key {
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Give one key its full burst back (every replica; one for a shared policy).
+    Reset {
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Each replica's config hash and last reload; exits 1 when they differ.
+    Config,
 }
 
 fn main() -> ExitCode {
@@ -58,8 +104,37 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
+        Some(Command::Limits {
+            action,
+            admin,
+            token_file,
+            json,
+        }) => limits(action, &admin, token_file.as_deref(), json),
         None => run(&cli.config),
     }
+}
+
+fn limits(
+    action: LimitsCommand,
+    admin: &[String],
+    token_file: Option<&Path>,
+    json: bool,
+) -> ExitCode {
+    use gateway::cockpit::cli::{self, Action};
+    let action = match action {
+        LimitsCommand::Top { policy, n } => Action::Top { policy, n },
+        LimitsCommand::Key { policy, key } => Action::Key { policy, key },
+        LimitsCommand::Reset { policy, key } => Action::Reset { policy, key },
+        LimitsCommand::Config => Action::Config,
+    };
+    let token = match cli::read_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway limits: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    cli::run(admin, token.as_deref(), json, &action)
 }
 
 fn check_config(file: &Path, skip_files: bool) -> ExitCode {
@@ -220,6 +295,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         shared.metrics.upstream_up.clone(),
         shutdown_rx.clone(),
     ));
+    let admin_addr = admin_listener.local_addr().ok();
     let dropped = log.dropped.clone();
     tokio::spawn(admin::serve(
         admin_listener,
@@ -239,6 +315,9 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         },
         move |on| export.metrics.export_shared_limits(on),
     ));
+    let public_addr = public
+        .local_addr()
+        .map_or_else(|_| c.listen.to_string(), |a| a.to_string());
     let permits = Arc::new(Semaphore::new(c.limits.max_connections));
     tokio::spawn(listener::serve(
         public,
@@ -247,7 +326,10 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         permits.clone(),
         shutdown_rx,
     ));
-    tracing::info!(listen = %c.listen, admin = %c.admin_listen, upstream = %c.upstream, "gateway started");
+    // The bound addresses: with port 0 (tests starting several replicas from one file) the
+    // configured ones say nothing.
+    let admin_addr = admin_addr.map_or_else(|| c.admin_listen.to_string(), |a| a.to_string());
+    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %c.upstream, "gateway started");
 
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -77,12 +77,7 @@ impl Admin {
 
 /// `n` requests from client `ip` (through the trusted proxy 127.0.0.2); statuses.
 async fn hits(gw: &GatewayProc, ip: &str, n: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let r = get_from("127.0.0.2", gw.addr, "/v1/x", &[("x-forwarded-for", ip)]).await;
-        out.push(r.status);
-    }
-    out
+    hits_at(gw.addr, ip, n).await
 }
 
 #[tokio::test]
@@ -135,7 +130,7 @@ async fn cockpit_endpoints_auth_reset_and_rotation() {
     let cases: &[(&str, &str, Option<String>, u16, &str)] = &[
         ("GET", "/limits/top?policy=nope", None, 404, "unknown_policy"),
         ("GET", "/limits/top?n=0", None, 400, "bad_request"),
-        ("GET", "/limits/top?n=11", None, 400, "bad_request"),
+        ("GET", "/limits/top?n=20001", None, 400, "bad_request"),
         ("GET", "/limits/top?bogus=1", None, 400, "bad_request"),
         ("GET", "/limits/key?policy=per-ip", None, 400, "bad_request"),
         ("GET", "/limits/key?policy=per-ip&key=not-an-ip", None, 400, "bad_request"),
@@ -307,4 +302,222 @@ fn get_blocking_auth(addr: SocketAddr, path: &str, token: &str) -> u16 {
     let mut buf = Vec::new();
     let _ = s.read_to_end(&mut buf);
     parse_response(&buf).map_or(0, |r| r.status)
+}
+
+/// A gateway started from `config` (listen and admin on port 0); its bound addresses
+/// from the `gateway started` line.
+struct Replica {
+    _guard: ChildGuard,
+    addr: SocketAddr,
+    admin: String,
+    _log: tempfile::TempDir,
+}
+
+fn start_replica(config: &Path) -> Replica {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let guard = ChildGuard::new(child);
+    let mut started = None;
+    wait_until(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        started = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["message"] == "gateway started");
+        started.is_some()
+    });
+    let v = started.unwrap_or_else(|| panic!("no start line: {}", tail(&log, 10)));
+    Replica {
+        _guard: guard,
+        addr: v["listen"].as_str().unwrap().parse().unwrap(),
+        admin: v["admin"].as_str().unwrap().to_string(),
+        _log: dir,
+    }
+}
+
+/// `gateway limits …`: (exit success, stdout, stderr).
+fn limits_cli(args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .arg("limits")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_across_three_replicas_merges_resets_and_finds_drift() {
+    let stub = Stub::start(StubMode::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_keys_dir, keys) = dev_key_file();
+    let token_file = dir.path().join("admin_token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let body = format!(
+        "listen: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstream: {}\ntoken_key_file: {}\n{}",
+        stub.addr,
+        keys.display(),
+        yaml(Some(&token_file))
+    );
+    // One file for the fleet: byte-identical configs, as a real fleet runs.
+    let fleet_file = dir.path().join("gateway.yaml");
+    std::fs::write(&fleet_file, &body).unwrap();
+    let fleet: Vec<Replica> = (0..3).map(|_| start_replica(&fleet_file)).collect();
+    let admins = fleet
+        .iter()
+        .map(|r| r.admin.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let tf = token_file.display().to_string();
+
+    let (ok, out, err) = limits_cli(&["config", "--admin", &admins]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("same config on every replica"), "{out}");
+
+    // 203.0.113.7 is refused 2 + 1 + 0 times on the three replicas, 198.51.100.1 once.
+    for (r, n) in fleet.iter().zip([4, 3, 2]) {
+        hits_at(r.addr, "203.0.113.7", n).await;
+    }
+    hits_at(fleet[0].addr, "198.51.100.1", 3).await;
+    let (ok, out, err) = limits_cli(&[
+        "top",
+        "--policy",
+        "per-ip",
+        "--admin",
+        &admins,
+        "--token-file",
+        &tf,
+        "--json",
+    ]);
+    assert!(ok, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let top = &v["policies"][0]["top"];
+    assert_eq!(
+        (
+            top[0]["key"].as_str(),
+            top[0]["refused"].as_u64(),
+            top[0]["replicas"].as_u64()
+        ),
+        (Some("203.0.113.7"), Some(3), Some(2)),
+        "{v}"
+    );
+    assert_eq!(
+        (top[1]["key"].as_str(), top[1]["refused"].as_u64()),
+        (Some("198.51.100.1"), Some(1))
+    );
+    let (ok, table, _) = limits_cli(&["top", "--admin", &admins, "--token-file", &tf]);
+    assert!(
+        ok && table.starts_with("POLICY") && table.contains("203.0.113.7"),
+        "{table}"
+    );
+
+    let (ok, out, err) = limits_cli(&[
+        "key",
+        "--policy",
+        "per-ip",
+        "--key",
+        "203.0.113.7",
+        "--admin",
+        &admins,
+        "--token-file",
+        &tf,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out.lines().count(),
+        4,
+        "a header and one line per replica: {out}"
+    );
+
+    // A local policy is reset on every listed replica.
+    let (ok, out, err) = limits_cli(&[
+        "reset",
+        "--policy",
+        "per-ip",
+        "--key",
+        "203.0.113.7",
+        "--admin",
+        &admins,
+        "--token-file",
+        &tf,
+    ]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(out.matches("(replica)").count(), 3, "{out}");
+    for r in &fleet {
+        assert_eq!(hits_at(r.addr, "203.0.113.7", 1).await, [200]);
+    }
+
+    // Clear one-line errors and a non-zero exit: wrong token, unknown policy, a replica down.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "not-the-token-0000000\n").unwrap();
+    let (ok, _, err) = limits_cli(&[
+        "top",
+        "--admin",
+        &admins,
+        "--token-file",
+        &wrong.display().to_string(),
+    ]);
+    assert!(
+        !ok && err.lines().count() == 3 && err.contains("401"),
+        "{err}"
+    );
+    let (ok, _, err) = limits_cli(&[
+        "key",
+        "--policy",
+        "nope",
+        "--key",
+        "192.0.2.1",
+        "--admin",
+        &fleet[0].admin,
+        "--token-file",
+        &tf,
+    ]);
+    assert!(
+        !ok && err.contains("404") && err.contains("No such rate-limit policy"),
+        "{err}"
+    );
+    let down = format!("127.0.0.1:{}", free_port());
+    let with_down = format!("{admins},{down}");
+    let (ok, _, err) = limits_cli(&["config", "--admin", &with_down]);
+    assert!(
+        !ok && err.contains(&format!("replica {down}: down")),
+        "{err}"
+    );
+
+    // Drift: a fourth replica from a different file.
+    let other = dir.path().join("other.yaml");
+    std::fs::write(&other, body.replace("burst: 2}", "burst: 3}")).unwrap();
+    let odd = start_replica(&other);
+    let (ok, out, _) = limits_cli(&["config", "--admin", &format!("{admins},{}", odd.admin)]);
+    assert!(!ok, "drift must exit non-zero: {out}");
+    assert!(out.contains("DRIFT"), "{out}");
+    let (_, json_out, _) = limits_cli(&[
+        "config",
+        "--json",
+        "--admin",
+        &format!("{admins},{}", odd.admin),
+    ]);
+    let v: Value = serde_json::from_str(&json_out).unwrap();
+    assert_eq!(v["same"], false);
+}
+
+/// `n` requests to the public address `addr` from client `ip` (through the trusted proxy).
+async fn hits_at(addr: SocketAddr, ip: &str, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = get_from("127.0.0.2", addr, "/v1/x", &[("x-forwarded-for", ip)]).await;
+        out.push(r.status);
+    }
+    out
 }
