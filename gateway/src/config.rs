@@ -677,26 +677,21 @@ impl Config {
     /// The files the config names (`token_key_file`, `admin.token_file`) must load; an error is located at
     /// the field's line like any other: `config/gateway.yaml:6: field \`token_key_file\`: …`.
     pub fn check_referenced_files(&self, path: &Path) -> Result<(), ConfigError> {
-        keyring::Keyring::load(&self.token_key_file).map_err(|e| {
+        let located = |field: &str, message: String| {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             ConfigError {
                 file: path.display().to_string(),
-                line: locate_field(&text, "token_key_file"),
+                line: locate_field(&text, field),
                 column: None,
-                field: "token_key_file".into(),
-                message: e.to_string(),
-            }
-        })?;
-        self.admin.read_token().map_err(|message| {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            ConfigError {
-                file: path.display().to_string(),
-                line: locate_field(&text, "admin.token_file"),
-                column: None,
-                field: "admin.token_file".into(),
+                field: field.into(),
                 message,
             }
-        })?;
+        };
+        keyring::Keyring::load(&self.token_key_file)
+            .map_err(|e| located("token_key_file", e.to_string()))?;
+        self.admin
+            .read_token()
+            .map_err(|message| located("admin.token_file", message))?;
         Ok(())
     }
 

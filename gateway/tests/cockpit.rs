@@ -422,17 +422,20 @@ async fn cli_across_three_replicas_merges_resets_and_finds_drift() {
         "{table}"
     );
 
-    let (ok, out, err) = limits_cli(&[
-        "key",
-        "--policy",
-        "per-ip",
-        "--key",
-        "203.0.113.7",
-        "--admin",
-        &admins,
-        "--token-file",
-        &tf,
-    ]);
+    let one_key = |verb: &str| {
+        limits_cli(&[
+            verb,
+            "--policy",
+            "per-ip",
+            "--key",
+            "203.0.113.7",
+            "--admin",
+            &admins,
+            "--token-file",
+            &tf,
+        ])
+    };
+    let (ok, out, err) = one_key("key");
     assert!(ok, "{out}{err}");
     assert_eq!(
         out.lines().count(),
@@ -441,17 +444,7 @@ async fn cli_across_three_replicas_merges_resets_and_finds_drift() {
     );
 
     // A local policy is reset on every listed replica.
-    let (ok, out, err) = limits_cli(&[
-        "reset",
-        "--policy",
-        "per-ip",
-        "--key",
-        "203.0.113.7",
-        "--admin",
-        &admins,
-        "--token-file",
-        &tf,
-    ]);
+    let (ok, out, err) = one_key("reset");
     assert!(ok, "{out}{err}");
     assert_eq!(out.matches("(replica)").count(), 3, "{out}");
     for r in &fleet {

@@ -37,36 +37,14 @@ const DEFAULT_N: usize = 20;
 /// Largest `n`: the most keys two half-window sketches of the largest `top_keys` hold.
 const MAX_N: usize = 20_000;
 
-const UNAUTHORIZED: EdgeError = EdgeError {
-    status: 401,
-    code: "unauthorized",
-    message: "A valid admin bearer token is required.",
-};
-const FORBIDDEN: EdgeError = EdgeError {
-    status: 403,
-    code: "forbidden",
-    message: "No admin token is configured (admin.token_file): this endpoint is off.",
-};
-const METHOD: EdgeError = EdgeError {
-    status: 405,
-    code: "method_not_allowed",
-    message: "Method not allowed here.",
-};
-const TOO_LARGE: EdgeError = EdgeError {
-    status: 413,
-    code: "payload_too_large",
-    message: "The request body is over 4 KiB.",
-};
-const UNKNOWN_POLICY: EdgeError = EdgeError {
-    status: 404,
-    code: "unknown_policy",
-    message: "No such rate-limit policy.",
-};
-const REDIS_DOWN: EdgeError = EdgeError {
-    status: 503,
-    code: "shared_state_unavailable",
-    message: "Reset here, but Redis did not take it: other replicas still limit this key.",
-};
+crate::errors::edge_errors! {
+    UNAUTHORIZED = 401, "unauthorized", "A valid admin bearer token is required.";
+    FORBIDDEN = 403, "forbidden", "No admin token is configured (admin.token_file): this endpoint is off.";
+    METHOD = 405, "method_not_allowed", "Method not allowed here.";
+    TOO_LARGE = 413, "payload_too_large", "The request body is over 4 KiB.";
+    UNKNOWN_POLICY = 404, "unknown_policy", "No such rate-limit policy.";
+    REDIS_DOWN = 503, "shared_state_unavailable", "Reset here, but Redis did not take it: other replicas still limit this key.";
+}
 
 fn bad_request(message: &str) -> Response<Full<Bytes>> {
     let body = json!({"error": {"code": "bad_request", "message": message}});
