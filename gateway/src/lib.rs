@@ -29,6 +29,7 @@ pub mod net;
 pub mod pipeline;
 pub mod proxy;
 pub mod reload;
+pub mod replay;
 pub mod request_log;
 pub mod respond;
 pub mod state;

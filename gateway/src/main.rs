@@ -47,6 +47,19 @@ enum Command {
     },
     /// Print the config's JSON Schema (shipped as config/gateway.schema.json).
     Schema,
+    /// Try a limits config on recorded access logs (plain, .gz, or - for stdin).
+    Replay {
+        /// The candidate config (its rate_limits are replayed).
+        #[arg(long = "config")]
+        candidate: PathBuf,
+        /// The config to compare with (usually the running one).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+    },
     /// Rate limits on running replicas' admin ports: who is refused, one key, a reset, config drift.
     Limits {
         #[command(subcommand)]
@@ -104,6 +117,12 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
+        Some(Command::Replay {
+            candidate,
+            baseline,
+            json,
+            logs,
+        }) => replay(&candidate, baseline.as_deref(), json, &logs),
         Some(Command::Limits {
             action,
             admin,
@@ -135,6 +154,47 @@ fn limits(
         }
     };
     cli::run(admin, token.as_deref(), json, &action)
+}
+
+fn replay(candidate: &Path, baseline: Option<&Path>, json: bool, logs: &[PathBuf]) -> ExitCode {
+    use gateway::replay;
+    use std::io::BufRead;
+    let open = |p: &Path| -> std::io::Result<Box<dyn BufRead>> {
+        if p == Path::new("-") {
+            return Ok(Box::new(std::io::BufReader::new(std::io::stdin())));
+        }
+        let f = std::fs::File::open(p)?;
+        Ok(if p.extension().is_some_and(|e| e == "gz") {
+            Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+                f,
+            )))
+        } else {
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+        })
+    };
+    let one = |config: &Path| -> Result<replay::Report, String> {
+        let cfg = Config::load(config).map_err(|e| e.to_string())?;
+        let readers = logs
+            .iter()
+            .map(|p| open(p).map_err(|e| format!("{}: {e}", p.display())))
+            .collect::<Result<Vec<_>, _>>()?;
+        replay::run(&cfg.rate_limits, readers).map_err(|e| format!("reading the logs: {e}"))
+    };
+    let result = one(candidate).and_then(|c| Ok((c, baseline.map(one).transpose()?)));
+    match result {
+        Ok((c, b)) => {
+            if json {
+                println!("{}", replay::to_json(&c, b.as_ref()));
+            } else {
+                print!("{}", replay::to_text(&c, b.as_ref()));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway replay: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn check_config(file: &Path, skip_files: bool) -> ExitCode {

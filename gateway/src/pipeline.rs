@@ -53,6 +53,19 @@ impl Now {
         }
     }
 
+    /// Unix ns of a `mono_ns` instant: the offset is fixed once per process, so differences
+    /// between instants stay exactly the monotonic ones (what the limiter saw).
+    pub fn unix_ns_of(mono_ns: u64) -> u64 {
+        static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let offset = *OFFSET.get_or_init(|| {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            unix.saturating_sub(Now::mono_ns())
+        });
+        mono_ns.saturating_add(offset)
+    }
+
     /// Monotonic nanoseconds: the shared-limits sync loop corrects the same TATs, so it
     /// must be one clock with it.
     pub fn mono_ns() -> u64 {

@@ -118,6 +118,9 @@ pub struct Verdict {
     /// `shared: exact` policies that allowed locally and need Redis's word: the caller
     /// awaits `shared::exact::confirm` (the only await a limit decision ever needs).
     pub confirm: Vec<shared::exact::Confirm>,
+    /// The instant the limiter decided (its `now`, monotonic ns): logged so `gateway replay`
+    /// can re-run the decisions on the same clock.
+    pub at_ns: u64,
 }
 
 impl Verdict {
@@ -363,6 +366,7 @@ impl Limiter {
 
         let mut verdict = Verdict {
             outcomes: Vec::with_capacity(matched.len()),
+            at_ns: now_ns,
             ..Verdict::default()
         };
         for (p, key, client) in matched {
