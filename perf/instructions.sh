@@ -108,7 +108,9 @@ for s in $SYSTEMS; do
       sed -e "s#^listen: .*#listen: 127.0.0.1:$GATEWAY_PORT#" \
         -e "s#^admin_listen: .*#admin_listen: 127.0.0.1:$ADMIN_PORT#" \
         -e "s#^upstream: .*#upstream: 127.0.0.1:$BACKEND_PORT#" \
-        -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" "$CONFIG" >"$RUN/gateway.yaml"
+        -e "s#^token_key_file: .*#token_key_file: $RUN/keys.yaml#" \
+        -e "s#^  token_file: /run/secrets/admin_token.*#  token_file: $RUN/admin_token#" "$CONFIG" >"$RUN/gateway.yaml"
+      printf 'instructions-admin-token\n' >"$RUN/admin_token"   # the shipped config names one
       if [ "${RAISE_LIMITS:-0}" = 1 ]; then
         sed -i -e "s#^\( *\)rate: [0-9]*/[a-z]*#\1rate: 1000000/s#" \
           -e "s#^\( *\)burst: [0-9]*#\1burst: 1000000#" "$RUN/gateway.yaml"

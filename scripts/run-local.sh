@@ -12,7 +12,9 @@ sed -e 's|^listen: .*|listen: 127.0.0.1:8080|' \
     -e 's|^admin_listen: .*|admin_listen: 127.0.0.1:9901|' \
     -e 's|^upstream: .*|upstream: 127.0.0.1:8081|' \
     -e 's|^token_key_file: .*|token_key_file: config/dev-token-keys.yaml|' \
+    -e 's|^  token_file: /run/secrets/admin_token.*|  token_file: target/local/admin_token|' \
     config/gateway.yaml >target/local/gateway.yaml
+[ -s target/local/admin_token ] || head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >target/local/admin_token
 sed -e 's|^listen: .*|listen: 127.0.0.1:8081|' \
     -e 's|^data_dir: .*|data_dir: ./data/app|' \
     -e 's|^users_file: .*|users_file: config/users.yaml|' \

@@ -43,6 +43,13 @@ if [ ! -s secrets/grafana_admin_password ]; then
   echo "created secrets/grafana_admin_password" >&2
 fi
 
+# The gateways' admin.token_file: the bearer token for /limits/top, /limits/key, /limits/reset.
+if [ ! -s secrets/admin_token ]; then
+  umask 022
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >secrets/admin_token
+  echo "created secrets/admin_token" >&2
+fi
+
 # Redis's requirepass and the gateways' shared_limits.password_file (hex: no quoting issues).
 if [ ! -s secrets/redis_password ]; then
   umask 022

@@ -60,6 +60,65 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         pid: i32,
     },
+    /// Try a limits config on recorded access logs (plain, .gz, or - for stdin).
+    Replay {
+        /// The candidate config (its rate_limits are replayed).
+        #[arg(long = "config")]
+        candidate: PathBuf,
+        /// The config to compare with (usually the running one).
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[arg(required = true)]
+        logs: Vec<PathBuf>,
+    },
+    /// Rate limits on running replicas' admin ports: who is refused, one key, a reset, config drift.
+    Limits {
+        #[command(subcommand)]
+        action: LimitsCommand,
+        /// Admin addresses of the replicas, comma-separated.
+        #[arg(
+            long,
+            global = true,
+            value_delimiter = ',',
+            default_value = "127.0.0.1:9901"
+        )]
+        admin: Vec<String>,
+        /// File with the admin bearer token (default: /run/secrets/admin_token if present).
+        #[arg(long, global = true)]
+        token_file: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LimitsCommand {
+    /// Keys each policy refused most, summed over the replicas.
+    Top {
+        #[arg(long)]
+        policy: Option<String>,
+        #[arg(short, default_value_t = 20)]
+        n: usize,
+    },
+    /// One key's bucket on every replica.
+    Key {
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Give one key its full burst back (every replica; one for a shared policy).
+    Reset {
+        #[arg(long)]
+        policy: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Each replica's config hash and last reload; exits 1 when they differ.
+    Config,
 }
 
 fn main() -> ExitCode {
@@ -72,7 +131,83 @@ fn main() -> ExitCode {
         }
         Some(Command::Healthcheck { url }) => healthcheck::command("gateway", &url),
         Some(Command::Drain { pid }) => drain(pid),
+        Some(Command::Replay {
+            candidate,
+            baseline,
+            json,
+            logs,
+        }) => replay(&candidate, baseline.as_deref(), json, &logs),
+        Some(Command::Limits {
+            action,
+            admin,
+            token_file,
+            json,
+        }) => limits(action, &admin, token_file.as_deref(), json),
         None => run(&cli.config),
+    }
+}
+
+fn limits(
+    action: LimitsCommand,
+    admin: &[String],
+    token_file: Option<&Path>,
+    json: bool,
+) -> ExitCode {
+    use gateway::operate::cockpit::cli::{self, Action};
+    let action = match action {
+        LimitsCommand::Top { policy, n } => Action::Top { policy, n },
+        LimitsCommand::Key { policy, key } => Action::Key { policy, key },
+        LimitsCommand::Reset { policy, key } => Action::Reset { policy, key },
+        LimitsCommand::Config => Action::Config,
+    };
+    let token = match cli::read_token(token_file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("gateway limits: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    cli::run(admin, token.as_deref(), json, &action)
+}
+
+fn replay(candidate: &Path, baseline: Option<&Path>, json: bool, logs: &[PathBuf]) -> ExitCode {
+    use gateway::operate::replay;
+    use std::io::BufRead;
+    let open = |p: &Path| -> std::io::Result<Box<dyn BufRead>> {
+        if p == Path::new("-") {
+            return Ok(Box::new(std::io::BufReader::new(std::io::stdin())));
+        }
+        let f = std::fs::File::open(p)?;
+        Ok(if p.extension().is_some_and(|e| e == "gz") {
+            Box::new(std::io::BufReader::new(flate2::read::MultiGzDecoder::new(
+                f,
+            )))
+        } else {
+            Box::new(std::io::BufReader::with_capacity(1 << 20, f))
+        })
+    };
+    let one = |config: &Path| -> Result<replay::Report, String> {
+        let cfg = Config::load(config).map_err(|e| e.to_string())?;
+        let readers = logs
+            .iter()
+            .map(|p| open(p).map_err(|e| format!("{}: {e}", p.display())))
+            .collect::<Result<Vec<_>, _>>()?;
+        replay::run(&cfg.rate_limits, readers).map_err(|e| format!("reading the logs: {e}"))
+    };
+    let result = one(candidate).and_then(|c| Ok((c, baseline.map(one).transpose()?)));
+    match result {
+        Ok((c, b)) => {
+            if json {
+                println!("{}", replay::to_json(&c, b.as_ref()));
+            } else {
+                print!("{}", replay::to_text(&c, b.as_ref()));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gateway replay: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -245,6 +380,7 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         shared.metrics.upstream_up.clone(),
         shutdown_rx.clone(),
     ));
+    let admin_addr = admin_listener.local_addr().ok();
     let dropped = log.dropped.clone();
     tokio::spawn(admin::serve(
         admin_listener,
@@ -265,6 +401,9 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         // `gateway_shared_limits_*` are exported only while `shared_limits` is configured.
         move |on| SharedMetrics::get().export(export.metrics.registry(), on),
     ));
+    let public_addr = public
+        .local_addr()
+        .map_or_else(|_| c.listen.to_string(), |a| a.to_string());
     let permits = Arc::new(Semaphore::new(c.limits.max_connections));
     tokio::spawn(accept::serve(
         public,
@@ -273,7 +412,10 @@ async fn serve(config_path: &Path, config: Config, log: logging::LogHandle) -> E
         permits.clone(),
         shutdown_rx,
     ));
-    tracing::info!(listen = %c.listen, admin = %c.admin_listen, upstream = %c.upstream, "gateway started");
+    // The bound addresses: with port 0 (tests starting several replicas from one file) the
+    // configured ones say nothing.
+    let admin_addr = admin_addr.map_or_else(|| c.admin_listen.to_string(), |a| a.to_string());
+    tracing::info!(listen = %public_addr, admin = %admin_addr, upstream = %c.upstream, "gateway started");
 
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

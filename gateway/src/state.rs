@@ -11,6 +11,7 @@ use keyring::Keyring;
 
 use crate::accept::caps::ConnLimits;
 use crate::accept::tls::TlsState;
+use crate::admit::admin_token::AdminToken;
 use crate::admit::blocklist::Blocklist;
 use crate::admit::client_ip::ClientIpPolicy;
 use crate::admit::identity::TokenCache;
@@ -20,6 +21,7 @@ use crate::admit::limits::Limiter;
 use crate::admit::net::canonical_nets;
 use crate::config::Config;
 use crate::forward::upstream::UpstreamState;
+use crate::observe::config_status::ConfigStatus;
 use crate::observe::metrics::Metrics;
 
 /// Everything a request reads from config, swapped atomically on reload. A
@@ -40,6 +42,8 @@ pub struct Live {
     pub balancers: Vec<IpNet>,
     pub csp: HeaderValue,
     pub hsts: Option<HeaderValue>,
+    /// From `admin.token_file`, read on every (re)load so a new token needs no restart.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Live {
@@ -67,11 +71,17 @@ impl Live {
             )?),
             None => None,
         };
-        let limiter = Limiter::with_shared(
+        let mut limiter = Limiter::with_shared(
             &config.rate_limits,
             shared_limits.as_ref(),
             previous.map(|p| &p.limiter),
         );
+        limiter.set_top(
+            config.admin.top_keys,
+            config.admin.top_window,
+            previous.map(|p| &p.limiter),
+        );
+        let admin_token = config.admin.read_token()?.map(|t| AdminToken::new(&t));
         // Validated at load, so these conversions cannot fail.
         let csp = HeaderValue::from_str(&config.security_headers.content_security_policy)
             .map_err(|e| e.to_string())?;
@@ -92,6 +102,7 @@ impl Live {
             inflight: previous.map_or_else(Default::default, |p| Arc::clone(&p.inflight)),
             csp,
             hsts,
+            admin_token,
         })
     }
 }
@@ -105,6 +116,8 @@ pub struct Process {
     pub tls: Option<TlsState>,
     /// Per-client connection counts and rates: outlive a reload (caps are read per accept).
     pub conn_limits: ConnLimits,
+    /// The loaded config's hash and the last reload's result (`/limits`, config metrics).
+    pub status: ConfigStatus,
     /// SIGTERM seen: /readyz fails, requests are still served (`timeouts.shutdown_delay`).
     shutting_down: AtomicBool,
     /// After the delay: the listener is closed and connections close after their request.
@@ -114,9 +127,15 @@ pub struct Process {
 impl Process {
     pub fn new(live: Live, config_path: PathBuf) -> Process {
         let upstream = Arc::new(UpstreamState::new(&live.config.upstream));
+        let metrics = Metrics::new();
+        let status = ConfigStatus::new(
+            metrics.registry(),
+            crate::observe::config_status::file_sha256(&config_path),
+        );
         Process {
             live: ArcSwap::from_pointee(live),
-            metrics: Metrics::new(),
+            metrics,
+            status,
             upstream,
             config_path,
             tls: None,

@@ -238,9 +238,16 @@ fn check_config_accepts_good_and_names_line_and_field_of_bad() {
     let shipped = std::fs::read_to_string(workspace_root().join("config/gateway.yaml")).unwrap();
     assert!(shipped.contains("/run/secrets/token_keys"));
     let stack = dir.path().join("gateway.yaml");
+    let admin_token = dir.path().join("admin_token");
+    std::fs::write(&admin_token, "edge-test-admin-token-01\n").unwrap();
     std::fs::write(
         &stack,
-        shipped.replace("/run/secrets/token_keys", &keys.display().to_string()),
+        shipped
+            .replace("/run/secrets/token_keys", &keys.display().to_string())
+            .replace(
+                "/run/secrets/admin_token",
+                &admin_token.display().to_string(),
+            ),
     )
     .unwrap();
     let out = check_config(&stack);

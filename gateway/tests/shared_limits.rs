@@ -588,3 +588,80 @@ async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
     eprintln!("first sync {took:?} after Redis started");
     assert!(gws[0].proc.log_text().contains("shared limits in sync"));
 }
+
+/// `POST /limits/reset` on one replica of three for a shared policy: Redis forgets the
+/// key and every replica admits the client again within a couple of sync intervals, while
+/// another limited client stays limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_on_one_replica_reaches_the_fleet() {
+    require_redis!();
+    let redis = Redis::start();
+    let stub = Stub::start(StubMode::Echo).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let token_file = secrets.path().join("admin_token");
+    std::fs::write(&token_file, "fleet-reset-token-0001\n").unwrap();
+    let yaml = format!(
+        "admin: {{token_file: {}}}\nshared_limits:\n  redis: {}\n  sync_interval: 100ms\nrate_limits:\n  policies:\n    - {{name: per-ip, key: ip, rate: 1/hour, burst: 3}}\n",
+        token_file.display(),
+        redis.url()
+    );
+    let gws: Vec<GatewayProc> = (0..3)
+        .map(|_| GatewayProc::start(stub.addr, &yaml))
+        .collect();
+    wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), in_sync);
+
+    // Spend both clients' burst until every replica refuses them (bounded).
+    for client in ["127.0.0.41", "127.0.0.42"] {
+        let mut admitted = 0;
+        let limited = 'rounds: {
+            for _ in 0..20 {
+                let mut all_refused = true;
+                for g in &gws {
+                    let status = hit(client, g.addr, "/v1/x").await.0;
+                    assert!(status == 200 || status == 429, "{status}");
+                    admitted += usize::from(status == 200);
+                    all_refused &= status == 429;
+                }
+                if all_refused {
+                    break 'rounds true;
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            false
+        };
+        assert!(limited, "{client} never limited on every replica");
+        assert!(
+            admitted <= 6,
+            "{client}: {admitted} admitted against a burst of 3"
+        );
+    }
+
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/limits/reset", gws[0].admin))
+        .bearer_auth("fleet-reset-token-0001")
+        .body(r#"{"policy":"per-ip","key":"127.0.0.41"}"#)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["reset"], "fleet");
+
+    // Within a sync interval (100 ms) plus a tick: every replica admits it again.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    for (i, g) in gws.iter().enumerate() {
+        assert_eq!(
+            hit("127.0.0.41", g.addr, "/v1/x").await.0,
+            200,
+            "replica {i}"
+        );
+        assert_eq!(
+            hit("127.0.0.42", g.addr, "/v1/x").await.0,
+            429,
+            "replica {i}: the other client"
+        );
+    }
+    let resets: f64 = fleet_sum(&gws, "gateway_limit_resets_total", &[("policy", "per-ip")]);
+    assert_eq!(resets, 1.0);
+}

@@ -39,7 +39,12 @@ fn shipped_tls_config(dir: &Path, keys: &Path) -> PathBuf {
         .replace(
             "/run/secrets/tls_key",
             &dir.join("key.pem").display().to_string(),
+        )
+        .replace(
+            "/run/secrets/admin_token",
+            &dir.join("admin_token").display().to_string(),
         );
+    std::fs::write(dir.join("admin_token"), "tls-ops-admin-token-01\n").unwrap();
     std::fs::write(&file, text).unwrap();
     file
 }

@@ -95,6 +95,10 @@ chmod 0644 "$TOKEN_KEYS_FILE"
 mkdir -p secrets && [ -e secrets/grafana_admin_password ] || {
   (umask 077 && head -c 18 /dev/urandom | base64 -w0 >secrets/grafana_admin_password)
 }
+# The gateway's admin token (admin.token_file in config/gateway.yaml): a scratch one.
+export ADMIN_TOKEN_FILE=$work/admin_token
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ADMIN_TOKEN_FILE"
+chmod 0644 "$ADMIN_TOKEN_FILE"
 # The gateway service lists the Redis secret (read only with shared_limits on): a scratch one.
 export REDIS_PASSWORD_FILE=$work/redis_password
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$REDIS_PASSWORD_FILE"

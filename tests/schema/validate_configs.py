@@ -76,6 +76,9 @@ BROKEN = [
     ("an h2 ping interval without a unit", lambda d: set_path(d, ["http2", "keepalive_interval"], "30")),
     ("a PROXY protocol balancer that is no CIDR", lambda d: set_path(d, ["proxy_protocol"], {"from": ["10.0.0.1"]})),
     ("an unknown proxy_protocol key", lambda d: set_path(d, ["proxy_protocol"], {"from": [], "versions": [2]})),
+    ("too few admin top_keys", lambda d: set_path(d, ["admin"], {"top_keys": 5})),
+    ("an admin top_window without a unit", lambda d: set_path(d, ["admin"], {"top_window": "300"})),
+    ("an unknown admin key", lambda d: set_path(d, ["admin"], {"token": "secret"})),
 ]
 
 

@@ -15,6 +15,7 @@
 //!
 //! The pingora adapter (`forward::proxy`) records metrics and answers from the result.
 
+pub mod admin_token;
 pub mod blocklist;
 pub mod client_ip;
 pub mod exact;
@@ -55,6 +56,19 @@ impl Now {
             mono_ns: Now::mono_ns(),
             unix_secs,
         }
+    }
+
+    /// Unix ns of a `mono_ns` instant: the offset is fixed once per process, so differences
+    /// between instants stay exactly the monotonic ones (what the limiter saw).
+    pub fn unix_ns_of(mono_ns: u64) -> u64 {
+        static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let offset = *OFFSET.get_or_init(|| {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            unix.saturating_sub(Now::mono_ns())
+        });
+        mono_ns.saturating_add(offset)
     }
 
     /// Monotonic nanoseconds: the shared-limits sync loop corrects the same TATs, so it

@@ -16,6 +16,7 @@ use crate::admit::limits::shared::config::SharedLimitsConfig;
 use crate::admit::limits::RateLimitsConfig;
 use crate::config::invalid::Invalid;
 
+pub mod admin;
 pub mod field_schema;
 pub mod invalid;
 pub mod schema;
@@ -29,9 +30,12 @@ pub struct Config {
     /// Public listener.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
-    /// Admin listener: /metrics, /healthz, /readyz. Never publish it.
+    /// Admin listener: /metrics, /healthz, /readyz, /limits. Never publish it.
     #[serde(default = "defaults::admin_listen")]
     pub admin_listen: SocketAddr,
+    /// The admin port's token and the `/limits/top` view (README "Rate limits: the cockpit").
+    #[serde(default)]
+    pub admin: admin::AdminConfig,
     /// host:port of the app; a name is resolved asynchronously and re-resolved in the background.
     pub upstream: Upstream,
     /// Peers whose forwarded headers are believed. Empty = trust no one.
@@ -463,7 +467,7 @@ fn parse_upstream(s: &str) -> Result<Upstream, String> {
     })
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let v = wait(d)?;
     if v.is_zero() {
         return Err(serde::de::Error::custom(
@@ -596,7 +600,8 @@ impl Config {
     /// Cross-field checks that a single field's parser cannot make.
     fn validate(&self) -> Result<(), Invalid> {
         let err = |field: &str, message: &str| Err(Invalid::new(field, message));
-        if self.listen == self.admin_listen {
+        // Port 0 (the OS picks one) is fine on both: tests start several replicas from one file.
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
             return err("admin_listen", "must differ from listen");
         }
         if self.routes.is_empty() {
@@ -656,6 +661,7 @@ impl Config {
             return err("timeouts.shutdown_delay", "must be at most 60s");
         }
         self.rate_limits.validate()?;
+        self.admin.validate()?;
         crate::admit::limits::policy::validate_policies(
             self.shared_limits.as_ref(),
             &self.rate_limits.policies,
@@ -717,19 +723,24 @@ impl Config {
         Ok(())
     }
 
-    /// The files the config names (today `token_key_file`) must load; an error is located at
+    /// The files the config names (`token_key_file`, `admin.token_file`) must load; an error is located at
     /// the field's line like any other: `config/gateway.yaml:6: field \`token_key_file\`: …`.
     pub fn check_referenced_files(&self, path: &Path) -> Result<(), ConfigError> {
-        keyring::Keyring::load(&self.token_key_file).map_err(|e| {
+        let located = |field: &str, message: String| {
             let text = std::fs::read_to_string(path).unwrap_or_default();
             ConfigError {
                 file: path.display().to_string(),
-                line: locate_field(&text, "token_key_file"),
+                line: locate_field(&text, field),
                 column: None,
-                field: "token_key_file".into(),
-                message: e.to_string(),
+                field: field.into(),
+                message,
             }
-        })?;
+        };
+        keyring::Keyring::load(&self.token_key_file)
+            .map_err(|e| located("token_key_file", e.to_string()))?;
+        self.admin
+            .read_token()
+            .map_err(|message| located("admin.token_file", message))?;
         Ok(())
     }
 }

@@ -20,6 +20,9 @@ macro_rules! edge_errors {
     };
 }
 
+/// Other modules' own error kinds (the admin port's) are declared the same way.
+pub(crate) use edge_errors;
+
 edge_errors! {
     BAD_REQUEST = 400, "bad_request", "The request could not be parsed.";
     UNAUTHORIZED = 401, "invalid_token", "The bearer token is malformed, expired or not valid.";

@@ -178,6 +178,7 @@ pub fn proxied(m: &Metrics, include_query: bool, f: Finished<'_>) {
             let names: Vec<&str> = v.would_reject().collect();
             (!names.is_empty()).then(|| Cow::Owned(names.join(",")))
         }),
+        limit_at_ns: verdict.map(|v| crate::admit::Now::unix_ns_of(v.at_ns)),
         user_agent: req
             .headers
             .get(USER_AGENT)

@@ -41,6 +41,9 @@ pub struct AccessRecord<'a> {
     pub policy: Option<&'a str>,
     pub policy_decision: Option<&'static str>,
     pub shadow_rejected_by: Option<Cow<'a, str>>,
+    /// Present exactly when the request reached the rate-limit stage: when the limiter
+    /// decided, in unix ns (`gateway replay`'s clock).
+    pub limit_at_ns: Option<u64>,
     pub user_agent: Option<Cow<'a, str>>,
     /// "HTTP/1.1", "HTTP/2", "HTTP/1.0"; empty for answers before a request was parsed.
     pub protocol: &'static str,
@@ -151,6 +154,9 @@ impl AccessRecord<'_> {
             key!("shadow_rejected_by"),
             self.shadow_rejected_by.as_deref(),
         );
+        if let Some(at) = self.limit_at_ns {
+            o.u64(key!("limit_at_ns"), at);
+        }
         o.opt_str(key!("user_agent"), self.user_agent.as_deref());
         if !self.protocol.is_empty() {
             o.str(key!("protocol"), self.protocol);
@@ -220,6 +226,7 @@ mod tests {
                 policy = rec.policy,
                 policy_decision = rec.policy_decision,
                 shadow_rejected_by = rec.shadow_rejected_by.as_deref(),
+                limit_at_ns = rec.limit_at_ns,
                 user_agent = rec.user_agent.as_deref(),
                 protocol = (!rec.protocol.is_empty()).then_some(rec.protocol),
                 tls_version = rec.tls_version,
@@ -288,6 +295,7 @@ mod tests {
             policy: Some("per-ip"),
             policy_decision: Some("rejected"),
             shadow_rejected_by: Some("a,b".into()),
+            limit_at_ns: Some(1_700_000_000_123_456_789),
             user_agent: Some("curl\u{0}/8".into()),
             protocol: "HTTP/2",
             tls_version: Some("TLSv1.3"),

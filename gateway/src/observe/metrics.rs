@@ -262,7 +262,7 @@ impl Metrics {
     }
 
     /// The registry `render` gathers: features that own process-wide metrics (the shared
-    /// limits') add theirs here.
+    /// limits', the cockpit's config and reset metrics) add theirs here.
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -2,6 +2,7 @@
 //! writers and JSON logging. Imports no other folder: features report into it.
 
 pub mod access_log;
+pub mod config_status;
 pub mod labels;
 pub mod logging;
 pub mod metrics;

@@ -1,5 +1,5 @@
-//! The admin listener: /metrics, /healthz, /readyz. Bind it to loopback or an
-//! internal network only.
+//! The admin listener: /metrics, /healthz, /readyz, and the cockpit's /limits (`cockpit`).
+//! Bind it to loopback or an internal network only.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -95,8 +95,15 @@ pub async fn serve(
         let log_dropped = log_dropped.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let resp = route(&shared, &req, log_dropped());
-                async move { Ok::<_, Infallible>(resp) }
+                let (shared, log_dropped) = (shared.clone(), log_dropped.clone());
+                async move {
+                    let resp = if crate::operate::cockpit::handles(req.uri().path()) {
+                        crate::operate::cockpit::handle(&shared, req).await
+                    } else {
+                        route(&shared, &req, log_dropped())
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

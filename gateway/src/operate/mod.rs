@@ -3,4 +3,6 @@
 
 pub mod admin;
 pub mod certs;
+pub mod cockpit;
 pub mod reload;
+pub mod replay;

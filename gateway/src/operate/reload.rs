@@ -15,18 +15,14 @@ use crate::state::{Live, Process};
 /// Why polling and not inotify: editors replace files by rename and a
 /// single-file bind mount pins the old inode, so events get lost; comparing
 /// content once a second always sees what the process would read.
-const POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub use crate::observe::config_status::ReloadResult;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReloadResult {
-    Applied,
-    Unchanged,
-    Rejected,
-}
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One reload attempt. The running config is replaced only by a valid one.
 pub fn reload(shared: &Process) -> ReloadResult {
     let old = shared.live.load_full();
+    let sha256 = crate::observe::config_status::file_sha256(&shared.config_path);
     // A config that names other certificate files brings their pair, or is refused whole.
     let result = Config::load(&shared.config_path)
         .map_err(|e| e.to_string())
@@ -48,6 +44,7 @@ pub fn reload(shared: &Process) -> ReloadResult {
                 .with_label_values(&["ok"])
                 .inc();
             tracing::info!(config = %shared.config_path.display(), "config reloaded");
+            shared.status.reloaded(ReloadResult::Applied, sha256, None);
             ReloadResult::Applied
         }
         Err(error) => {
@@ -57,6 +54,9 @@ pub fn reload(shared: &Process) -> ReloadResult {
                 .with_label_values(&["error"])
                 .inc();
             tracing::error!(config = %shared.config_path.display(), %error, "config reload rejected; keeping the running config");
+            shared
+                .status
+                .reloaded(ReloadResult::Rejected, sha256, Some(error));
             ReloadResult::Rejected
         }
     }
@@ -80,8 +80,13 @@ pub async fn watch(shared: Arc<Process>) {
         }
     };
     let watched = |shared: &Process| {
-        let key_file = shared.live.load().config.token_key_file.clone();
-        let paths = [shared.config_path.as_path(), key_file.as_path()];
+        let live = shared.live.load();
+        let (key_file, token_file) = (
+            live.config.token_key_file.clone(),
+            live.config.admin.token_file.clone(),
+        );
+        let mut paths = vec![shared.config_path.as_path(), key_file.as_path()];
+        paths.extend(token_file.as_deref());
         fingerprint(&paths)
     };
     let mut last = {

@@ -8,13 +8,15 @@
 
 pub mod gcra;
 pub mod headers;
+pub mod inspect;
 pub mod policy;
 pub mod rate;
 pub mod shared;
 pub mod store;
+pub mod top;
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -29,6 +31,7 @@ use shared::keys::ClientId;
 use shared::policy::SharedPolicy;
 use shared::Engine;
 use store::Store;
+use top::{TopKey, TopRefusals};
 
 /// What the limiter needs to know about a request.
 #[derive(Clone, Copy, Debug)]
@@ -115,6 +118,9 @@ pub struct Verdict {
     /// `shared: exact` policies that allowed locally and need Redis's word: the caller
     /// awaits `shared::exact::confirm` (the only await a limit decision ever needs).
     pub confirm: Vec<shared::exact::Confirm>,
+    /// The instant the limiter decided (its `now`, monotonic ns): logged so `gateway replay`
+    /// can re-run the decisions on the same clock.
+    pub at_ns: u64,
 }
 
 impl Verdict {
@@ -184,6 +190,8 @@ struct Compiled {
     store: Arc<Store>,
     /// Set when the policy's state is shared through Redis (`shared: sync|exact`).
     shared: Option<Arc<SharedPolicy>>,
+    /// The keys this policy refused most (`/limits/top`); touched on refusals only.
+    top: Arc<Mutex<TopRefusals>>,
 }
 
 impl Compiled {
@@ -204,6 +212,15 @@ enum BucketKey<'a> {
 }
 
 impl BucketKey<'_> {
+    fn top_key(&self) -> TopKey {
+        match *self {
+            BucketKey::V4(a) => TopKey::V4(a),
+            BucketKey::V6(a) => TopKey::V6(a),
+            BucketKey::User(u) => TopKey::User(u.into()),
+            BucketKey::Global => TopKey::Global,
+        }
+    }
+
     fn id(&self) -> ClientId<'_> {
         match *self {
             BucketKey::V4(a) => ClientId::V4(a),
@@ -294,6 +311,7 @@ impl Limiter {
                     policy_value: headers::policy_header_value(&p.name, gcra.burst(), window_secs),
                     store: carry(p).unwrap_or_else(|| Arc::new(Store::new(cfg.max_keys))),
                     shared: shared_for(p, engine, cfg.max_keys, |_| None),
+                    top: Arc::default(),
                 }
             })
             .collect();
@@ -348,6 +366,7 @@ impl Limiter {
 
         let mut verdict = Verdict {
             outcomes: Vec::with_capacity(matched.len()),
+            at_ns: now_ns,
             ..Verdict::default()
         };
         for (p, key, client) in matched {
@@ -383,6 +402,12 @@ impl Limiter {
                 (false, Mode::Enforce) => Decision::Rejected,
                 (false, Mode::Shadow) => Decision::ShadowRejected,
             };
+            if decision != Decision::Allowed {
+                p.record_refusal(key, client, now_ns);
+            } else if d.remaining == 0 && !dry_run {
+                // Emptied the bucket: a client at its limit (the only admissions counted).
+                p.record_admission(key, now_ns);
+            }
             if decision == Decision::Rejected && verdict.rejected_by.is_none() {
                 verdict.rejected_by = Some(verdict.outcomes.len());
                 // Lost a race with a concurrent request after the look-ahead: stop charging.

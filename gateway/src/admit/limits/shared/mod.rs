@@ -17,6 +17,7 @@ pub mod exact;
 pub mod keys;
 pub mod metrics;
 pub mod policy;
+pub mod resets;
 pub mod script;
 pub mod sync;
 

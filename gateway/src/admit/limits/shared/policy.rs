@@ -41,6 +41,33 @@ struct Entry {
     dirty: bool,
     /// `shared: exact` only: the degraded-share bucket used when Redis can't confirm.
     fallback_tat: u64,
+    /// The last reply from Redis for this key: when (local ns) and the TAT it implied.
+    heard_at: u64,
+    heard_tat: u64,
+}
+
+impl Entry {
+    /// A full bucket with no lease and nothing to send; keeps the id and the flush
+    /// bookkeeping (the dirty list and an in-flight reply still point at it).
+    fn cleared(&self) -> Entry {
+        Entry {
+            id: self.id,
+            dirty: self.dirty,
+            inflight: self.inflight,
+            ..Entry::default()
+        }
+    }
+}
+
+/// One key as this replica sees it, for the admin port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyView {
+    /// Local view of the shared TAT.
+    pub tat: u64,
+    /// When Redis last answered for this key (local monotonic ns; 0 = never) and the TAT
+    /// its answer implied.
+    pub heard_at: u64,
+    pub heard_tat: u64,
 }
 
 /// Keys are already keyed 64-bit hashes (`Store::hash_key`): hashing them again is waste.
@@ -420,6 +447,8 @@ impl SharedPolicy {
             .saturating_add(ahead)
             .saturating_add(u64::from(e.pending) * self.gcra.interval_ns());
         e.tat = e.tat.max(view);
+        e.heard_at = t_exec.max(1);
+        e.heard_tat = t_exec.saturating_add(ahead);
         let (tol, share) = self.lease(ahead, n);
         e.tol = tol;
         e.share = share;
@@ -488,6 +517,36 @@ impl SharedPolicy {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The admin view of a key; `None` if this replica does not track it.
+    pub fn view(&self, hash: u64) -> Option<KeyView> {
+        lock(self.shard(hash)).entries.get(&hash).map(|e| KeyView {
+            tat: e.tat,
+            heard_at: e.heard_at,
+            heard_tat: e.heard_tat,
+        })
+    }
+
+    /// An operator reset: the key's local bucket is full and its unsent hits are dropped
+    /// (the caller clears Redis). Hits already in flight may still land in Redis.
+    pub fn reset_local(&self, hash: u64) {
+        if let Some(e) = lock(self.shard(hash)).entries.get_mut(&hash) {
+            *e = e.cleared();
+        }
+    }
+
+    /// Resets (as `reset_local`) the key whose Redis id is `id`, if tracked here: another
+    /// replica reset it. A scan, but resets are rare operator actions.
+    pub fn reset_id(&self, id: u128) -> bool {
+        for s in self.shards.iter() {
+            let mut guard = lock(s);
+            if let Some(e) = guard.entries.values_mut().find(|e| e.id == id) {
+                *e = e.cleared();
+                return true;
+            }
+        }
+        false
     }
 
     /// For tests and the admin view: the local TAT of a key (0 if unknown).

@@ -81,6 +81,7 @@ struct Driver {
     next_purge: u64,
     replicas_key: String,
     warned_at_start: bool,
+    resets: super::resets::Feed,
 }
 
 fn is_noscript(e: &redis::RedisError) -> bool {
@@ -147,6 +148,7 @@ impl Driver {
             next_probe: now,
             next_purge: now,
             warned_at_start: false,
+            resets: Default::default(),
         })
     }
 
@@ -196,6 +198,8 @@ impl Driver {
             let now = monotonic_ns();
             if self.breaker.is_up() && now >= self.next_flush {
                 self.next_flush = now + self.engine.sync_interval().as_nanos() as u64;
+                // Before the flush, so hits a reset cleared are not sent.
+                self.poll_resets(policies).await;
                 self.flush(policies).await;
             }
         } else {
@@ -311,6 +315,18 @@ impl Driver {
                 self.fail("connect", &e.to_string(), &[]);
                 None
             }
+        }
+    }
+
+    /// Applies resets other replicas published. A failure is left to the flush that follows
+    /// to notice (it uses the same connection).
+    async fn poll_resets(&mut self, policies: &[Arc<SharedPolicy>]) {
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        let prefix = self.engine.key_prefix.clone();
+        if let Err(e) = self.resets.poll(&mut conn, &prefix, policies).await {
+            tracing::debug!(target: "shared_limits", error = %e, "reading resets failed");
         }
     }
 
