@@ -424,17 +424,7 @@ impl Haproxy {
         );
         let path = dir.path().join("haproxy.cfg");
         std::fs::write(&path, cfg).unwrap();
-        let check = Command::new("haproxy")
-            .arg("-c")
-            .arg("-f")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            check.status.success(),
-            "{}",
-            String::from_utf8_lossy(&check.stdout)
-        );
+        run_ok(Command::new("haproxy").arg("-c").arg("-f").arg(&path));
         let log = dir.path().join("haproxy.log");
         let child = Command::new("haproxy")
             .arg("-db")
@@ -468,26 +458,15 @@ impl Haproxy {
     }
 }
 
-/// Skips the test loudly without `haproxy` (`.ci/run` installs it).
-macro_rules! require_haproxy {
-    () => {
-        if !installed("haproxy", "-v") {
-            eprintln!(
-                "SKIPPED {}: haproxy is not installed (apt-get install haproxy)",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
 /// HAProxy's frontends.
 const HAPROXY_FRONT: &str = "127.0.0.6";
 const HAPROXY_PP: &str = "proxy_protocol:\n  from: [127.0.0.5/32]\n";
 
 #[tokio::test]
 async fn through_haproxy_the_client_reaches_the_app_and_per_ip_limits_separate_clients() {
-    require_haproxy!();
+    if missing("haproxy", "-v") {
+        return;
+    }
     let stub = Stub::start(StubMode::Echo).await;
     let limits = "rate_limits:\n  policies:\n    - {name: per-ip, key: ip, rate: 1/hour, burst: 3, match: {path_prefix: /v1/echo}}\n";
     let gw = GatewayProc::start(stub.addr, &format!("{HAPROXY_PP}{limits}{NO_CONN_CAPS}"));
@@ -553,7 +532,9 @@ fn percentiles(d: &mut [Duration]) -> (Duration, Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn through_haproxy_tls_follows_the_header_for_h1_and_h2() {
-    require_haproxy!();
+    if missing("haproxy", "-v") {
+        return;
+    }
     let stub = Stub::start(StubMode::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let key = rcgen::KeyPair::generate().unwrap();

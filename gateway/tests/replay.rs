@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+use std::ffi::OsStr;
 
 const CONFIG: &str = r#"threads: 1
 trusted_proxies: [127.0.0.2/32]
@@ -95,17 +96,14 @@ async fn replaying_a_live_log_with_its_config_reproduces_its_refusals() {
         "the run must refuse in several policies: {live:?}"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["replay", "--json", "--config"])
-        .arg(&gw.config_path)
-        .arg(&gw.proc.log)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let config = gw.config_path.as_os_str();
+    let out = run_gateway_ok([
+        OsStr::new("replay"),
+        OsStr::new("--json"),
+        OsStr::new("--config"),
+        config,
+        gw.proc.log.as_os_str(),
+    ]);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         report["replayed"].as_u64(),

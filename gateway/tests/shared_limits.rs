@@ -20,18 +20,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use gateway::admit::limits::shared::{script, sync};
 
-macro_rules! require_redis {
-    () => {
-        if !installed("redis-server", "--version") {
-            eprintln!(
-                "SKIPPED {}: redis-server is not installed (apt-get install redis-server)",
-                module_path!()
-            );
-            return;
-        }
-    };
-}
-
 /// A throwaway redis-server: loopback only, no persistence, killed on drop.
 struct Redis {
     child: Option<ChildGuard>,
@@ -128,7 +116,9 @@ fn flush_cmd(keys_hits: &[(&str, &str, u32)]) -> redis::Cmd {
 
 #[tokio::test]
 async fn lua_scripts_against_real_redis() {
-    require_redis!();
+    if missing("redis-server", "--version") {
+        return;
+    }
     let r = Redis::start();
     let mut c = r.conn().await;
     sync::load_scripts(&mut c).await.unwrap();
@@ -390,7 +380,9 @@ fn wait_up(gws: &[GatewayProc], up: f64, what: &str) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_gateways_share_limits_and_survive_redis_failures() {
-    require_redis!();
+    if missing("redis-server", "--version") {
+        return;
+    }
     let mut redis = Redis::start();
     let stub = Stub::start(StubMode::Echo).await;
     let yaml = fleet_yaml(&redis.url());
@@ -560,7 +552,9 @@ async fn three_gateways_share_limits_and_survive_redis_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
-    require_redis!();
+    if missing("redis-server", "--version") {
+        return;
+    }
     let stub = Stub::start(StubMode::Echo).await;
     let port = free_port();
     let yaml = fleet_yaml(&format!("redis://127.0.0.1:{port}/0"));
@@ -594,7 +588,9 @@ async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
 /// another limited client stays limited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reset_on_one_replica_reaches_the_fleet() {
-    require_redis!();
+    if missing("redis-server", "--version") {
+        return;
+    }
     let redis = Redis::start();
     let stub = Stub::start(StubMode::Echo).await;
     let secrets = tempfile::tempdir().unwrap();

@@ -166,29 +166,24 @@ fn v2(buf: &[u8]) -> Result<Parsed, Error> {
         return Ok(Parsed::Complete(Header::Local, total));
     }
     let block = &header[V2_FIXED..];
-    let (proxied, addresses) = match buf[13] {
-        0x11 if block.len() >= 12 => {
-            let ip = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&block[at..at + 4]).unwrap());
-            (
-                Header::Proxied {
-                    source: SocketAddr::new(ip(0), be16(&block[8..])),
-                    destination: SocketAddr::new(ip(4), be16(&block[10..])),
-                },
-                12,
-            )
-        }
-        0x21 if block.len() >= 36 => {
-            let ip = |at: usize| IpAddr::from(<[u8; 16]>::try_from(&block[at..at + 16]).unwrap());
-            (
-                Header::Proxied {
-                    source: SocketAddr::new(ip(0), be16(&block[32..])),
-                    destination: SocketAddr::new(ip(16), be16(&block[34..])),
-                },
-                36,
-            )
-        }
-        0x11 | 0x21 => return Err(Error::Malformed),
+    // TCP over IPv4 or IPv6: source and destination addresses, then their two ports.
+    let width = match buf[13] {
+        0x11 => 4,
+        0x21 => 16,
         _ => return Err(Error::Unsupported),
+    };
+    let addresses = 2 * width + 4;
+    if block.len() < addresses {
+        return Err(Error::Malformed);
+    }
+    let ip = |at: usize| match width {
+        4 => IpAddr::from(<[u8; 4]>::try_from(&block[at..at + 4]).unwrap()),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&block[at..at + 16]).unwrap()),
+    };
+    let ports = 2 * width;
+    let proxied = Header::Proxied {
+        source: SocketAddr::new(ip(0), be16(&block[ports..])),
+        destination: SocketAddr::new(ip(width), be16(&block[ports + 2..])),
     };
     check_tlvs(header, V2_FIXED + addresses)?;
     Ok(Parsed::Complete(proxied, total))

@@ -234,14 +234,19 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// `program arg` runs and succeeds (a tool a test needs is installed; e.g. `redis-server --version`).
-pub fn installed(program: &str, arg: &str) -> bool {
-    Command::new(program)
+/// True, with a loud SKIPPED line, when `program arg` does not run: a tool the test needs
+/// (e.g. `redis-server --version`) is not installed. `.ci/run` installs every one of them.
+pub fn missing(program: &str, arg: &str) -> bool {
+    let ok = Command::new(program)
         .arg(arg)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: {program} is not installed (apt-get install {program})");
+    }
+    !ok
 }
 
 /// The real document app on a free loopback port.
@@ -309,13 +314,17 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(args)
-        .output()
-        .unwrap();
+    run_ok(Command::new(env!("CARGO_BIN_EXE_gateway")).args(args))
+}
+
+/// Runs `cmd` to completion; it must succeed (its stdout and stderr shown if not).
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{:?}: {}{}",
+        cmd,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
