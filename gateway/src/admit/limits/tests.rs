@@ -41,7 +41,14 @@ policies:
 fn no_policies_no_outcomes() {
     let l = Limiter::new(&RateLimitsConfig::default());
     let v = l.check(&req("1.2.3.4", None), T0);
-    assert_eq!(v, Verdict::default());
+    // No outcome, but the request reached the limits: its instant is kept for replay.
+    assert_eq!(
+        v,
+        Verdict {
+            at_ns: T0,
+            ..Verdict::default()
+        }
+    );
     assert!(l.is_empty());
 }
 
