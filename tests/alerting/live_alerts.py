@@ -7,7 +7,8 @@ What the test rewrites (and asserts each rewrite happened once, so none silently
   prometheus.yml   targets → loopback ports, scrape/evaluation interval 15s → 1s;
   alerts.yml       only UpstreamDown's `for: 1m` → `for: 3s` (names, labels, annotations as shipped);
   alertmanager.yml the receivers' placeholder host → this receiver, group_wait/group_interval → 1s;
-  gateway.yaml     listen/admin/upstream/key file → loopback + dev key, upstream_refresh 5s → 1s.
+  gateway.yaml     listen/admin/upstream/key file → loopback + dev key, admin token → a scratch
+                   file, upstream_refresh 5s → 1s.
 The runbook base URL (external label runbook_base_url) is left as shipped and read from the file.
 
 Checks: every alert rule loads; every Grafana dashboard query evaluates without error via
@@ -164,6 +165,7 @@ def main():
         gw = rewrite(gw, r"(?m)^upstream: .*$", f"upstream: 127.0.0.1:{ports['app']}", 1, "upstream")
         gw = rewrite(gw, r"(?m)^token_key_file: .*$", "token_key_file: config/dev-token-keys.yaml", 1, "gw keys")
         gw = rewrite(gw, r"(?m)^(\s+upstream_refresh:) 5s", r"\1 1s", 1, "upstream_refresh")
+        gw = rewrite(gw, r"(?m)^(\s+token_file:) /run/secrets/admin_token", rf"\1 {tmp}/admin_token", 1, "admin token")
         app = read("config/app.yaml")
         app = rewrite(app, r"(?m)^listen: .*$", f"listen: 127.0.0.1:{ports['app']}", 1, "app listen")
         app = rewrite(app, r"(?m)^data_dir: .*$", f"data_dir: {tmp}/data", 1, "data_dir")
@@ -194,6 +196,7 @@ def main():
             "prometheus.yml": prom,
             "alerts.yml": rules,
             "alertmanager.yml": am,
+            "admin_token": "live-alerts-admin-token-0123456789\n",
         }
         for name, text in files.items():
             with open(os.path.join(tmp, name), "w") as f:
