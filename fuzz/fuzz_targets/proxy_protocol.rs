@@ -1,4 +1,4 @@
-//! PROXY protocol header parser (`gateway::listener::proxy_protocol::parse`): never
+//! PROXY protocol header parser (`gateway::accept::proxy_protocol::parse`): never
 //! panics, is incremental (every prefix of the input is "need more" until one final
 //! answer that more bytes never change), never takes more than the limits allow, and
 //! what it returns round-trips through the v1 text form.
@@ -8,7 +8,7 @@
 //! the checksum-accepting path is reached; anything else is parsed as raw bytes.
 #![no_main]
 
-use gateway::listener::proxy_protocol::{
+use gateway::accept::proxy_protocol::{
     crc32c, parse, Error, Header, Parsed, V1_MAX, V2_MAX, V2_SIGNATURE,
 };
 use libfuzzer_sys::fuzz_target;
