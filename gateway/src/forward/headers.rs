@@ -94,8 +94,10 @@ pub fn joined_cookie(headers: &HeaderMap) -> Option<HeaderValue> {
     let first = crumbs.next()?;
     let second = crumbs.next()?;
     let mut out = Vec::with_capacity(first.len() + 2 + second.len());
-    for v in [first, second].into_iter().chain(crumbs) {
-        if !out.is_empty() {
+    // The separator goes between crumbs, not after non-empty output: an empty leading
+    // crumb keeps its place like any other.
+    for (i, v) in [first, second].into_iter().chain(crumbs).enumerate() {
+        if i > 0 {
             out.extend_from_slice(b"; ");
         }
         out.extend_from_slice(v.as_bytes());
@@ -324,6 +326,7 @@ mod tests {
             (&["a=1", "b=2", "c=3"], Some("a=1; b=2; c=3")),
             // An empty crumb is kept in place, not dropped: the app sees what was sent.
             (&["a=1", "", "c=3"], Some("a=1; ; c=3")),
+            (&["", "", "c=3"], Some("; ; c=3")),
             (&["a=x;", "b=\"q\""], Some("a=x;; b=\"q\"")),
         ];
         for (crumbs, want) in cases {
