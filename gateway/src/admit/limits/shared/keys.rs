@@ -1,12 +1,15 @@
-//! Redis key names: `{prefix}:rl:{policy fingerprint}:{keyed 128-bit id}`. No raw IP or
-//! user id ever reaches Redis, and a policy whose name, key, rate or burst changes gets a
-//! new fingerprint, so it starts fresh.
+//! Redis key names: `{prefix}:rl:{policy fingerprint}:{{tag}}{keyed 128-bit id}`. No raw IP
+//! or user id ever reaches Redis, and a policy whose name, key, rate or burst changes gets a
+//! new fingerprint, so it starts fresh. The hash tag (the id's top 8 bits) picks the Redis
+//! Cluster slot: keys with one tag share a slot, so one Lua call may hold them, and one
+//! policy's keys spread over 256 tags, so over every master.
 
 use std::hash::Hasher as _;
 
 use sha2::{Digest, Sha256};
 use siphasher::sip128::{Hasher128, SipHasher13};
 
+use super::cluster::slots;
 use crate::admit::limits::policy::{KeyKind, PolicyConfig};
 
 /// The fleet-wide key for the 128-bit ids. Derived from the Redis password when there is
@@ -89,12 +92,53 @@ pub fn policy_fingerprint(p: &PolicyConfig) -> u32 {
     h.finish() as u32
 }
 
-pub fn redis_key(prefix: &str, policy_fp: u32, id: u128) -> String {
-    format!("{prefix}:rl:{policy_fp:08x}:{id:032x}")
+/// The hash tag of a bucket key: the id's top 8 bits (ids are keyed hashes, so uniform).
+pub fn tag(id: u128) -> u8 {
+    (id >> 120) as u8
 }
 
+fn tag_text(tag: u8) -> [u8; 2] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    [HEX[usize::from(tag >> 4)], HEX[usize::from(tag & 15)]]
+}
+
+pub fn redis_key(prefix: &str, policy_fp: u32, id: u128) -> String {
+    let t = tag_text(tag(id));
+    let (a, b) = (char::from(t[0]), char::from(t[1]));
+    format!("{prefix}:rl:{policy_fp:08x}:{{{a}{b}}}{id:032x}")
+}
+
+/// The Redis Cluster slot of the bucket key of `id` (whatever the prefix and policy), without
+/// building the key.
+pub fn key_slot(id: u128) -> u16 {
+    slots::slot_of(&tag_text(tag(id)))
+}
+
+/// A flush's items grouped into Lua calls whose keys share a slot, at most `max` keys each
+/// (`script::MAX_KEYS_PER_CALL`), in slot order. On a single Redis the grouping only costs
+/// more, smaller calls in the same pipeline.
+pub fn flush_calls<T>(
+    items: impl IntoIterator<Item = T>,
+    id_of: impl Fn(&T) -> u128,
+    max: usize,
+) -> Vec<(u16, Vec<T>)> {
+    slots::group_by_slot(items, |t| key_slot(id_of(t)), max)
+}
+
+/// One key, one slot: the replica heartbeat's sorted set.
 pub fn replicas_key(prefix: &str) -> String {
     format!("{prefix}:replicas")
+}
+
+/// The fleet's reset list and its sequence counter share the tag `{resets}`, so one
+/// `MULTI` may write both on a cluster. The bucket key a reset deletes lives elsewhere: on a
+/// cluster it is deleted in its own call.
+pub fn resets_list_key(prefix: &str) -> String {
+    format!("{prefix}:rl:{{resets}}")
+}
+
+pub fn resets_seq_key(prefix: &str) -> String {
+    format!("{prefix}:rl:{{resets}}:seq")
 }
 
 #[cfg(test)]
@@ -158,9 +202,71 @@ mod tests {
             assert!(seen.insert(key_id(&a, 7, s)), "{s:?}");
         }
         let key = redis_key("edge", 0xdead_beef, key_id(&a, 7, ClientId::User("alice")));
-        assert!(key.starts_with("edge:rl:deadbeef:"), "{key}");
-        assert_eq!(key.len(), "edge:rl:deadbeef:".len() + 32);
+        assert!(key.starts_with("edge:rl:deadbeef:{"), "{key}");
+        assert_eq!(key.len(), "edge:rl:deadbeef:{xx}".len() + 32);
         assert!(!key.contains("alice"));
         assert!(!format!("{a:?}").contains(|c: char| c.is_ascii_digit()));
+    }
+
+    #[test]
+    fn keys_of_one_tag_share_a_slot_and_tags_spread() {
+        let secret = ClusterSecret::derive(Some("pw"), "edge");
+        // The slot Redis computes from the full key equals `key_slot`, for any prefix/policy.
+        for i in 0..2000u32 {
+            let id = key_id(&secret, i % 7, ClientId::V4(i));
+            for prefix in ["edge", "a:b", ""] {
+                let key = redis_key(prefix, i % 7, id);
+                assert_eq!(slots::slot_of(key.as_bytes()), key_slot(id), "{key}");
+                assert_eq!(slots::hash_tag(key.as_bytes()).len(), 2, "{key}");
+            }
+        }
+        // 256 tags over the default 3-master split: each master gets a fair share.
+        let mut per_master = [0u32; 3];
+        let mut seen = std::collections::HashSet::new();
+        for t in 0..=255u8 {
+            let s = slots::slot_of(&tag_text(t));
+            seen.insert(s);
+            per_master[match s {
+                0..=5460 => 0,
+                5461..=10922 => 1,
+                _ => 2,
+            }] += 1;
+        }
+        assert_eq!(seen.len(), 256, "every tag its own slot");
+        assert_eq!(per_master, [89, 83, 84], "the figures README gives");
+        // A global policy is one key, so one slot.
+        let g = key_id(&secret, 9, ClientId::Global);
+        assert_eq!(key_slot(g), key_slot(key_id(&secret, 9, ClientId::Global)));
+        // Single keys: one slot each; the reset list and its counter share one.
+        assert_eq!(
+            slots::slot_of(resets_list_key("edge").as_bytes()),
+            slots::slot_of(resets_seq_key("edge").as_bytes())
+        );
+        assert!(resets_list_key("edge").starts_with("edge:"));
+        assert!(replicas_key("edge").starts_with("edge:"));
+    }
+
+    #[test]
+    fn flush_calls_never_cross_slots() {
+        let secret = ClusterSecret::derive(None, "edge");
+        for n in [0usize, 1, 63, 64, 65, 1024, 5000] {
+            let ids: Vec<u128> = (0..n)
+                .map(|i| key_id(&secret, 3, ClientId::V6(i as u128)))
+                .collect();
+            let calls = flush_calls(ids.iter().copied(), |id| *id, 64);
+            assert_eq!(calls.iter().map(|(_, c)| c.len()).sum::<usize>(), n);
+            for (slot, call) in &calls {
+                assert!(!call.is_empty() && call.len() <= 64);
+                for id in call {
+                    let key = redis_key("edge", 3, *id);
+                    assert_eq!(slots::slot_of(key.as_bytes()), *slot, "CROSSSLOT");
+                }
+            }
+        }
+        // Many keys of one tag: cut at 64, still one slot.
+        let ids: Vec<u128> = (0..200u128).map(|i| (0xab << 120) | i).collect();
+        let calls = flush_calls(ids, |id| *id, 64);
+        assert_eq!(calls.len(), 4);
+        assert!(calls.iter().all(|(s, _)| *s == calls[0].0));
     }
 }

@@ -12,6 +12,7 @@
 //!   `gateway_shared_limits_*` metrics.
 
 pub mod breaker;
+pub mod cluster;
 pub mod config;
 pub mod exact;
 pub mod keys;
