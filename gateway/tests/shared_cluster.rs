@@ -157,6 +157,7 @@ struct Load {
     tally: Tally,
     left: usize,
     stats: Stats,
+    link: ClusterLink,
 }
 
 /// Batches every 20 ms until `stop`, then drains what was requeued (bounded).
@@ -193,6 +194,7 @@ async fn load(mut link: ClusterLink, all: Vec<Item>, stop: Arc<AtomicBool>, t0: 
         tally,
         left: requeue.len(),
         stats: link.stats(),
+        link,
     }
 }
 
@@ -441,6 +443,19 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
         "{}",
         l.tally.lost_acked
     );
+    // The request path's snapshot routes every key to its current master.
+    let routes = l.link.routes();
+    for it in all.iter().step_by(17) {
+        let mut conn = routes
+            .connection_for_key(it.key().as_bytes())
+            .expect("a connection for every slot");
+        let tat: Option<String> = redis::cmd("GET")
+            .arg(it.key())
+            .query_async(&mut conn)
+            .await
+            .expect("served where the routes say, no MOVED");
+        assert!(tat.is_some(), "{it:?}");
+    }
     let tail: Vec<&Batch> = b.iter().filter(|b| b.start > t_heir + 5.0).collect();
     assert!(!tail.is_empty() && tail.iter().all(|b| b.failed == 0));
     assert!(

@@ -105,6 +105,25 @@ pub struct Stats {
 /// `gateway_shared_limits_topology_changes_total{kind}` labels).
 pub type Observer = Arc<dyn Fn(&'static str) + Send + Sync>;
 
+/// Read-only routing for the request path: which open connection serves a key's slot.
+/// A redirect there is not followed: the caller falls back and the sync loop, which
+/// follows it on its next run, publishes fresh routes.
+#[derive(Clone, Default)]
+pub struct Routes {
+    map: Arc<SlotMap>,
+    conns: Arc<HashMap<NodeAddr, MultiplexedConnection>>,
+}
+
+impl Routes {
+    pub fn connection_for_key(&self, key: &[u8]) -> Option<MultiplexedConnection> {
+        self.connection_for_slot(slots::slot_of(key))
+    }
+
+    pub fn connection_for_slot(&self, slot: u16) -> Option<MultiplexedConnection> {
+        self.conns.get(self.map.master_of(slot)?).cloned()
+    }
+}
+
 /// The cluster as the sync loop sees it. Not shared: one owner drives it.
 pub struct ClusterLink {
     template: ConnectionInfo,
@@ -203,10 +222,19 @@ impl ClusterLink {
         self.refresh_due
     }
 
-    /// The open connection to the master of `slot`, if any (never connects): for a caller
-    /// that must not wait, e.g. a request-path call.
+    /// The open connection to the master of `slot`, if any (never connects).
     pub fn connection_for_slot(&self, slot: u16) -> Option<MultiplexedConnection> {
         self.conns.get(self.map.master_of(slot)?).cloned()
+    }
+
+    /// A snapshot of the slot map and open connections for callers that must not wait on
+    /// the link (the request path's one `exact` call): the owner publishes it after each
+    /// run. Copies the map (32 KiB); cheap to clone afterwards.
+    pub fn routes(&self) -> Routes {
+        Routes {
+            map: Arc::new(self.map.clone()),
+            conns: Arc::new(self.conns.clone()),
+        }
     }
 
     /// Drops every connection (after a hung socket, or to follow new credentials).
