@@ -62,6 +62,8 @@ impl RedisCluster {
                 .args(["--cluster-node-timeout", "1000"])
                 // A replica may take over however long it was cut off (tests kill masters).
                 .args(["--cluster-replica-validity-factor", "0"])
+                // Replicas in sync at once (the default waits 5 s for more of them).
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--save", "", "--appendonly", "no"])
                 .args(["--dir", &dir.path().display().to_string()])
                 .stdout(Stdio::from(log))
@@ -100,7 +102,19 @@ impl RedisCluster {
             c.wait_ok(Duration::from_secs(20)),
             "cluster not ok within 20 s"
         );
+        assert!(
+            wait_until(Duration::from_secs(20), || c.replicas_in_sync()),
+            "replicas not in sync within 20 s"
+        );
         c
+    }
+
+    /// Every live replica's link to its master is up.
+    pub fn replicas_in_sync(&self) -> bool {
+        self.nodes.iter().filter(|n| n.alive()).all(|n| {
+            let info = cli(n.port, &["INFO", "replication"]);
+            info.contains("role:master") || info.contains("master_link_status:up")
+        })
     }
 
     pub fn seeds(&self) -> Vec<String> {

@@ -379,13 +379,24 @@ impl ClusterLink {
                 later_used: false,
             })
             .collect();
+        let mut refresh_now = self.refresh_due;
+        let mut moved_now: Vec<(u16, NodeAddr)> = Vec::new();
         while !pending.is_empty() {
             if Instant::now() >= deadline {
                 break;
             }
-            if self.refresh_due || self.map.is_empty() {
+            // Refresh before the first round when due, and again only after a round that
+            // met a dead node or `TRYAGAIN`/`CLUSTERDOWN`/`READONLY`. Not after `MOVED`: the
+            // redirect is the newest word, and a node that has not heard of the move yet
+            // would undo it (seen: calls bounced between two owners until out of hops).
+            if refresh_now || self.map.is_empty() {
                 // A failed refresh leaves the old map; unroutable calls fail below.
-                let _ = self.refresh(deadline).await;
+                if self.refresh(deadline).await.is_ok() {
+                    for (slot, to) in &moved_now {
+                        self.map.set_master(*slot, to);
+                    }
+                }
+                refresh_now = false;
             }
             // Group by target node: the ASK target, else the slot's master.
             let mut groups: BTreeMap<NodeAddr, Vec<Pending>> = BTreeMap::new();
@@ -493,6 +504,7 @@ impl ClusterLink {
                                 Action::Moved { slot, to } => {
                                     self.note("moved");
                                     self.map.set_master(slot, &to);
+                                    moved_now.push((slot, to));
                                     self.refresh_due = true;
                                     p.ask = None;
                                     pending.push(p);
@@ -505,6 +517,7 @@ impl ClusterLink {
                                 Action::Later(_) if !p.later_used => {
                                     self.stats.later += 1;
                                     self.refresh_due = true;
+                                    refresh_now = true;
                                     p.later_used = true;
                                     p.ask = None;
                                     later.push(p);
