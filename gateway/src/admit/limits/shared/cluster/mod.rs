@@ -11,6 +11,9 @@
 
 pub mod slots;
 
+#[cfg(test)]
+mod router_tests;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
