@@ -1,8 +1,8 @@
-//! Redis key names: `{prefix}:rl:{policy fingerprint}:{{tag}}{keyed 128-bit id}`. No raw IP
-//! or user id ever reaches Redis, and a policy whose name, key, rate or burst changes gets a
-//! new fingerprint, so it starts fresh. The hash tag (the id's top 8 bits) picks the Redis
-//! Cluster slot: keys with one tag share a slot, so one Lua call may hold them, and one
-//! policy's keys spread over 256 tags, so over every master.
+//! Redis key names: `<prefix>:rl:<policy fingerprint>:{<tag>}<keyed 128-bit id>`, the tag in
+//! literal braces. No raw IP or user id ever reaches Redis, and a policy whose name, key,
+//! rate or burst changes gets a new fingerprint, so it starts fresh. The hash tag (the id's
+//! top 8 bits) picks the Redis Cluster slot: keys with one tag share a slot, so one Lua call
+//! may hold them, and one policy's keys spread over 256 tags, so over every master.
 
 use std::hash::Hasher as _;
 

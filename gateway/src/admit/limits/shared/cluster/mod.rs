@@ -178,10 +178,11 @@ struct NodeOutcome {
 impl ClusterLink {
     /// `template` carries everything but the address (ACL user, password, TLS, RESP
     /// version, TCP settings); each node's connection is the template at that node's
-    /// address. Use database 0: a cluster has no other.
+    /// address. Its database is forced to 0: a cluster has no other (`SELECT` fails).
     pub fn new(template: ConnectionInfo, seeds: Vec<NodeAddr>) -> ClusterLink {
+        let db0 = template.redis_settings().clone().set_db(0);
         ClusterLink {
-            template,
+            template: template.set_redis_settings(db0),
             seeds,
             map: SlotMap::empty(),
             conns: HashMap::new(),
@@ -660,6 +661,30 @@ mod tests {
             assert_eq!(e.kind(), kind, "{e}");
             assert_eq!(e.may_have_run(), may_have_run, "{e}");
         }
+    }
+
+    #[test]
+    fn the_template_keeps_credentials_and_tls_but_not_the_database() {
+        let t = redis::IntoConnectionInfo::into_connection_info("rediss://edge:pw@seed:6380/3")
+            .unwrap();
+        let l = ClusterLink::new(t, vec![]);
+        let n = l.node_info(&NodeAddr {
+            host: "10.0.0.7".into(),
+            port: 7001,
+        });
+        assert_eq!(n.redis_settings().db(), 0);
+        assert_eq!(n.redis_settings().username(), Some("edge"));
+        assert_eq!(n.redis_settings().password(), Some("pw"));
+        assert!(matches!(
+            n.addr(),
+            ConnectionAddr::TcpTls { host, port: 7001, insecure: false, .. } if host == "10.0.0.7"
+        ));
+        let plain = redis::IntoConnectionInfo::into_connection_info("redis://seed").unwrap();
+        let n = ClusterLink::new(plain, vec![]).node_info(&NodeAddr {
+            host: "::1".into(),
+            port: 7002,
+        });
+        assert!(matches!(n.addr(), ConnectionAddr::Tcp(h, 7002) if h == "::1"));
     }
 
     #[tokio::test]
