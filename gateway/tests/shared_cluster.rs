@@ -1,8 +1,8 @@
 //! Shared limits on a real Redis Cluster (3 masters + 3 replicas on loopback,
 //! `cluster-node-timeout 1000`): `ClusterLink` driven the way the sync loop drives it, with
 //! flush-shaped EVALSHA batches built from the real script and real key names, while
-//! `CLUSTER FAILOVER`, `redis-cli --cluster reshard`, a slot migrated slowly (ASK) and a
-//! master's `kill -9` happen. Checks: no CROSSSLOT, every call not known to have run is
+//! `CLUSTER FAILOVER`, `redis-cli --cluster reshard`, a slot migrated slowly (ASK), a
+//! master's `kill -9` and another's `SIGSTOP` (hung until the cluster replaces it) happen. Checks: no CROSSSLOT, every call not known to have run is
 //! requeued and lands (zero lost), no acknowledged charge disappears except those a killed
 //! master had not yet replicated, redirects and refreshes counted, back to all-Ok within
 //! 5 s of the new master answering. Prints the figures.
@@ -298,7 +298,7 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
             .map(|n| n.port)
             .collect();
         let (ok, took) = cl.reshard(masters[0], masters[1], 1000);
-        assert!(cl.wait_ok(Duration::from_secs(10)), "not ok after reshard");
+        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
         let from = cl.master_of(slot).unwrap();
         let to = *masters.iter().find(|&&m| m != from).unwrap();
         cl.migrate_slot_slowly(slot, from, to, Duration::from_secs(1));
@@ -337,7 +337,44 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     let t_heir = now();
     let cc = c.clone();
     tokio::task::spawn_blocking(move || {
-        assert!(cc.lock().unwrap().wait_ok(Duration::from_secs(10)));
+        let cl = cc.lock().unwrap();
+        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // 4. SIGSTOP of another master (hung, not dead) until the cluster fails it over, then
+    //    SIGCONT: it rejoins as a replica.
+    let cc = c.clone();
+    let (frozen, heir2) = tokio::task::spawn_blocking(move || {
+        let cl = cc.lock().unwrap();
+        cl.nodes
+            .iter()
+            .filter(|n| n.alive() && cl.is_master(n.port))
+            .find_map(|n| Some((n.port, cl.replica_of(n.port)?)))
+            .expect("a master with a replica")
+    })
+    .await
+    .unwrap();
+    let t_stop = now();
+    c.lock().unwrap().signal(frozen, "-STOP");
+    let cc = c.clone();
+    let heir2_answers = tokio::task::spawn_blocking(move || {
+        let promoted = common::wait_until(Duration::from_secs(15), || {
+            cc.lock().unwrap().is_master(heir2)
+        });
+        cc.lock().unwrap().signal(frozen, "-CONT");
+        promoted
+    })
+    .await
+    .unwrap();
+    assert!(heir2_answers, "replica {heir2} not promoted within 15 s");
+    let t_heir2 = now();
+    let cc = c.clone();
+    tokio::task::spawn_blocking(move || {
+        let cl = cc.lock().unwrap();
+        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
     })
     .await
     .unwrap();
@@ -355,9 +392,23 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     }
     let slowest = b.iter().map(|b| b.end - b.start).fold(0.0, f64::max);
     let before: Vec<&Batch> = b.iter().filter(|b| b.start < t_failover).collect();
-    let fo = window(b, t_failover, t_reshard, t_failover_answering);
-    let rs = window(b, t_reshard, t_kill, t_reshard_done);
-    let kl = window(b, t_kill, t_end + 1.0, t_heir);
+    // (name, fault at, next fault at, new owner answering at)
+    let phases = [
+        (
+            "CLUSTER FAILOVER",
+            t_failover,
+            t_reshard,
+            t_failover_answering,
+        ),
+        (
+            "reshard + slow migration",
+            t_reshard,
+            t_kill,
+            t_reshard_done,
+        ),
+        ("kill -9 master", t_kill, t_stop, t_heir),
+        ("SIGSTOP master", t_stop, t_end + 1.0, t_heir2),
+    ];
     eprintln!(
         "batches {} calls {} failed calls {} (by error {:?}), slowest batch {:.0} ms",
         b.len(),
@@ -379,23 +430,10 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
         (count("moved"), count("ask"), count("slots_refresh")),
         (l.stats.moved, l.stats.ask, l.stats.slots_refresh)
     );
-    for (name, (n, failed, win, ok_after)) in [
-        ("CLUSTER FAILOVER", fo),
-        ("reshard + slow migration", rs),
-        ("kill -9 master", kl),
-    ] {
-        eprintln!(
-            "{name}: {n} batches, {failed} with a failed call, failure window {:.0} ms, all-Ok {:.0} ms after the new owner answered",
-            win * 1000.0,
-            ok_after * 1000.0
-        );
-    }
     let mut phase_errors = Vec::new();
-    for (name, from, to) in [
-        ("CLUSTER FAILOVER", t_failover, t_reshard),
-        ("reshard + slow migration", t_reshard, t_kill),
-        ("kill -9 master", t_kill, t_end + 1.0),
-    ] {
+    let mut ok_after = Vec::new();
+    for (name, from, to, answering) in phases {
+        let (n, failed, win, after) = window(b, from, to, answering);
         let mut kinds: HashMap<&str, usize> = HashMap::new();
         for e in b
             .iter()
@@ -404,17 +442,18 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
         {
             *kinds.entry(e.as_str()).or_default() += 1;
         }
-        eprintln!("{name}: failed calls by error {kinds:?}");
+        eprintln!(
+            "{name}: {n} batches, {failed} with a failed call (by error {kinds:?}), failure window {:.0} ms, new owner answering {:.0} ms after the fault, all-Ok {:.0} ms after that",
+            win * 1000.0,
+            (answering - from) * 1000.0,
+            after * 1000.0
+        );
         phase_errors.push(kinds);
+        ok_after.push(after);
     }
     eprintln!(
-        "CLUSTER FAILOVER: replica said master {:.0} ms after the command",
-        (t_failover_answering - t_failover) * 1000.0
-    );
-    eprintln!(
-        "reshard of 1000 slots took {:.1} s (slot {ask_slot} moved slowly); kill -9 at {t_kill:.1} s, replica master at {t_heir:.1} s ({:.0} ms)",
+        "reshard of 1000 slots took {:.1} s (then slot {ask_slot} moved slowly)",
         reshard_took.as_secs_f64(),
-        (t_heir - t_kill) * 1000.0
     );
     eprintln!(
         "requeued {} key updates, left unsent {}, uncertain (sent, no reply) {}, acknowledged charges lost {}",
@@ -430,17 +469,15 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     assert!(l.stats.moved >= 1, "a failover and a reshard show as MOVED");
     assert!(l.stats.ask >= 1, "a migrating slot shows as ASK");
     assert!(l.stats.slots_refresh >= 3, "{:?}", l.stats);
-    assert!(
-        fo.3 <= 5.0 && rs.3 <= 5.0 && kl.3 <= 5.0,
-        "all-Ok within 5 s"
-    );
+    assert!(ok_after.iter().all(|&t| t <= 5.0), "all-Ok within 5 s");
     // A manual failover and a migration are planned: the old owner hands over, nothing
     // fails but a multi-key call caught mid-migration twice (TRYAGAIN, requeued).
     for kinds in &phase_errors[..2] {
         assert!(kinds.keys().all(|k| *k == "TRYAGAIN"), "{kinds:?}");
     }
+    // The deadline bounds every batch; the slack is scheduling on a busy 2-core machine.
     assert!(
-        slowest <= FLUSH_DEADLINE.as_secs_f64() + 0.1,
+        slowest <= FLUSH_DEADLINE.as_secs_f64() + 0.25,
         "deadline kept"
     );
     // Only a killed master may take acknowledged charges with it (asynchronous
@@ -463,7 +500,16 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
             .expect("served where the routes say, no MOVED");
         assert!(tat.is_some(), "{it:?}");
     }
-    let tail: Vec<&Batch> = b.iter().filter(|b| b.start > t_heir + 5.0).collect();
+    // A hung master costs its own calls: timeouts, then failed connects, and CLUSTERDOWN
+    // while the cluster has marked it failed but not yet promoted its replica.
+    assert!(
+        phase_errors[3]
+            .keys()
+            .all(|k| ["timeout", "connect", "CLUSTERDOWN"].contains(k)),
+        "{:?}",
+        phase_errors[3]
+    );
+    let tail: Vec<&Batch> = b.iter().filter(|b| b.start > t_heir2 + 5.0).collect();
     assert!(!tail.is_empty() && tail.iter().all(|b| b.failed == 0));
     assert!(
         started.elapsed() < Duration::from_secs(120),

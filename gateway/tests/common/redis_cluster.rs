@@ -136,6 +136,33 @@ impl RedisCluster {
         maps.windows(2).all(|w| w[0] == w[1])
     }
 
+    /// Each live node's view, for assertion messages.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for n in self.nodes.iter().filter(|n| n.alive()) {
+            let info = cli(n.port, &["CLUSTER", "INFO"]);
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .unwrap_or("?")
+                    .trim()
+                    .to_string()
+            };
+            out.push_str(&format!(
+                "{}: {} state {} slots_ok {} owners {:?}\n",
+                n.port,
+                cli(n.port, &["ROLE"]).lines().next().unwrap_or("?"),
+                field("cluster_state:"),
+                field("cluster_slots_ok:"),
+                self.slot_owners(n.port)
+            ));
+            if !info.contains("cluster_state:ok") {
+                out.push_str(&cli(n.port, &["CLUSTER", "NODES"]));
+            }
+        }
+        out
+    }
+
     pub fn wait_ok(&self, limit: Duration) -> bool {
         wait_until(limit, || self.is_ok())
     }
@@ -220,6 +247,12 @@ impl RedisCluster {
             .find(|n| n.port == port)
             .expect("a node");
         n.child.take().expect("running").kill();
+    }
+
+    /// Sends `sig` (e.g. "-STOP", "-CONT") to the node at `port`.
+    pub fn signal(&self, port: u16, sig: &str) {
+        let n = self.nodes.iter().find(|n| n.port == port).expect("a node");
+        n.child.as_ref().expect("running").signal(sig);
     }
 
     /// `CLUSTER FAILOVER` on a replica; true once it says it is master (within `limit`).
