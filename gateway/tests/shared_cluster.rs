@@ -298,7 +298,7 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
             .map(|n| n.port)
             .collect();
         let (ok, took) = cl.reshard(masters[0], masters[1], 1000);
-        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
+        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
         let from = cl.master_of(slot).unwrap();
         let to = *masters.iter().find(|&&m| m != from).unwrap();
         cl.migrate_slot_slowly(slot, from, to, Duration::from_secs(1));
@@ -338,7 +338,7 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     let cc = c.clone();
     tokio::task::spawn_blocking(move || {
         let cl = cc.lock().unwrap();
-        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
+        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
     })
     .await
     .unwrap();
@@ -374,7 +374,7 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     let cc = c.clone();
     tokio::task::spawn_blocking(move || {
         let cl = cc.lock().unwrap();
-        assert!(cl.wait_ok(Duration::from_secs(10)), "{}", cl.describe());
+        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
     })
     .await
     .unwrap();
@@ -437,7 +437,8 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
         let mut kinds: HashMap<&str, usize> = HashMap::new();
         for e in b
             .iter()
-            .filter(|b| b.start >= from && b.start < to)
+            // A batch running when the next fault struck belongs to neither.
+            .filter(|b| b.start >= from && b.end < to)
             .flat_map(|b| b.errors.iter())
         {
             *kinds.entry(e.as_str()).or_default() += 1;
