@@ -127,7 +127,20 @@ impl Routes {
     }
 }
 
-/// The cluster as the sync loop sees it. Not shared: one owner drives it.
+/// The cluster as the sync loop sees it. Not shared: one owner drives it:
+///
+/// ```text
+/// link = ClusterLink::new(template, seeds).with_scripts(..).with_observer(metric)
+/// flush: for (slot, items) in keys::flush_calls(batch, id, MAX_KEYS_PER_CALL)
+///            calls.push(Call { slot, cmd: EVALSHA of items })
+///        for each result of link.run(calls, now + flush deadline):
+///            Ok(v)                      -> apply the replies of those items
+///            Err(e) if e.may_have_run() -> forget them (dropped, never sent twice)
+///            Err(e)                     -> requeue them; sync_errors{e.kind()}
+///        the breaker hears "good" if any call was Ok, else the first error
+/// heartbeat, resets: link.call(slot_of(key), cmd, deadline)
+/// after each run: publish link.routes() for the request path
+/// ```
 pub struct ClusterLink {
     template: ConnectionInfo,
     seeds: Vec<NodeAddr>,
