@@ -8,6 +8,7 @@
 //!   ≤ 64 keys per EVALSHA), corrects local state from the reply, counts live replicas and
 //!   runs the breaker (degraded after 3 failed calls or 1 s without a good reply).
 //! - `exact`: the one awaited call, for `shared: exact` policies.
+//! - `link`: every Redis connection (one server or the Sentinel master; ACL user, TLS).
 //! - `script`, `keys`, `config`, `metrics`: the Lua, the Redis key names, the YAML, the
 //!   `gateway_shared_limits_*` metrics.
 
@@ -15,6 +16,7 @@ pub mod breaker;
 pub mod config;
 pub mod exact;
 pub mod keys;
+pub mod link;
 pub mod metrics;
 pub mod policy;
 pub mod resets;
@@ -32,22 +34,69 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use config::{OnUnavailable, SharedLimitsConfig};
+use config::{HostPort, OnUnavailable, SharedLimitsConfig};
 use keys::ClusterSecret;
 
 /// What identifies one Redis deployment; a reload that changes it reconnects.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Connection {
-    pub url: String,
+    pub target: Target,
+    /// Redis 6+ ACL user; `None` = the default user.
+    pub username: Option<String>,
     pub password: Option<String>,
+    /// The sentinels' own password (`sentinel:` only).
+    pub sentinel_password: Option<String>,
+    /// TLS to every node and sentinel; `None` = cleartext.
+    pub tls: Option<Tls>,
     pub key_prefix: String,
+}
+
+/// Which Redis deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One server, as its URL.
+    Single { url: String },
+    /// The master Sentinel names.
+    Sentinel {
+        master: String,
+        nodes: Vec<HostPort>,
+    },
+    /// A Redis Cluster from its seed nodes.
+    Cluster { nodes: Vec<HostPort> },
+}
+
+/// TLS settings read at load.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// PEM of the private CA; `None` = the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// One server without ACL user or TLS beyond what the URL says.
+    pub fn single(url: &str, password: Option<String>, key_prefix: &str) -> Connection {
+        Connection {
+            target: Target::Single { url: url.into() },
+            username: None,
+            password,
+            sentinel_password: None,
+            tls: url.starts_with("rediss://").then(Tls::default),
+            key_prefix: key_prefix.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("url", &self.url)
+            .field("target", &self.target)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<set>"),
+            )
+            .field("tls", &self.tls.as_ref().map(|t| t.ca_pem.is_some()))
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -91,10 +140,33 @@ impl Engine {
     /// Reads the password file (blocking: config load only).
     pub fn from_config(cfg: &SharedLimitsConfig) -> Result<Engine, String> {
         let password = cfg.read_password()?;
+        let target = match (&cfg.redis, &cfg.sentinel, &cfg.cluster) {
+            (Some(r), _, _) => Target::Single { url: r.url.clone() },
+            (_, Some(s), _) => Target::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+            },
+            (_, _, Some(c)) => Target::Cluster {
+                nodes: c.nodes.clone(),
+            },
+            _ => return Err("shared_limits: needs one of redis, sentinel or cluster".into()),
+        };
+        let tls = if cfg.uses_tls() {
+            Some(Tls {
+                ca_pem: cfg
+                    .read_ca()
+                    .map_err(|e| format!("shared_limits.tls.ca_file {e}"))?,
+            })
+        } else {
+            None
+        };
         Ok(Engine::new(
             Connection {
-                url: cfg.redis.url.clone(),
+                target,
+                username: cfg.username.clone(),
                 password,
+                sentinel_password: cfg.read_sentinel_password()?,
+                tls,
                 key_prefix: cfg.key_prefix.clone(),
             },
             cfg.sync_interval,
