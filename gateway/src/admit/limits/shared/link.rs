@@ -26,6 +26,46 @@ pub const SENTINEL_TIMEOUT: Duration = Duration::from_millis(500);
 /// writable at once, the old master stays writable for ~10 s: errors alone come late).
 pub const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
+/// Every command the gateway sends to a Redis node, the ones its Lua scripts call included
+/// (Redis 7 checks those against the ACL too): the least-privilege ACL user gets exactly
+/// these (`gateway/tests/shared_redis_auth.rs` checks that one fewer fails). `select` is
+/// sent only when the URL names a database other than 0, `role` only with Sentinel.
+pub const ACL_COMMANDS: &[&str] = &[
+    // the sync loop and `exact`: scripts, loaded again after NOSCRIPT
+    "evalsha",
+    "script|load",
+    // inside the Lua (script.rs)
+    "time",
+    "get",
+    "set",
+    "zadd",
+    "zremrangebyscore",
+    "pexpire",
+    "zcard",
+    // fleet resets (resets.rs): published in one MULTI (redis-rs sends INCR as INCRBY),
+    // polled each tick
+    "multi",
+    "exec",
+    "del",
+    "lpush",
+    "ltrim",
+    "incrby",
+    "lrange",
+    // the handshake (db ≠ 0) and the Sentinel master check
+    "select",
+    "role",
+];
+
+/// The ACL rule of the gateway's user: `user <name> on ><password> <acl_rule(prefix)>`.
+pub fn acl_rule(key_prefix: &str) -> String {
+    let mut rule = format!("resetkeys ~{key_prefix}:* resetchannels -@all");
+    for c in ACL_COMMANDS {
+        rule.push_str(" +");
+        rule.push_str(c);
+    }
+    rule
+}
+
 /// Where the sync loop's connections go. A cluster arm would be one more variant.
 pub enum Link {
     /// One server (`redis:`).
@@ -120,7 +160,11 @@ impl Link {
     /// Where the connection goes, for logs.
     pub fn describe(&self) -> String {
         match self {
-            Link::Single(c) => format!("{:?}", c.get_connection_info().addr()),
+            Link::Single(c) => match c.get_connection_info().addr() {
+                ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+                ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port} (TLS)"),
+                other => format!("{other:?}"),
+            },
             Link::Sentinel(s) => match &s.current {
                 Some(m) => format!("master {} at {m}", s.asker.master),
                 None => format!("master {} (unknown yet)", s.asker.master),
@@ -285,7 +329,7 @@ impl Asker {
 
 /// `ROLE` must say master: a sentinel's answer can be stale, a demoted master is
 /// readable but refuses writes.
-async fn verify_master(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub async fn verify_master(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
     let role: Vec<redis::Value> =
         tokio::time::timeout(CALL_TIMEOUT, redis::cmd("ROLE").query_async(conn))
             .await

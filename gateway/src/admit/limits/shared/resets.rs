@@ -39,12 +39,29 @@ pub async fn publish(
     policy: &SharedPolicy,
     id: u128,
 ) -> redis::RedisResult<()> {
-    let prefix = &policy.engine.key_prefix;
+    publish_key(
+        conn,
+        &policy.engine.key_prefix,
+        &policy.redis_key(id),
+        policy.fingerprint,
+        id,
+    )
+    .await
+}
+
+/// `publish` for a key already named: what Redis sees (the ACL test runs it).
+pub async fn publish_key(
+    conn: &mut MultiplexedConnection,
+    prefix: &str,
+    key: &str,
+    fingerprint: u32,
+    id: u128,
+) -> redis::RedisResult<()> {
     redis::pipe()
         .atomic()
-        .del(policy.redis_key(id))
+        .del(key)
         .ignore()
-        .lpush(list_key(prefix), entry(policy.fingerprint, id))
+        .lpush(list_key(prefix), entry(fingerprint, id))
         .ignore()
         .ltrim(list_key(prefix), 0, KEPT - 1)
         .ignore()

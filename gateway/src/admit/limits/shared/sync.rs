@@ -106,9 +106,16 @@ fn error_kind(e: &redis::RedisError) -> &'static str {
 /// A refusal the operator must fix (ACL, password, TLS), logged once per state change
 /// with its cause; everything else is logged at debug.
 fn is_refusal(e: &redis::RedisError) -> bool {
-    matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
+    if matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
         || e.kind() == redis::ErrorKind::AuthenticationFailed
-        || e.to_string().contains("certificate")
+    {
+        return true;
+    }
+    // A script calling a command the ACL denies; a TLS peer that cannot be verified.
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("no permissions")
+        || text.contains("can't run this command")
+        || text.contains("certificate")
 }
 
 /// Spreads probes and first flushes so a fleet does not hit Redis in lockstep.
