@@ -139,12 +139,14 @@ impl Link {
         }
     }
 
-    /// A call on the link's connection failed with `e`: a `READONLY` reply or a dead
-    /// node means the master may have moved, so the next `connect` asks again.
+    /// A call on the link's connection failed with `e`. The loop drops that connection;
+    /// every `connect` asks the sentinels afresh, so a `READONLY` reply or a dead node
+    /// leads to the new master (the last one that answered is kept only for when no
+    /// sentinel answers).
     pub fn failed(&mut self, e: &redis::RedisError) {
         if let Link::Sentinel(s) = self {
-            if is_readonly(e) || e.is_connection_refusal() || e.is_connection_dropped() {
-                s.current = None;
+            if is_readonly(e) {
+                tracing::debug!(target: "shared_limits", master = ?s.current, "READONLY: the master was demoted; asking the sentinels");
             }
         }
     }
@@ -218,11 +220,6 @@ impl SentinelLink {
             if prev != master {
                 SharedMetrics::get().topology_change("master_switch");
                 tracing::info!(target: "shared_limits", from = %prev, to = %master, master = %self.asker.master, "writing to a new Redis master");
-            }
-        } else if let Some(prev) = self.announced.borrow().clone() {
-            // The watcher knew another master before this one answered.
-            if prev != master {
-                SharedMetrics::get().topology_change("master_switch");
             }
         }
         self.announced.mark_unchanged();
@@ -426,4 +423,22 @@ async fn connect(client: &Client) -> redis::RedisResult<MultiplexedConnection> {
 
 fn io_error(kind: std::io::ErrorKind, msg: impl Into<String>) -> redis::RedisError {
     redis::RedisError::from(std::io::Error::new(kind, msg.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_acl_rule_is_the_code_list() {
+        let shipped = include_str!("../../../../../redis/edge-user.acl");
+        let rules: Vec<&str> = shipped
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .collect();
+        assert_eq!(rules, vec![acl_rule("edge").as_str()]);
+        for c in ACL_COMMANDS {
+            assert!(!c.starts_with('@') && *c == c.to_lowercase(), "{c}");
+        }
+    }
 }
