@@ -15,6 +15,11 @@ pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["redis"]},
+    {"required": ["sentinel"]},
+    {"required": ["cluster"]}
+]))]
 pub struct SharedLimitsConfig {
     /// One server: `redis://host:port/db` or `rediss://…` (TLS); never with a password in
     /// it. Exactly one of `redis`, `sentinel`, `cluster`.
