@@ -66,6 +66,42 @@ pub fn acl_rule(key_prefix: &str) -> String {
     rule
 }
 
+/// A connection the `Link` handed out: what the sync loop, `exact` and resets send their
+/// commands on (cheap to clone, multiplexed). A cluster connection would be one more arm.
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis node: the server, or the master Sentinel named.
+    Node(MultiplexedConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Node(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Node(c) => c.get_db(),
+        }
+    }
+}
+
 /// Where the sync loop's connections go. A cluster arm would be one more variant.
 pub enum Link {
     /// One server (`redis:`).
@@ -132,10 +168,10 @@ impl Link {
     }
 
     /// A fresh connection to the current writable master.
-    pub async fn connect(&mut self) -> redis::RedisResult<MultiplexedConnection> {
+    pub async fn connect(&mut self) -> redis::RedisResult<Conn> {
         match self {
-            Link::Single(client) => connect(client).await,
-            Link::Sentinel(s) => s.connect().await,
+            Link::Single(client) => connect(client).await.map(Conn::Node),
+            Link::Sentinel(s) => s.connect().await.map(Conn::Node),
         }
     }
 
@@ -326,7 +362,9 @@ impl Asker {
 
 /// `ROLE` must say master: a sentinel's answer can be stale, a demoted master is
 /// readable but refuses writes.
-pub async fn verify_master(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub async fn verify_master<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+) -> redis::RedisResult<()> {
     let role: Vec<redis::Value> =
         tokio::time::timeout(CALL_TIMEOUT, redis::cmd("ROLE").query_async(conn))
             .await

@@ -116,7 +116,7 @@ pub struct Engine {
     /// Wakes the sync loop early (a key used half its lease). Never blocks.
     pub flush_signal: Notify,
     /// The live connection, for `exact` calls; `None` while degraded or connecting.
-    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    conn: Mutex<Option<link::Conn>>,
     /// This replica's member name in the replicas set.
     pub replica_id: String,
 }
@@ -253,11 +253,11 @@ impl Engine {
         self.exact_failures.store(0, Ordering::Relaxed);
     }
 
-    pub fn connection_handle(&self) -> Option<redis::aio::MultiplexedConnection> {
+    pub fn connection_handle(&self) -> Option<link::Conn> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_connection_handle(&self, c: Option<redis::aio::MultiplexedConnection>) {
+    pub fn set_connection_handle(&self, c: Option<link::Conn>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
 }

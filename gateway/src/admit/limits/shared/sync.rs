@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use redis::Value;
 
 use super::breaker::{Breaker, Transition};
-use super::link::{Change, Link};
+use super::link::{Change, Conn, Link};
 use super::metrics::SharedMetrics;
 use super::policy::{FlushItem, SharedPolicy};
 use super::script::{self, MAX_KEYS_PER_CALL};
@@ -74,7 +74,7 @@ pub async fn run(source: impl Fn() -> Option<Snapshot>, export: impl Fn(bool)) {
 struct Driver {
     engine: Arc<Engine>,
     link: Link,
-    conn: Option<MultiplexedConnection>,
+    conn: Option<Conn>,
     breaker: Breaker,
     next_flush: u64,
     next_heartbeat: u64,
@@ -152,7 +152,7 @@ impl Driver {
         self.engine.set_connection_handle(None);
     }
 
-    async fn connect(&mut self) -> Result<MultiplexedConnection, redis::RedisError> {
+    async fn connect(&mut self) -> Result<Conn, redis::RedisError> {
         self.link.connect().await
     }
 
@@ -327,7 +327,7 @@ impl Driver {
         }
     }
 
-    async fn ensure_conn(&mut self) -> Option<MultiplexedConnection> {
+    async fn ensure_conn(&mut self) -> Option<Conn> {
         if let Some(c) = &self.conn {
             return Some(c.clone());
         }
@@ -381,7 +381,7 @@ impl Driver {
         }
     }
 
-    async fn heartbeat_call(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<u32> {
+    async fn heartbeat_call(&self, conn: &mut Conn) -> redis::RedisResult<u32> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script::HEARTBEAT.get_hash())
             .arg(1)
@@ -597,7 +597,7 @@ fn flush_cmd(chunk: &[(&Arc<SharedPolicy>, FlushItem)]) -> redis::Cmd {
 }
 
 /// Loads every script (after NOSCRIPT: Redis restarted, failed over or `SCRIPT FLUSH`).
-pub async fn load_scripts(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub async fn load_scripts<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     for code in [script::FLUSH_LUA, script::EXACT_LUA, script::HEARTBEAT_LUA] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(code);
@@ -609,8 +609,8 @@ pub async fn load_scripts(conn: &mut MultiplexedConnection) -> redis::RedisResul
 }
 
 /// One EVALSHA within `budget`; on NOSCRIPT, `SCRIPT LOAD` and one retry.
-pub async fn call_reloading(
-    conn: &mut MultiplexedConnection,
+pub async fn call_reloading<C: ConnectionLike + Send>(
+    conn: &mut C,
     cmd: &redis::Cmd,
     budget: Duration,
 ) -> redis::RedisResult<Value> {
