@@ -18,7 +18,7 @@ use common::fleet::*;
 use common::redis_server::Redis;
 use common::*;
 use gateway::admit::limits::shared::link::{self, Link, ACL_COMMANDS};
-use gateway::admit::limits::shared::{resets, script, sync, Connection, Target};
+use gateway::admit::limits::shared::{keys, resets, script, sync, Connection, Target};
 
 /// Everything the gateway sends to Redis, as its modules send it.
 async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
@@ -41,7 +41,7 @@ async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
     heartbeat
         .arg(script::HEARTBEAT.get_hash())
         .arg(1)
-        .arg("edge:replicas")
+        .arg(keys::replicas_key("edge"))
         .arg("r1")
         .arg(5_000);
     sync::call_reloading(&mut conn, &heartbeat, budget)
@@ -51,7 +51,7 @@ async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
     flush
         .arg(script::FLUSH.get_hash())
         .arg(1)
-        .arg("edge:rl:00000001:aa")
+        .arg(keys::redis_key("edge", 1, 0xaa))
         .arg(script::interval_us_arg(100_000_000))
         .arg(3);
     sync::call_reloading(&mut conn, &flush, budget)
@@ -61,7 +61,7 @@ async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
     exact
         .arg(script::EXACT.get_hash())
         .arg(1)
-        .arg("edge:rl:00000002:bb")
+        .arg(keys::redis_key("edge", 2, 0xbb))
         .arg(script::interval_us_arg(100_000_000))
         .arg(500_000);
     sync::call_reloading(&mut conn, &exact, budget)
@@ -69,7 +69,7 @@ async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
         .map_err(s)?;
     let mut feed = resets::Feed::default();
     feed.poll(&mut conn, "edge", &[]).await.map_err(s)?;
-    resets::publish_key(&mut conn, "edge", "edge:rl:00000001:aa", 1, 7)
+    resets::publish_key(&mut conn, "edge", &keys::redis_key("edge", 1, 7), 1, 7)
         .await
         .map_err(s)?;
     feed.poll(&mut conn, "edge", &[]).await.map_err(s)?;

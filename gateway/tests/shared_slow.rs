@@ -125,9 +125,10 @@ rate_limits:
     }
     assert_eq!(timeouts, 0.0, "no sync call timed out");
     assert!(rt_sum / rt_count.max(1.0) >= 0.3, "the proxy delays calls");
-    // Shared: the unshared fleet would admit ~90 (3 × 30 + refill).
+    // Shared as with a fast Redis (shared_limits.rs holds that to ≤ 50); the unshared fleet
+    // would admit ~90 (3 × 30 + refill).
     assert!(
-        (30..=60).contains(&admitted),
+        (30..=50).contains(&admitted),
         "{admitted} of 300 admitted through a slow Redis"
     );
     // exact never waits past its 20 ms budget: the slow answer is replaced by the fallback

@@ -109,6 +109,8 @@ pub struct Engine {
     pub secret: ClusterSecret,
     pub on_unavailable: OnUnavailable,
     sync_interval_ns: AtomicU64,
+    /// The last flush round trip (0 until the first): a slow Redis lengthens the lease.
+    round_trip_ns: AtomicU64,
     healthy: AtomicBool,
     replicas: AtomicU32,
     /// Consecutive failed `exact` calls; at 3 they stop waiting until the loop resyncs.
@@ -182,6 +184,7 @@ impl Engine {
             secret,
             on_unavailable: on,
             sync_interval_ns: AtomicU64::new(sync_interval.as_nanos() as u64),
+            round_trip_ns: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
             exact_failures: AtomicU32::new(0),
@@ -235,10 +238,19 @@ impl Engine {
             .store(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// A lease older than two sync intervals (plus a flush timeout) is stale: the replica
-    /// takes a new 1/n share from its own view instead.
+    /// A lease older than two sync intervals (plus 100 ms, plus two round trips: a loop
+    /// cycle also waits for a heartbeat and the reset poll) is stale: the replica takes a
+    /// new 1/n share from its own view instead.
     pub fn lease_ttl_ns(&self) -> u64 {
-        2 * self.sync_interval_ns.load(Ordering::Relaxed) + 100_000_000
+        2 * self.sync_interval_ns.load(Ordering::Relaxed)
+            + 100_000_000
+            + 2 * self.round_trip_ns.load(Ordering::Relaxed)
+    }
+
+    /// Records a flush round trip (capped at the call budget).
+    pub fn set_round_trip(&self, d: std::time::Duration) {
+        let ns = d.min(link::CALL_TIMEOUT).as_nanos() as u64;
+        self.round_trip_ns.store(ns, Ordering::Relaxed);
     }
 
     pub fn exact_tripped(&self) -> bool {

@@ -502,6 +502,7 @@ impl Driver {
         }
         let t_reply = monotonic_ns();
         m.sync_duration.observe(sent.elapsed().as_secs_f64());
+        self.engine.set_round_trip(sent.elapsed());
         let values = match result {
             Ok(Ok(v)) => v,
             Ok(Err(e)) | Err(e) => {
