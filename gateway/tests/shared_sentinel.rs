@@ -4,7 +4,9 @@
 //! `SENTINEL FAILOVER`, then `kill -9` of the new master: zero failed requests, none
 //! slower than 0.5 s, every replica writing to the new master within 5 s of it answering
 //! (`gateway_shared_limits_topology_changes_total{kind="master_switch"}`), and the client's
-//! admitted count within the bound README states. Prints the figures. ~40 s.
+//! admitted count within the bound README states. Then every sentinel down and the
+//! gateways' connections killed: they stay in sync on the last master. Prints the
+//! figures. ~30 s.
 //! Skips loudly without `redis-server`.
 
 mod common;
@@ -117,6 +119,12 @@ async fn sentinels_ready(sentinels: &[Sentinel], replica_port: u16) -> bool {
         }
     }
     true
+}
+
+fn degraded_episodes(gws: &[GatewayProc]) -> usize {
+    gws.iter()
+        .map(|g| g.proc.log_text().matches("shared limits degraded").count())
+        .sum()
 }
 
 fn switches(gws: &[GatewayProc]) -> Vec<f64> {
@@ -250,6 +258,28 @@ rate_limits:
     eprintln!("kill -9: new master answered {promoted2:?} after the kill; every replica writing to it {resync2:?} later");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // 3. Every sentinel down, the master fine: keep using it, even after the connections
+    //    drop (CLIENT KILL): the last master that answered is used again.
+    let degraded_before: usize = degraded_episodes(&gws);
+    drop(sentinels);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let errors_before = fleet_sum(&gws, "gateway_shared_limits_sync_errors_total", &[]);
+    let killed: Option<i64> = query(
+        first.port,
+        redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
+    )
+    .await;
+    assert!(killed.unwrap_or(0) >= 3, "{killed:?} connections killed");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(gws.iter().all(in_sync), "sentinels down: still in sync");
+    assert_eq!(
+        degraded_episodes(&gws),
+        degraded_before,
+        "sentinels down and connections dropped: no replica degraded"
+    );
+    let errors = fleet_sum(&gws, "gateway_shared_limits_sync_errors_total", &[]) - errors_before;
+    eprintln!("sentinels all down, {killed:?} connections killed ({errors} failed calls): every replica still in sync on the last master");
+
     stop.store(true, Ordering::Relaxed);
     let (sent, admitted, failed, slowest) = client.await.unwrap();
     let load_secs = load_started.elapsed().as_secs_f64();
@@ -259,10 +289,7 @@ rate_limits:
     // each replica enforces burst/n locally while it cannot write).
     let bound = 30.0 + load_secs + 2.0 * 30.0;
     let unshared = 3.0 * (30.0 + load_secs);
-    let down_events: usize = gws
-        .iter()
-        .map(|g| g.proc.log_text().matches("shared limits degraded").count())
-        .sum();
+    let down_events = degraded_episodes(&gws);
     eprintln!(
         "sentinel figures: client {sent} requests, {failed} failed, slowest {slowest:?}, {admitted} admitted \
          over {load_secs:.1} s (bound {bound:.0}, unshared would be ~{unshared:.0}); background {bg_sent} requests, \
