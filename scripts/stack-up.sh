@@ -50,12 +50,15 @@ if [ ! -s secrets/admin_token ]; then
   echo "created secrets/admin_token" >&2
 fi
 
-# Redis's requirepass and the gateways' shared_limits.password_file (hex: no quoting issues).
-if [ ! -s secrets/redis_password ]; then
-  umask 022
-  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >secrets/redis_password
-  echo "created secrets/redis_password" >&2
-fi
+# The gateways' Redis ACL user `edge` (shared_limits.password_file) and Redis's requirepass
+# for operators (hex: no quoting issues).
+for f in redis_password redis_admin_password; do
+  if [ ! -s "secrets/$f" ]; then
+    umask 022
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"secrets/$f"
+    echo "created secrets/$f" >&2
+  fi
+done
 
 if [ -n "$tls" ]; then
   cert=${TLS_CERT_FILE:-secrets/tls_cert.pem} key=${TLS_KEY_FILE:-secrets/tls_key.pem}

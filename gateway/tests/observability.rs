@@ -34,6 +34,7 @@ const REQUIRED_ALERTS: &[&str] = &[
     "ForwardedHeaderSpoofSpike",
     "ConfigReloadFailed",
     "SharedLimitsDegraded",
+    "SharedLimitsRedisMasterFlapping",
     "TlsCertificateExpiringSoon",
     "TlsCertificateExpiryCritical",
     "TlsCertificateReloadFailed",

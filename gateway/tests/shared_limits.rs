@@ -11,89 +11,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::fleet::*;
+use common::redis_server::Redis;
 use common::*;
 use gateway::admit::limits::shared::{script, sync};
-
-/// A throwaway redis-server: loopback only, no persistence, killed on drop.
-struct Redis {
-    child: Option<ChildGuard>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Redis {
-        let dir = tempfile::tempdir().unwrap();
-        let mut r = Redis {
-            child: None,
-            port: free_port(),
-            dir,
-        };
-        r.spawn();
-        r
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .stdout(Stdio::from(
-                std::fs::File::create(self.dir.path().join("redis.log")).unwrap(),
-            ))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(ChildGuard::new(child));
-        assert!(
-            wait_until(Duration::from_secs(10), || self.ping()),
-            "redis-server did not start on port {}",
-            self.port
-        );
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(
-            &SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_millis(200),
-        ) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut buf = [0u8; 16];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read(&mut buf)
-                .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn signal(&self, sig: &str) {
-        self.child.as_ref().expect("running").signal(sig);
-    }
-
-    /// `kill -9`, as a crash would.
-    fn kill9(&mut self) {
-        self.child.take().expect("running").kill();
-    }
-
-    async fn conn(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap()
-    }
-}
 
 async fn cmd<T: redis::FromRedisValue>(
     conn: &mut redis::aio::MultiplexedConnection,
@@ -227,8 +150,6 @@ async fn lua_scripts_against_real_redis() {
 // End to end
 // ---------------------------------------------------------------------------
 
-const UP: &str = "gateway_shared_limits_up";
-
 fn fleet_yaml(redis_url: &str) -> String {
     fleet_yaml_with(redis_url, "edge", 30)
 }
@@ -248,134 +169,6 @@ rate_limits:
     - {{name: shared-share, key: ip, rate: 1/hour, burst: 9, match: {{path_prefix: /v1/share}}}}
 "#
     )
-}
-
-fn wait_all(
-    gws: &[GatewayProc],
-    what: &str,
-    limit: Duration,
-    ok: impl Fn(&GatewayProc) -> bool,
-) -> Duration {
-    let start = Instant::now();
-    loop {
-        if gws.iter().all(&ok) {
-            return start.elapsed();
-        }
-        if start.elapsed() > limit {
-            let states: Vec<String> = gws
-                .iter()
-                .map(|g| {
-                    format!(
-                        "up={} replicas={}",
-                        g.metric_sum(UP, &[]),
-                        g.metric_sum("gateway_shared_limits_replicas", &[])
-                    )
-                })
-                .collect();
-            panic!("{what} not reached within {limit:?}: {states:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// One request from `local`; (status, elapsed).
-async fn hit(local: &str, gw: SocketAddr, path: &str) -> (u16, Duration) {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n");
-    let start = Instant::now();
-    let r = raw_request(
-        local.parse().unwrap(),
-        gw,
-        req.as_bytes(),
-        Duration::from_secs(5),
-    )
-    .await;
-    (r.map_or(0, |r| r.status), start.elapsed())
-}
-
-/// `count` requests round-robin over `gws`, `pace` apart: none may fail (only 200 or
-/// 429) or take 0.5 s, whatever Redis is doing. Returns (admitted, slowest).
-async fn round_robin(
-    gws: &[GatewayProc],
-    local: &str,
-    path: &str,
-    count: usize,
-    pace: Duration,
-) -> (usize, Duration) {
-    let (mut admitted, mut slowest) = (0, Duration::ZERO);
-    for i in 0..count {
-        let (status, took) = hit(local, gws[i % gws.len()].addr, path).await;
-        slowest = slowest.max(took);
-        assert!(
-            status == 200 || status == 429,
-            "{path} from {local}: {status}"
-        );
-        admitted += usize::from(status == 200);
-        tokio::time::sleep(pace).await;
-    }
-    assert!(slowest < Duration::from_millis(500), "{path}: {slowest:?}");
-    (admitted, slowest)
-}
-
-/// Traffic on every policy from fresh addresses while a fault is injected.
-struct Traffic {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<(usize, Duration, Vec<u16>)>,
-}
-
-impl Traffic {
-    async fn start(gws: &[GatewayProc]) -> Traffic {
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(background_traffic(
-            gws.iter().map(|g| g.addr).collect(),
-            stop.clone(),
-        ));
-        // Some healthy traffic first, so the fault hits a busy fleet.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        Traffic { stop, task }
-    }
-
-    /// Stops it; asserts nothing failed or took 0.5 s. Returns (requests, slowest).
-    async fn finish(self, what: &str) -> (usize, Duration) {
-        self.stop.store(true, Ordering::Relaxed);
-        let (sent, slowest, bad) = self.task.await.unwrap();
-        assert!(bad.is_empty(), "failed requests during {what}: {bad:?}");
-        assert!(slowest < Duration::from_millis(500), "{what}: {slowest:?}");
-        (sent, slowest)
-    }
-}
-
-async fn background_traffic(
-    gws: Vec<SocketAddr>,
-    stop: Arc<AtomicBool>,
-) -> (usize, Duration, Vec<u16>) {
-    let (mut sent, mut slowest, mut bad) = (0usize, Duration::ZERO, Vec::new());
-    let paths = ["/v1/sync/x", "/v1/exact/x", "/v1/full/x", "/v1/share/x"];
-    while !stop.load(Ordering::Relaxed) && sent < 5_000 {
-        let local = format!("127.0.1.{}", 1 + sent % 200);
-        let (status, took) = hit(&local, gws[sent % gws.len()], paths[sent % paths.len()]).await;
-        slowest = slowest.max(took);
-        if status != 200 && status != 429 {
-            bad.push(status);
-        }
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    (sent, slowest, bad)
-}
-
-fn in_sync(g: &GatewayProc) -> bool {
-    g.metric_sum(UP, &[]) == 1.0 && g.metric_sum("gateway_shared_limits_replicas", &[]) == 3.0
-}
-
-fn fleet_sum(gws: &[GatewayProc], name: &str, labels: &[(&str, &str)]) -> f64 {
-    gws.iter().map(|g| g.metric_sum(name, labels)).sum()
-}
-
-/// Waits (at most 3 s) until every replica's `gateway_shared_limits_up` is `up`.
-fn wait_up(gws: &[GatewayProc], up: f64, what: &str) -> Duration {
-    wait_all(gws, what, Duration::from_secs(3), |g| {
-        g.metric_sum(UP, &[]) == up
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -572,11 +365,7 @@ async fn gateway_starts_without_redis_and_syncs_when_it_appears() {
         .contains("shared limits not in sync")));
     assert_eq!(get_blocking(gws[0].admin, "/readyz").unwrap().status, 200);
     // Redis appears: in sync within 3 s (probes run every ~1 s).
-    let mut redis = Redis {
-        child: None,
-        port,
-        dir: tempfile::tempdir().unwrap(),
-    };
+    let mut redis = Redis::unstarted(port, &[]);
     redis.spawn();
     let took = wait_up(&gws, 1.0, "in sync once Redis is up");
     eprintln!("first sync {took:?} after Redis started");

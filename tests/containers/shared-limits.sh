@@ -30,7 +30,7 @@ rm -rf "$work" && mkdir -p "$work"
 # ---- static: the shipped profile, Redis hardening, the shared config --------------------------
 if command -v docker-compose >/dev/null 2>&1 || docker compose version >/dev/null 2>&1; then
   # Resolved with the profile on, as stack-up.sh --shared runs it.
-  COMPOSE_PROFILES=shared GATEWAY_CONFIG=gateway.shared.yaml REDIS_PASSWORD_FILE=/nonexistent \
+  COMPOSE_PROFILES=shared GATEWAY_CONFIG=gateway.shared.yaml REDIS_PASSWORD_FILE=/nonexistent REDIS_ADMIN_PASSWORD_FILE=/nonexistent \
     compose -f compose.yaml config >"$work/compose.resolved.yaml"
   pass "compose.yaml with profile shared validates (compose config)"
 else
@@ -57,6 +57,7 @@ check(not r.get("ports"), "redis: no published port")
 check(r.get("profiles") == ["shared"], "redis: only in profile shared")
 check("healthcheck" in r, "redis: healthcheck")
 check(any(s.get("source", s) == "redis_password" for s in r.get("secrets", [])), "redis: password from the secret")
+check(yaml.safe_load(open(shared))["shared_limits"].get("username") == "edge", "gateway.shared.yaml logs in as the ACL user edge, not default")
 check(not r.get("environment"), "redis: no environment")
 check("requirepass" not in " ".join(r.get("command") or []) or "$(cat /run/secrets/" in " ".join(r.get("entrypoint")), "redis: no password literal on the command line")
 directives = {}
@@ -143,6 +144,7 @@ docker network create --internal $net_redis >/dev/null
 secrets=$work/secrets && mkdir -p "$secrets"
 printf 'signing_kid: cs-1\nkeys:\n  - kid: cs-1\n    secret: "%s"\n' "$(head -c 48 /dev/urandom | base64 -w0)" >"$secrets/token_keys"
 head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secrets/redis_password"
+head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$secrets/redis_admin_password"
 chmod 0644 "$secrets"/*
 hardened=(--read-only --tmpfs /tmp:size=16m,mode=1777 --cap-drop ALL --security-opt no-new-privileges:true)
 
@@ -153,7 +155,9 @@ docker run -d --name edge-shared-redis --network $net_redis --network-alias redi
   "${hardened[@]}" --tmpfs /data:size=16m,mode=0700,uid=999,gid=1000 --user 999:1000 \
   --pids-limit 64 --memory 384m --cpus 1 \
   -v "$root/redis/redis.conf:/usr/local/etc/redis/redis.conf:ro" \
+  -v "$root/redis/edge-user.acl:/usr/local/etc/redis/edge-user.acl:ro" \
   -v "$secrets/redis_password:/run/secrets/redis_password:ro" \
+  -v "$secrets/redis_admin_password:/run/secrets/redis_admin_password:ro" \
   --health-cmd "$redis_health" --health-interval 2s --health-timeout 3s --health-retries 3 \
   --entrypoint "${redis_entry[0]}" edge-shared-redis:test "${redis_entry[@]:1}" >/dev/null
 
@@ -173,8 +177,9 @@ token_key_file: /run/secrets/token_keys
 routes: ["/v1/"]
 shared_limits:
   redis: redis://redis:6379/0
+  username: edge
   password_file: /run/secrets/redis_password
-  key_prefix: edge-shared-test
+  key_prefix: edge
   sync_interval: 250ms
   on_unavailable: share
 rate_limits:
@@ -210,12 +215,16 @@ for gw in "${gateways[@]}"; do
 done
 
 # ---- Redis as configured ----------------------------------------------------------------------
-rcli() { docker exec edge-shared-redis /bin/sh -c 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli "$@"' sh "$@"; }
+rcli() { docker exec edge-shared-redis /bin/sh -c 'REDISCLI_AUTH="$(cat /run/secrets/redis_admin_password)" redis-cli "$@"' sh "$@"; }
 [ "$(rcli CONFIG GET maxmemory | tail -1)" = 268435456 ] && [ "$(rcli CONFIG GET maxmemory-policy | tail -1)" = volatile-ttl ] \
   && [ "$(rcli CONFIG GET save | tail -1)" = "" ] && [ "$(rcli CONFIG GET appendonly | tail -1)" = no ] \
   && pass "redis: maxmemory 256mb, volatile-ttl, no RDB, no AOF" || fail "redis config: $(rcli CONFIG GET maxmemory*)"
 docker exec edge-shared-redis redis-cli PING 2>&1 | grep -q NOAUTH && pass "redis: unauthenticated PING refused (NOAUTH)" || fail "redis answers without a password"
 pw=$(cat "$secrets/redis_password")
+docker exec edge-shared-redis /bin/sh -c 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli --user edge CONFIG GET maxmemory' 2>&1 | grep -q NOPERM \
+  && pass "redis: the gateways' ACL user edge cannot run CONFIG (NOPERM)" || fail "redis: user edge is not least-privilege"
+docker exec edge-shared-redis /bin/sh -c 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)" redis-cli --user edge GET other:key' 2>&1 | grep -q NOPERM \
+  && pass "redis: user edge cannot read keys outside edge:*" || fail "redis: user edge reads any key"
 docker inspect edge-shared-redis | grep -q "$pw" && fail "redis: the password shows in docker inspect" || pass "redis: the password is not in docker inspect (env, cmd, entrypoint)"
 rpid=$(docker inspect -f '{{.State.Pid}}' edge-shared-redis)
 if [ -r "/proc/$rpid/status" ]; then

@@ -1010,6 +1010,15 @@ mod shared_limits_file_tests {
             ("unknown key",
              "shared_limits:\n  redis: redis://redis\n  replicas: 3\n",
              3, "shared_limits.replicas"),
+            ("two topologies",
+             "shared_limits:\n  redis: redis://redis\n  sentinel:\n    master: m\n    nodes: ['s:26379']\n",
+             3, "shared_limits.sentinel"),
+            ("sentinel without nodes",
+             "shared_limits:\n  sentinel:\n    master: m\n    nodes: []\n",
+             4, "shared_limits.sentinel.nodes"),
+            ("unreadable CA file",
+             "shared_limits:\n  redis: redis://redis\n  tls:\n    ca_file: /nonexistent/ca.pem\n",
+             4, "shared_limits.tls.ca_file"),
         ];
         for (name, extra, line, field) in cases {
             let e = Config::parse("g.yaml", &format!("{BASE}{extra}")).expect_err(name);
@@ -1039,7 +1048,7 @@ mod shared_limits_file_tests {
         )
         .unwrap();
         let s = c.shared_limits.unwrap();
-        assert!(s.redis.tls);
+        assert!(s.redis.as_ref().unwrap().tls && s.uses_tls());
         assert_eq!(s.on_unavailable, OnUnavailable::Full);
         assert_eq!(c.rate_limits.policies[0].shared, None);
         assert_eq!(

@@ -47,6 +47,9 @@ pub const PROXY_PROTOCOL_ERRORS: &[&str] = &[
     "closed",
 ];
 
+/// `gateway_shared_limits_topology_changes_total{kind}`: a Redis topology change followed.
+pub const SHARED_TOPOLOGY_CHANGES: &[&str] = &["master_switch", "moved", "ask", "slots_refresh"];
+
 /// The access log's `trust`: how the client address was decided (`client_ip`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrustDecision {

@@ -3,7 +3,9 @@
 // Each test binary uses a different subset of this layer and of its re-exports.
 #![allow(dead_code, unused_imports)]
 
+pub mod fleet;
 pub mod redis_cluster;
+pub mod redis_server;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -15,12 +15,32 @@ pub const MAX_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["redis"]},
+    {"required": ["sentinel"]},
+    {"required": ["cluster"]}
+]))]
 pub struct SharedLimitsConfig {
-    /// `redis://host:port/db` or `rediss://…`; never with a password in it.
-    pub redis: RedisUrl,
+    /// One server: `redis://host:port/db` or `rediss://…` (TLS); never with a password in
+    /// it. Exactly one of `redis`, `sentinel`, `cluster`.
+    #[serde(default)]
+    pub redis: Option<RedisUrl>,
+    /// Redis Sentinel: the master is asked from the sentinels and followed on failover.
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
+    /// Redis Cluster: seed nodes, the rest is discovered.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Redis 6+ ACL user (its password is `password_file`); absent = the default user.
+    #[serde(default)]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!-~]+$"))]
+    pub username: Option<String>,
     /// File holding the Redis password (a compose/k8s secret); trailing newline ignored.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// TLS to every Redis node and sentinel; never falls back to cleartext.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
     /// Every Redis key starts with `{key_prefix}:`; one prefix per fleet.
     #[serde(default = "default_prefix")]
     pub key_prefix: String,
@@ -32,6 +52,129 @@ pub struct SharedLimitsConfig {
     #[serde(default)]
     pub on_unavailable: OnUnavailable,
 }
+
+/// `sentinel:`: where to ask for the current master.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SentinelConfig {
+    /// The master's name in Sentinel (`sentinel monitor <name> ...`).
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[!-~]+$"))]
+    pub master: String,
+    /// Sentinels as `host:port`; any reachable one is asked.
+    #[schemars(length(min = 1))]
+    pub nodes: Vec<HostPort>,
+    /// File holding the sentinels' own password (`requirepass` of the sentinels), if any.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// `cluster:`: seed nodes of a Redis Cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Seed nodes as `host:port`; the rest of the cluster is discovered from them.
+    #[schemars(length(min = 1))]
+    pub nodes: Vec<HostPort>,
+}
+
+/// `tls:`: verification of the Redis servers' certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA that signed the servers' certificates (a private CA); absent =
+    /// the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `host:port`, `v4:port` or `[v6]:port`.
+pub const HOST_PORT_PATTERN: &str =
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63})*):[0-9]{1,5}$";
+
+/// One Redis node or sentinel address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for HostPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_host_port(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl schemars::JsonSchema for HostPort {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HostPort".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "pattern": HOST_PORT_PATTERN,
+            "description": "host:port of a Redis node or sentinel: a DNS name, an IPv4 address or a bracketed IPv6 address, and a port 1-65535.",
+            "examples": ["sentinel-1:26379", "10.0.0.5:6379"]
+        })
+    }
+}
+
+pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        if addr.port() == 0 {
+            return Err(format!("{s:?} has port 0"));
+        }
+        return Ok(HostPort {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        });
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s:?} must be host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("{s:?} has an invalid port"))?;
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !host_ok || port == 0 {
+        return Err(format!(
+            "{s:?} must be host:port with a valid DNS name or IP and a port 1-65535"
+        ));
+    }
+    Ok(HostPort {
+        host: host.to_ascii_lowercase(),
+        port,
+    })
+}
+
+/// The Redis deployment the config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TopologyKind {
+    Redis,
+    Sentinel,
+    Cluster,
+}
+
+/// Whether this build drives Redis Cluster; until then a `cluster:` block is refused at
+/// load (validated, then refused with a clear message).
+pub const CLUSTER_SUPPORTED: bool = false;
 
 /// How a policy's state is shared across replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
@@ -151,29 +294,133 @@ impl SharedLimitsConfig {
                 format!("{p:?} must match ^[A-Za-z0-9_.-]{{1,32}}$"),
             ));
         }
+        self.topology()?;
+        if let Some(s) = &self.sentinel {
+            if s.nodes.is_empty() {
+                return Err(Invalid::new(
+                    "shared_limits.sentinel.nodes",
+                    "must list at least one sentinel (host:port)",
+                ));
+            }
+            if !printable_name(&s.master) {
+                return Err(Invalid::new(
+                    "shared_limits.sentinel.master",
+                    "must be 1 to 128 printable ASCII characters without spaces",
+                ));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            if c.nodes.is_empty() {
+                return Err(Invalid::new(
+                    "shared_limits.cluster.nodes",
+                    "must list at least one seed node (host:port)",
+                ));
+            }
+            if !CLUSTER_SUPPORTED {
+                return Err(Invalid::new(
+                    "shared_limits.cluster",
+                    "Redis Cluster is not supported by this build yet; use redis or sentinel",
+                ));
+            }
+        }
+        if let Some(u) = &self.username {
+            if !printable_name(u) {
+                return Err(Invalid::new(
+                    "shared_limits.username",
+                    "must be 1 to 128 printable ASCII characters without spaces",
+                ));
+            }
+            if self.password_file.is_none() {
+                return Err(Invalid::new(
+                    "shared_limits.username",
+                    "an ACL user needs its password in shared_limits.password_file",
+                ));
+            }
+        }
+        if let Some(TlsConfig { ca_file: Some(_) }) = &self.tls {
+            self.read_ca()
+                .map_err(|e| Invalid::new("shared_limits.tls.ca_file", e))?;
+        }
         Ok(())
+    }
+
+    /// Which deployment: exactly one of `redis`, `sentinel`, `cluster`.
+    pub fn topology(&self) -> Result<TopologyKind, Invalid> {
+        let set = [
+            (self.redis.is_some(), TopologyKind::Redis, "redis"),
+            (self.sentinel.is_some(), TopologyKind::Sentinel, "sentinel"),
+            (self.cluster.is_some(), TopologyKind::Cluster, "cluster"),
+        ];
+        let mut chosen = set.iter().filter(|(on, _, _)| *on);
+        let Some((_, kind, _)) = chosen.next() else {
+            return Err(Invalid::new(
+                "shared_limits",
+                "needs one of redis, sentinel or cluster",
+            ));
+        };
+        if let Some((_, _, second)) = chosen.next() {
+            return Err(Invalid::new(
+                format!("shared_limits.{second}"),
+                "exactly one of redis, sentinel or cluster may be set",
+            ));
+        }
+        Ok(*kind)
+    }
+
+    /// TLS to every node: a `tls:` block, or `rediss://` alone.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some() || self.redis.as_ref().is_some_and(|r| r.tls)
+    }
+
+    /// The CA file's PEM text, checked to hold at least one certificate (blocking read:
+    /// config load only). `None` without `tls.ca_file`.
+    pub fn read_ca(&self) -> Result<Option<Vec<u8>>, String> {
+        let Some(path) = self.tls.as_ref().and_then(|t| t.ca_file.as_ref()) else {
+            return Ok(None);
+        };
+        let pem =
+            std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+        let text = String::from_utf8_lossy(&pem);
+        let certs = text.matches("-----BEGIN CERTIFICATE-----").count();
+        if certs == 0 {
+            return Err(format!(
+                "{}: holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ));
+        }
+        Ok(Some(pem))
     }
 
     /// The password from `password_file` (blocking read: config load only).
     pub fn read_password(&self) -> Result<Option<String>, String> {
-        let Some(path) = &self.password_file else {
-            return Ok(None);
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "shared_limits.password_file {}: cannot read: {e}",
-                path.display()
-            )
-        })?;
-        let pw = text.trim_end_matches(['\r', '\n']);
-        if pw.is_empty() {
-            return Err(format!(
-                "shared_limits.password_file {}: is empty",
-                path.display()
-            ));
-        }
-        Ok(Some(pw.to_string()))
+        read_secret("shared_limits.password_file", self.password_file.as_deref())
     }
+
+    /// The sentinels' own password, if `sentinel.password_file` is set.
+    pub fn read_sentinel_password(&self) -> Result<Option<String>, String> {
+        let path = self
+            .sentinel
+            .as_ref()
+            .and_then(|s| s.password_file.as_deref());
+        read_secret("shared_limits.sentinel.password_file", path)
+    }
+}
+
+fn printable_name(s: &str) -> bool {
+    (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn read_secret(field: &str, path: Option<&std::path::Path>) -> Result<Option<String>, String> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{field} {}: cannot read: {e}", path.display()))?;
+    let pw = text.trim_end_matches(['\r', '\n']);
+    if pw.is_empty() {
+        return Err(format!("{field} {}: is empty", path.display()));
+    }
+    Ok(Some(pw.to_string()))
 }
 
 #[cfg(test)]
@@ -214,6 +461,170 @@ mod tests {
         serde_yaml::from_str(yaml).map_err(|e| e.to_string())
     }
 
+    /// Parsed and validated; the error names the field.
+    fn load(yaml: &str) -> Result<SharedLimitsConfig, String> {
+        let c = parse(yaml)?;
+        c.validate()
+            .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn host_port_table() {
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<(&str, u16)>)] = &[
+            ("sentinel-1:26379", Some(("sentinel-1", 26379))),
+            ("Redis.Internal:6379", Some(("redis.internal", 6379))),
+            ("10.0.0.5:6379", Some(("10.0.0.5", 6379))),
+            ("[::1]:26379", Some(("::1", 26379))),
+            ("redis", None),
+            ("redis:0", None),
+            ("redis:65536", None),
+            (":6379", None),
+            ("redis:-1", None),
+            ("re dis:6379", None),
+            ("redis://r:6379", None),
+            ("a..b:1", None),
+            ("::1:6379", None),
+            ("", None),
+            ("r:6379\n", None),
+        ];
+        for (input, want) in cases {
+            match (parse_host_port(input), want) {
+                (Ok(h), Some((host, port))) => {
+                    assert_eq!((h.host.as_str(), h.port), (*host, *port), "{input}");
+                    assert_eq!(parse_host_port(&h.to_string()).unwrap(), h, "{input}");
+                }
+                (Err(_), None) => {}
+                (got, _) => panic!("{input:?}: {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn topologies_auth_and_tls_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let (ca, not_pem) = (ca.display(), not_pem.display());
+        let missing = dir.path().join("missing.pem");
+        let missing = missing.display();
+        let sentinel = "sentinel: {master: edge-limits, nodes: ['s1:26379', 's2:26379']}";
+        #[rustfmt::skip]
+        type Want = Result<(TopologyKind, bool), &'static str>;
+        let cases: Vec<(String, Want)> = vec![
+            ("redis: redis://r".into(), Ok((TopologyKind::Redis, false))),
+            ("redis: rediss://r".into(), Ok((TopologyKind::Redis, true))),
+            (
+                format!("{{redis: 'redis://r', tls: {{ca_file: {ca}}}}}"),
+                Ok((TopologyKind::Redis, true)),
+            ),
+            (
+                "{redis: 'redis://r', tls: {}}".into(),
+                Ok((TopologyKind::Redis, true)),
+            ),
+            (
+                format!("{{{sentinel}}}"),
+                Ok((TopologyKind::Sentinel, false)),
+            ),
+            (
+                format!(
+                    "{{{sentinel}, username: edge, password_file: /pw, tls: {{ca_file: {ca}}}}}"
+                ),
+                Ok((TopologyKind::Sentinel, true)),
+            ),
+            (
+                "{sentinel: {master: m, nodes: ['s:1'], password_file: /spw}}".into(),
+                Ok((TopologyKind::Sentinel, false)),
+            ),
+            (
+                "{key_prefix: edge}".into(),
+                Err("shared_limits: needs one of"),
+            ),
+            (
+                format!("{{redis: 'redis://r', {sentinel}}}"),
+                Err("shared_limits.sentinel: exactly one"),
+            ),
+            (
+                "{redis: 'redis://r', cluster: {nodes: ['c:1']}}".into(),
+                Err("shared_limits.cluster: exactly one"),
+            ),
+            (
+                "{sentinel: {master: m, nodes: []}}".into(),
+                Err("shared_limits.sentinel.nodes: must list"),
+            ),
+            (
+                "{sentinel: {master: m}}".into(),
+                Err("missing field `nodes`"),
+            ),
+            (
+                "{sentinel: {nodes: ['s:1']}}".into(),
+                Err("missing field `master`"),
+            ),
+            (
+                "{sentinel: {master: 'a b', nodes: ['s:1']}}".into(),
+                Err("shared_limits.sentinel.master"),
+            ),
+            (
+                "{sentinel: {master: m, nodes: ['s']}}".into(),
+                Err("host:port"),
+            ),
+            (
+                "{sentinel: {master: m, nodes: ['s:1'], extra: 1}}".into(),
+                Err("unknown field"),
+            ),
+            (
+                "{cluster: {nodes: []}}".into(),
+                Err("shared_limits.cluster.nodes: must list"),
+            ),
+            (
+                "{cluster: {nodes: ['c:1']}}".into(),
+                Err("shared_limits.cluster: Redis Cluster is not supported"),
+            ),
+            ("{cluster: {nodes: ['c']}}".into(), Err("host:port")),
+            (
+                "{redis: 'redis://r', username: edge}".into(),
+                Err("shared_limits.username: an ACL user needs"),
+            ),
+            (
+                "{redis: 'redis://r', username: 'a b', password_file: /pw}".into(),
+                Err("shared_limits.username: must be"),
+            ),
+            (
+                "{redis: 'redis://r', username: '', password_file: /pw}".into(),
+                Err("shared_limits.username: must be"),
+            ),
+            (
+                format!("{{redis: 'redis://r', tls: {{ca_file: {missing}}}}}"),
+                Err("shared_limits.tls.ca_file: "),
+            ),
+            (
+                format!("{{redis: 'redis://r', tls: {{ca_file: {not_pem}}}}}"),
+                Err("shared_limits.tls.ca_file: "),
+            ),
+            (
+                "{redis: 'redis://r', tls: {ca: x}}".into(),
+                Err("unknown field"),
+            ),
+        ];
+        for (yaml, want) in &cases {
+            match (load(yaml), want) {
+                (Ok(c), Ok((kind, tls))) => {
+                    assert_eq!(c.topology().unwrap(), *kind, "{yaml}");
+                    assert_eq!(c.uses_tls(), *tls, "{yaml}");
+                }
+                (Err(e), Err(msg)) => assert!(e.contains(msg), "{yaml}: {e}"),
+                (got, _) => panic!("{yaml}: {got:?}, want {want:?}"),
+            }
+        }
+    }
+
     #[test]
     fn defaults_and_ranges() {
         let c = parse("redis: redis://r:6379/0").unwrap();
@@ -234,7 +645,7 @@ mod tests {
             "{redis: 'redis://:pw@r'}",
             "{key_prefix: edge}",
         ] {
-            assert!(parse(bad).is_err(), "{bad}");
+            assert!(load(bad).is_err(), "{bad}");
         }
         for bad in ["", "a b", "a:b", "{x}", &"p".repeat(33)] {
             let mut c = parse("redis: redis://r").unwrap();

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use prometheus::core::Collector;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-/// Round trips to a Redis on the same network: fine below 10 ms, up to the 100 ms timeout.
+/// Round trips to a Redis on the same network: fine below 10 ms; a slow Redis up to the
+/// 1 s timeout.
 const SYNC_BUCKETS: &[f64] = &[
     0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
 ];
@@ -16,6 +17,9 @@ const SYNC_BUCKETS: &[f64] = &[
 pub const ERROR_KINDS: [&str; 4] = ["timeout", "connect", "noscript", "other"];
 pub const DROP_REASONS: [&str; 3] = ["down", "timeout", "evicted"];
 pub const FALLBACK_REASONS: [&str; 3] = ["timeout", "error", "down"];
+/// `master_switch`: writing to a new Sentinel master; `moved` / `ask`: a Cluster redirect
+/// followed; `slots_refresh`: the Cluster slot map read again.
+pub const TOPOLOGY_KINDS: [&str; 4] = ["master_switch", "moved", "ask", "slots_refresh"];
 
 pub struct SharedMetrics {
     pub up: IntGauge,
@@ -27,6 +31,7 @@ pub struct SharedMetrics {
     pub lag_seconds: prometheus::Gauge,
     pub degraded_decisions: IntCounterVec,
     pub exact_fallbacks: IntCounterVec,
+    pub topology_changes: IntCounterVec,
     exported: AtomicBool,
 }
 
@@ -89,8 +94,16 @@ impl SharedMetrics {
                 "`shared: exact` checks that fell back to on_unavailable, by policy and reason (timeout, error, down).",
                 &["policy", "reason"],
             ),
+            topology_changes: counter_vec(
+                "gateway_shared_limits_topology_changes_total",
+                "Redis topology changes followed, by kind (master_switch, moved, ask, slots_refresh).",
+                &["kind"],
+            ),
             exported: AtomicBool::new(false),
         };
+        for k in TOPOLOGY_KINDS {
+            m.topology_changes.with_label_values(&[k]);
+        }
         for k in ERROR_KINDS {
             m.sync_errors.with_label_values(&[k]);
         }
@@ -111,6 +124,7 @@ impl SharedMetrics {
             Box::new(self.lag_seconds.clone()),
             Box::new(self.degraded_decisions.clone()),
             Box::new(self.exact_fallbacks.clone()),
+            Box::new(self.topology_changes.clone()),
         ]
     }
 
@@ -134,7 +148,24 @@ impl SharedMetrics {
         }
     }
 
+    /// One of `TOPOLOGY_KINDS`.
+    pub fn topology_change(&self, kind: &'static str) {
+        debug_assert!(TOPOLOGY_KINDS.contains(&kind), "{kind}");
+        self.topology_changes.with_label_values(&[kind]).inc();
+    }
+
     pub fn sync_error(&self, kind: &'static str) {
         self.sync_errors.with_label_values(&[kind]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn topology_kinds_are_the_listed_labels() {
+        assert_eq!(
+            super::TOPOLOGY_KINDS,
+            crate::observe::labels::SHARED_TOPOLOGY_CHANGES
+        );
     }
 }

@@ -8,6 +8,7 @@
 //!   ≤ 64 keys per EVALSHA), corrects local state from the reply, counts live replicas and
 //!   runs the breaker (degraded after 3 failed calls or 1 s without a good reply).
 //! - `exact`: the one awaited call, for `shared: exact` policies.
+//! - `link`: every Redis connection (one server or the Sentinel master; ACL user, TLS).
 //! - `script`, `keys`, `config`, `metrics`: the Lua, the Redis key names, the YAML, the
 //!   `gateway_shared_limits_*` metrics.
 
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod exact;
 pub mod keys;
+pub mod link;
 pub mod metrics;
 pub mod policy;
 pub mod resets;
@@ -33,22 +35,69 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use config::{OnUnavailable, SharedLimitsConfig};
+use config::{HostPort, OnUnavailable, SharedLimitsConfig};
 use keys::ClusterSecret;
 
 /// What identifies one Redis deployment; a reload that changes it reconnects.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Connection {
-    pub url: String,
+    pub target: Target,
+    /// Redis 6+ ACL user; `None` = the default user.
+    pub username: Option<String>,
     pub password: Option<String>,
+    /// The sentinels' own password (`sentinel:` only).
+    pub sentinel_password: Option<String>,
+    /// TLS to every node and sentinel; `None` = cleartext.
+    pub tls: Option<Tls>,
     pub key_prefix: String,
+}
+
+/// Which Redis deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One server, as its URL.
+    Single { url: String },
+    /// The master Sentinel names.
+    Sentinel {
+        master: String,
+        nodes: Vec<HostPort>,
+    },
+    /// A Redis Cluster from its seed nodes.
+    Cluster { nodes: Vec<HostPort> },
+}
+
+/// TLS settings read at load.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Tls {
+    /// PEM of the private CA; `None` = the system roots.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl Connection {
+    /// One server without ACL user or TLS beyond what the URL says.
+    pub fn single(url: &str, password: Option<String>, key_prefix: &str) -> Connection {
+        Connection {
+            target: Target::Single { url: url.into() },
+            username: None,
+            password,
+            sentinel_password: None,
+            tls: url.starts_with("rediss://").then(Tls::default),
+            key_prefix: key_prefix.into(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("url", &self.url)
+            .field("target", &self.target)
+            .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<set>"))
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "<set>"),
+            )
+            .field("tls", &self.tls.as_ref().map(|t| t.ca_pem.is_some()))
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -61,6 +110,8 @@ pub struct Engine {
     pub secret: ClusterSecret,
     pub on_unavailable: OnUnavailable,
     sync_interval_ns: AtomicU64,
+    /// The last flush round trip (0 until the first): a slow Redis lengthens the lease.
+    round_trip_ns: AtomicU64,
     healthy: AtomicBool,
     replicas: AtomicU32,
     /// Consecutive failed `exact` calls; at 3 they stop waiting until the loop resyncs.
@@ -68,7 +119,7 @@ pub struct Engine {
     /// Wakes the sync loop early (a key used half its lease). Never blocks.
     pub flush_signal: Notify,
     /// The live connection, for `exact` calls; `None` while degraded or connecting.
-    conn: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    conn: Mutex<Option<link::Conn>>,
     /// This replica's member name in the replicas set.
     pub replica_id: String,
 }
@@ -92,10 +143,33 @@ impl Engine {
     /// Reads the password file (blocking: config load only).
     pub fn from_config(cfg: &SharedLimitsConfig) -> Result<Engine, String> {
         let password = cfg.read_password()?;
+        let target = match (&cfg.redis, &cfg.sentinel, &cfg.cluster) {
+            (Some(r), _, _) => Target::Single { url: r.url.clone() },
+            (_, Some(s), _) => Target::Sentinel {
+                master: s.master.clone(),
+                nodes: s.nodes.clone(),
+            },
+            (_, _, Some(c)) => Target::Cluster {
+                nodes: c.nodes.clone(),
+            },
+            _ => return Err("shared_limits: needs one of redis, sentinel or cluster".into()),
+        };
+        let tls = if cfg.uses_tls() {
+            Some(Tls {
+                ca_pem: cfg
+                    .read_ca()
+                    .map_err(|e| format!("shared_limits.tls.ca_file {e}"))?,
+            })
+        } else {
+            None
+        };
         Ok(Engine::new(
             Connection {
-                url: cfg.redis.url.clone(),
+                target,
+                username: cfg.username.clone(),
                 password,
+                sentinel_password: cfg.read_sentinel_password()?,
+                tls,
                 key_prefix: cfg.key_prefix.clone(),
             },
             cfg.sync_interval,
@@ -111,6 +185,7 @@ impl Engine {
             secret,
             on_unavailable: on,
             sync_interval_ns: AtomicU64::new(sync_interval.as_nanos() as u64),
+            round_trip_ns: AtomicU64::new(0),
             healthy: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
             exact_failures: AtomicU32::new(0),
@@ -164,10 +239,19 @@ impl Engine {
             .store(d.as_nanos() as u64, Ordering::Relaxed);
     }
 
-    /// A lease older than two sync intervals (plus a flush timeout) is stale: the replica
-    /// takes a new 1/n share from its own view instead.
+    /// A lease older than two sync intervals (plus 100 ms, plus two round trips: a loop
+    /// cycle also waits for a heartbeat and the reset poll) is stale: the replica takes a
+    /// new 1/n share from its own view instead.
     pub fn lease_ttl_ns(&self) -> u64 {
-        2 * self.sync_interval_ns.load(Ordering::Relaxed) + 100_000_000
+        2 * self.sync_interval_ns.load(Ordering::Relaxed)
+            + 100_000_000
+            + 2 * self.round_trip_ns.load(Ordering::Relaxed)
+    }
+
+    /// Records a flush round trip (capped at the call budget).
+    pub fn set_round_trip(&self, d: std::time::Duration) {
+        let ns = d.min(link::CALL_TIMEOUT).as_nanos() as u64;
+        self.round_trip_ns.store(ns, Ordering::Relaxed);
     }
 
     pub fn exact_tripped(&self) -> bool {
@@ -182,11 +266,11 @@ impl Engine {
         self.exact_failures.store(0, Ordering::Relaxed);
     }
 
-    pub fn connection_handle(&self) -> Option<redis::aio::MultiplexedConnection> {
+    pub fn connection_handle(&self) -> Option<link::Conn> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_connection_handle(&self, c: Option<redis::aio::MultiplexedConnection>) {
+    pub fn set_connection_handle(&self, c: Option<link::Conn>) {
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = c;
     }
 }

@@ -102,11 +102,7 @@ fn simulate(case: Case, seed: u64) -> Outcome {
     let mut replicas: Vec<Replica> = (0..case.n)
         .map(|i| {
             let engine = Arc::new(Engine::new(
-                Connection {
-                    url: "redis://model".into(),
-                    password: Some("pw".into()),
-                    key_prefix: "edge".into(),
-                },
+                Connection::single("redis://model", Some("pw".into()), "edge"),
                 Duration::from_millis(case.sync_ms),
                 OnUnavailable::Share,
             ));

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 
 use super::policy::SharedPolicy;
 
@@ -34,17 +34,34 @@ fn parse_entry(s: &str) -> Option<(u32, u128)> {
 }
 
 /// Deletes the key's shared state and tells the fleet, in one MULTI.
-pub async fn publish(
-    conn: &mut MultiplexedConnection,
+pub async fn publish<C: ConnectionLike + Send>(
+    conn: &mut C,
     policy: &SharedPolicy,
     id: u128,
 ) -> redis::RedisResult<()> {
-    let prefix = &policy.engine.key_prefix;
+    publish_key(
+        conn,
+        &policy.engine.key_prefix,
+        &policy.redis_key(id),
+        policy.fingerprint,
+        id,
+    )
+    .await
+}
+
+/// `publish` for a key already named: what Redis sees (the ACL test runs it).
+pub async fn publish_key<C: ConnectionLike + Send>(
+    conn: &mut C,
+    prefix: &str,
+    key: &str,
+    fingerprint: u32,
+    id: u128,
+) -> redis::RedisResult<()> {
     redis::pipe()
         .atomic()
-        .del(policy.redis_key(id))
+        .del(key)
         .ignore()
-        .lpush(list_key(prefix), entry(policy.fingerprint, id))
+        .lpush(list_key(prefix), entry(fingerprint, id))
         .ignore()
         .ltrim(list_key(prefix), 0, KEPT - 1)
         .ignore()
@@ -63,9 +80,9 @@ pub struct Feed {
 impl Feed {
     /// Applies the resets published since the last poll; the first poll only takes the
     /// position. A counter that went back (Redis restarted empty) is followed.
-    pub async fn poll(
+    pub async fn poll<C: ConnectionLike + Send>(
         &mut self,
-        conn: &mut MultiplexedConnection,
+        conn: &mut C,
         prefix: &str,
         policies: &[Arc<SharedPolicy>],
     ) -> redis::RedisResult<usize> {

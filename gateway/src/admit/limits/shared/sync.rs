@@ -3,23 +3,24 @@
 //! corrects local state from the replies, heartbeats the replica count every second and
 //! runs the breaker. While degraded it drops unsent hits (never replayed) and probes Redis
 //! once a second on a fresh connection: redis-rs keeps a hung socket after a timeout.
+//! Slow is not down: a call may take up to `CALL_TIMEOUT` (1 s) off the request path;
+//! only a Redis that does not answer for 1 s (or fails 3 calls in a row) degrades. Every
+//! connection comes from the `Link` (one server or the Sentinel master).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo, Value};
+use redis::aio::ConnectionLike;
+use redis::Value;
 
 use super::breaker::{Breaker, Transition};
+use super::link::{Change, Conn, Link};
 use super::metrics::SharedMetrics;
 use super::policy::{FlushItem, SharedPolicy};
 use super::script::{self, MAX_KEYS_PER_CALL};
 use super::{keys, monotonic_ns, Engine};
 
-/// Budget of one flush or heartbeat round trip. A timed-out flush is not retried.
-pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Includes the handshake (AUTH, HELLO): a SIGSTOP'd Redis accepts TCP but never answers.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
+pub use super::link::{CALL_TIMEOUT, CONNECT_TIMEOUT};
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A replica missing from the set for this long no longer counts.
 pub const REPLICA_WINDOW_MS: u64 = 5_000;
@@ -72,8 +73,8 @@ pub async fn run(source: impl Fn() -> Option<Snapshot>, export: impl Fn(bool)) {
 
 struct Driver {
     engine: Arc<Engine>,
-    client: Client,
-    conn: Option<MultiplexedConnection>,
+    link: Link,
+    conn: Option<Conn>,
     breaker: Breaker,
     next_flush: u64,
     next_heartbeat: u64,
@@ -81,6 +82,8 @@ struct Driver {
     next_purge: u64,
     replicas_key: String,
     warned_at_start: bool,
+    /// A refusal (ACL, password, TLS) was logged since the last good reply.
+    refusal_logged: bool,
     resets: super::resets::Feed,
 }
 
@@ -100,6 +103,21 @@ fn error_kind(e: &redis::RedisError) -> &'static str {
     }
 }
 
+/// A refusal the operator must fix (ACL, password, TLS), logged once per state change
+/// with its cause; everything else is logged at debug.
+fn is_refusal(e: &redis::RedisError) -> bool {
+    if matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS"))
+        || e.kind() == redis::ErrorKind::AuthenticationFailed
+    {
+        return true;
+    }
+    // A script calling a command the ACL denies; a TLS peer that cannot be verified.
+    let text = e.to_string().to_ascii_lowercase();
+    text.contains("no permissions")
+        || text.contains("can't run this command")
+        || text.contains("certificate")
+}
+
 /// Spreads probes and first flushes so a fleet does not hit Redis in lockstep.
 fn jitter(max_ns: u64) -> u64 {
     if max_ns == 0 {
@@ -111,36 +129,12 @@ fn jitter(max_ns: u64) -> u64 {
 
 impl Driver {
     fn new(engine: Arc<Engine>) -> Result<Driver, String> {
-        let info = engine
-            .connection
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| e.to_string())?;
-        let mut redis_settings = info.redis_settings().clone();
-        if let Some(pw) = &engine.connection.password {
-            redis_settings = redis_settings.set_password(pw);
-        }
-        let keepalive = redis::io::tcp::socket2::TcpKeepalive::new()
-            .with_time(Duration::from_secs(5))
-            .with_interval(Duration::from_secs(1));
-        let tcp = redis::io::tcp::TcpSettings::default()
-            .set_nodelay(true)
-            .set_keepalive(keepalive)
-            .set_user_timeout(Duration::from_secs(2));
-        let info = info
-            .set_redis_settings(redis_settings)
-            .set_tcp_settings(tcp);
-        if engine.connection.url.starts_with("rediss://") {
-            // rustls needs a process-wide provider; a second install is a harmless no-op.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = Client::open(info).map_err(|e| e.to_string())?;
+        let link = Link::new(&engine.connection)?;
         let now = monotonic_ns();
         Ok(Driver {
             replicas_key: keys::replicas_key(&engine.key_prefix),
             engine,
-            client,
+            link,
             conn: None,
             breaker: Breaker::new(now),
             next_flush: now,
@@ -148,6 +142,7 @@ impl Driver {
             next_probe: now,
             next_purge: now,
             warned_at_start: false,
+            refusal_logged: false,
             resets: Default::default(),
         })
     }
@@ -157,23 +152,8 @@ impl Driver {
         self.engine.set_connection_handle(None);
     }
 
-    async fn connect(&self) -> Result<MultiplexedConnection, redis::RedisError> {
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT));
-        match tokio::time::timeout(
-            CONNECT_TIMEOUT + Duration::from_millis(100),
-            self.client
-                .get_multiplexed_async_connection_with_config(&cfg),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connect timed out",
-            ))),
-        }
+    async fn connect(&mut self) -> Result<Conn, redis::RedisError> {
+        self.link.connect().await
     }
 
     async fn step(&mut self, policies: &[Arc<SharedPolicy>]) {
@@ -190,6 +170,12 @@ impl Driver {
                 self.next_flush = self.next_flush.min(monotonic_ns());
             }
         }
+        if let Some(Change::MasterMoved { from, to }) = self.link.changed() {
+            // The sentinels promoted another node: stop writing to the old one now (it
+            // stays writable for a while), the next call connects to the new one.
+            tracing::info!(target: "shared_limits", %from, %to, "the sentinels name a new master; reconnecting");
+            self.drop_conn();
+        }
         let now = monotonic_ns();
         if self.breaker.is_up() {
             if now >= self.next_heartbeat {
@@ -199,8 +185,9 @@ impl Driver {
             if self.breaker.is_up() && now >= self.next_flush {
                 self.next_flush = now + self.engine.sync_interval().as_nanos() as u64;
                 // Before the flush, so hits a reset cleared are not sent.
-                self.poll_resets(policies).await;
-                self.flush(policies).await;
+                if self.poll_resets(policies).await {
+                    self.flush(policies).await;
+                }
             }
         } else {
             // Degraded: drop what accumulated (never replayed), probe now and then.
@@ -285,14 +272,53 @@ impl Driver {
         }
     }
 
-    fn fail(&mut self, kind: &'static str, error: &str, policies: &[Arc<SharedPolicy>]) {
+    fn drop_conn(&mut self) {
+        self.conn = None;
+        self.engine.set_connection_handle(None);
+    }
+
+    /// A call sent at `sent` failed: no reply since then counts as silence.
+    fn fail(
+        &mut self,
+        kind: &'static str,
+        e: &redis::RedisError,
+        sent: u64,
+        policies: &[Arc<SharedPolicy>],
+    ) {
+        self.fail_msg(kind, &e.to_string(), sent, policies);
+        self.link.failed(e);
+        if is_refusal(e) {
+            self.refused(e);
+        }
+    }
+
+    /// Logs a refusal (ACL, password, TLS) once until the next good reply.
+    fn refused(&mut self, e: &redis::RedisError) {
+        if !self.refusal_logged {
+            self.refusal_logged = true;
+            tracing::error!(
+                target: "shared_limits",
+                error = %e,
+                to = %self.link.describe(),
+                "Redis refuses this gateway (check shared_limits.username, password_file, the ACL and tls.ca_file); enforcing locally per on_unavailable"
+            );
+        }
+    }
+
+    fn fail_msg(
+        &mut self,
+        kind: &'static str,
+        error: &str,
+        sent: u64,
+        policies: &[Arc<SharedPolicy>],
+    ) {
         SharedMetrics::get().sync_error(kind);
         tracing::debug!(target: "shared_limits", kind, error, "Redis call failed");
         if kind != "noscript" {
             // A timed-out socket may be hung (SIGSTOP, blackhole): never reuse it.
-            self.conn = None;
-            self.engine.set_connection_handle(None);
+            self.drop_conn();
         }
+        self.breaker.trouble(sent);
         if let Some(t) = self
             .breaker
             .on_failure(monotonic_ns(), &format!("{kind}: {error}"))
@@ -301,32 +327,40 @@ impl Driver {
         }
     }
 
-    async fn ensure_conn(&mut self) -> Option<MultiplexedConnection> {
+    async fn ensure_conn(&mut self) -> Option<Conn> {
         if let Some(c) = &self.conn {
             return Some(c.clone());
         }
-        self.breaker.trouble(monotonic_ns());
+        let started = monotonic_ns();
         match self.connect().await {
             Ok(c) => {
                 self.conn = Some(c.clone());
                 Some(c)
             }
             Err(e) => {
-                self.fail("connect", &e.to_string(), &[]);
+                self.fail("connect", &e, started, &[]);
                 None
             }
         }
     }
 
-    /// Applies resets other replicas published. A failure is left to the flush that follows
-    /// to notice (it uses the same connection).
-    async fn poll_resets(&mut self, policies: &[Arc<SharedPolicy>]) {
+    /// Applies resets other replicas published. False when the call failed: it counts as a
+    /// failed call (a hung Redis must not cost a second timeout in the flush after it).
+    async fn poll_resets(&mut self, policies: &[Arc<SharedPolicy>]) -> bool {
         let Some(mut conn) = self.conn.clone() else {
-            return;
+            return true;
         };
         let prefix = self.engine.key_prefix.clone();
-        if let Err(e) = self.resets.poll(&mut conn, &prefix, policies).await {
-            tracing::debug!(target: "shared_limits", error = %e, "reading resets failed");
+        let sent = monotonic_ns();
+        let r = tokio::time::timeout(CALL_TIMEOUT, self.resets.poll(&mut conn, &prefix, policies))
+            .await
+            .unwrap_or_else(|_| Err(timeout_error()));
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                self.fail(error_kind(&e), &e, sent, policies);
+                false
+            }
         }
     }
 
@@ -336,17 +370,18 @@ impl Driver {
         let Some(mut conn) = self.ensure_conn().await else {
             return;
         };
+        let sent = monotonic_ns();
         match self.heartbeat_call(&mut conn).await {
             Ok(n) => {
                 self.engine.set_replicas(n);
                 self.engine.set_connection_handle(Some(conn));
                 self.good();
             }
-            Err(e) => self.fail(error_kind(&e), &e.to_string(), &[]),
+            Err(e) => self.fail(error_kind(&e), &e, sent, &[]),
         }
     }
 
-    async fn heartbeat_call(&self, conn: &mut MultiplexedConnection) -> redis::RedisResult<u32> {
+    async fn heartbeat_call(&self, conn: &mut Conn) -> redis::RedisResult<u32> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script::HEARTBEAT.get_hash())
             .arg(1)
@@ -365,6 +400,7 @@ impl Driver {
     fn good(&mut self) {
         // Redis answers again: `exact` calls may wait for it again.
         self.engine.exact_succeeded();
+        self.refusal_logged = false;
         if let Some(t) = self.breaker.on_good(monotonic_ns()) {
             self.transition(t, &[]);
         }
@@ -377,6 +413,7 @@ impl Driver {
             Ok(c) => c,
             Err(e) => {
                 SharedMetrics::get().sync_error("connect");
+                self.link.failed(&e);
                 self.probe_failed(&e);
                 return;
             }
@@ -392,12 +429,16 @@ impl Driver {
             }
             Err(e) => {
                 SharedMetrics::get().sync_error(error_kind(&e));
+                self.link.failed(&e);
                 self.probe_failed(&e);
             }
         }
     }
 
     fn probe_failed(&mut self, e: &redis::RedisError) {
+        if is_refusal(e) {
+            self.refused(e);
+        }
         if self.breaker.never_up() && !self.warned_at_start {
             // Never in sync since start: that state change deserves its WARN too.
             self.warned_at_start = true;
@@ -461,6 +502,7 @@ impl Driver {
         }
         let t_reply = monotonic_ns();
         m.sync_duration.observe(sent.elapsed().as_secs_f64());
+        self.engine.set_round_trip(sent.elapsed());
         let values = match result {
             Ok(Ok(v)) => v,
             Ok(Err(e)) | Err(e) => {
@@ -477,14 +519,25 @@ impl Driver {
                         p.requeue(i);
                     }
                 }
-                self.fail(kind, &e.to_string(), policies);
+                self.fail(kind, &e, t_send, policies);
                 return;
             }
         };
         let t_exec = t_send + (t_reply - t_send) / 2;
         let mut again = false;
-        let mut failed: Option<String> = None;
+        let mut failed: Option<redis::RedisError> = None;
         for (chunk, value) in batch.chunks(MAX_KEYS_PER_CALL).zip(values) {
+            if let Value::ServerError(e) = &value {
+                if matches!(e.code(), "READONLY" | "NOPERM" | "NOAUTH") {
+                    // Refused before the script ran (a demoted master, the ACL): nothing
+                    // was charged, so the hits go out again with the next flush.
+                    for (p, i) in chunk {
+                        p.requeue(i);
+                    }
+                    failed = Some(redis::RedisError::from(e.clone()));
+                    continue;
+                }
+            }
             match redis::from_redis_value::<Vec<i64>>(value) {
                 Ok(aheads) if aheads.len() == chunk.len() => {
                     m.synced_keys.inc_by(chunk.len() as u64);
@@ -500,14 +553,18 @@ impl Driver {
                         p.forget_inflight(i);
                     }
                     failed = Some(match other {
-                        Err(e) => e.to_string(),
-                        Ok(v) => format!("{} replies for {} keys", v.len(), chunk.len()),
+                        Err(e) => e.into(),
+                        Ok(v) => redis::RedisError::from((
+                            redis::ErrorKind::UnexpectedReturnType,
+                            "flush reply",
+                            format!("{} replies for {} keys", v.len(), chunk.len()),
+                        )),
                     });
                 }
             }
         }
         match failed {
-            Some(e) => self.fail("other", &e, policies),
+            Some(e) => self.fail("other", &e, t_send, policies),
             None => {
                 self.engine.set_connection_handle(Some(conn));
                 self.good();
@@ -541,7 +598,7 @@ fn flush_cmd(chunk: &[(&Arc<SharedPolicy>, FlushItem)]) -> redis::Cmd {
 }
 
 /// Loads every script (after NOSCRIPT: Redis restarted, failed over or `SCRIPT FLUSH`).
-pub async fn load_scripts(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+pub async fn load_scripts<C: ConnectionLike + Send>(conn: &mut C) -> redis::RedisResult<()> {
     let mut pipe = redis::pipe();
     for code in [script::FLUSH_LUA, script::EXACT_LUA, script::HEARTBEAT_LUA] {
         pipe.cmd("SCRIPT").arg("LOAD").arg(code);
@@ -553,8 +610,8 @@ pub async fn load_scripts(conn: &mut MultiplexedConnection) -> redis::RedisResul
 }
 
 /// One EVALSHA within `budget`; on NOSCRIPT, `SCRIPT LOAD` and one retry.
-pub async fn call_reloading(
-    conn: &mut MultiplexedConnection,
+pub async fn call_reloading<C: ConnectionLike + Send>(
+    conn: &mut C,
     cmd: &redis::Cmd,
     budget: Duration,
 ) -> redis::RedisResult<Value> {

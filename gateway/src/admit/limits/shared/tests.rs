@@ -19,11 +19,7 @@ fn limits(yaml: &str) -> RateLimitsConfig {
 
 fn engine(n: u32, healthy: bool) -> Arc<Engine> {
     let e = Engine::new(
-        Connection {
-            url: "redis://127.0.0.1:1/0".into(),
-            password: None,
-            key_prefix: "edge".into(),
-        },
+        Connection::single("redis://127.0.0.1:1/0", None, "edge"),
         Duration::from_millis(250),
         OnUnavailable::Share,
     );

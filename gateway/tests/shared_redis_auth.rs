@@ -1,0 +1,361 @@
+//! Shared limits with a least-privilege ACL user and with TLS against a real redis-server:
+//! - the ACL: a user with exactly `link::ACL_COMMANDS` on `~edge:*` can do everything the
+//!   gateway does (handshake, scripts and the commands they call, resets, `ROLE`), and a
+//!   user with any one command fewer cannot;
+//! - a gateway with that user gets in sync and `exact` works; a gateway with a weaker ACL
+//!   or a wrong password logs one clear line and stays degraded, serving requests;
+//! - TLS with a CA made at test time: in sync; a wrong CA and a cleartext port are
+//!   refused (degraded, never cleartext).
+//!
+//! ~15 s. Skips loudly without `redis-server`.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::fleet::*;
+use common::redis_server::Redis;
+use common::*;
+use gateway::admit::limits::shared::link::{self, Link, ACL_COMMANDS};
+use gateway::admit::limits::shared::{keys, resets, script, sync, Connection, Target};
+
+/// Everything the gateway sends to Redis, as its modules send it.
+async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
+    let c = Connection {
+        target: Target::Single {
+            url: format!("redis://127.0.0.1:{port}/1"),
+        },
+        username: Some(user.into()),
+        password: Some(password.into()),
+        sentinel_password: None,
+        tls: None,
+        key_prefix: "edge".into(),
+    };
+    let s = |e: redis::RedisError| e.to_string();
+    let mut link = Link::new(&c)?;
+    let mut conn = link.connect().await.map_err(s)?;
+    sync::load_scripts(&mut conn).await.map_err(s)?;
+    let budget = Duration::from_secs(1);
+    let mut heartbeat = redis::cmd("EVALSHA");
+    heartbeat
+        .arg(script::HEARTBEAT.get_hash())
+        .arg(1)
+        .arg(keys::replicas_key("edge"))
+        .arg("r1")
+        .arg(5_000);
+    sync::call_reloading(&mut conn, &heartbeat, budget)
+        .await
+        .map_err(s)?;
+    let mut flush = redis::cmd("EVALSHA");
+    flush
+        .arg(script::FLUSH.get_hash())
+        .arg(1)
+        .arg(keys::redis_key("edge", 1, 0xaa))
+        .arg(script::interval_us_arg(100_000_000))
+        .arg(3);
+    sync::call_reloading(&mut conn, &flush, budget)
+        .await
+        .map_err(s)?;
+    let mut exact = redis::cmd("EVALSHA");
+    exact
+        .arg(script::EXACT.get_hash())
+        .arg(1)
+        .arg(keys::redis_key("edge", 2, 0xbb))
+        .arg(script::interval_us_arg(100_000_000))
+        .arg(500_000);
+    sync::call_reloading(&mut conn, &exact, budget)
+        .await
+        .map_err(s)?;
+    let mut feed = resets::Feed::default();
+    feed.poll(&mut conn, "edge", &[]).await.map_err(s)?;
+    resets::publish_key(&mut conn, "edge", &keys::redis_key("edge", 1, 7), 1, 7)
+        .await
+        .map_err(s)?;
+    feed.poll(&mut conn, "edge", &[]).await.map_err(s)?;
+    link::verify_master(&mut conn).await.map_err(s)?;
+    Ok(())
+}
+
+fn acl_line(user: &str, password: &str, commands: &[&str]) -> String {
+    let mut line = format!("user {user} on >{password} resetkeys ~edge:* resetchannels -@all");
+    for c in commands {
+        line.push_str(&format!(" +{c}"));
+    }
+    line
+}
+
+/// An ACL file: `default` (for the test's own checks) plus `users`.
+fn acl_file(dir: &Path, users: &[String]) -> String {
+    let path = dir.join("users.acl");
+    let mut text = String::from("user default on nopass ~* &* +@all\n");
+    for u in users {
+        text.push_str(u);
+        text.push('\n');
+    }
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_user_needs_exactly_the_listed_commands() {
+    if missing("redis-server", "--version") {
+        return;
+    }
+    // The shipped rule is the one tested here.
+    let shipped = link::acl_rule("edge");
+    assert_eq!(
+        acl_line("edge", "pw", ACL_COMMANDS),
+        format!("user edge on >pw {shipped}")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut users = vec![acl_line("edge", "pw-all", ACL_COMMANDS)];
+    for (i, _) in ACL_COMMANDS.iter().enumerate() {
+        let fewer: Vec<&str> = ACL_COMMANDS
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, c)| *c)
+            .collect();
+        users.push(acl_line(&format!("minus{i}"), "pw", &fewer));
+    }
+    let aclfile = acl_file(dir.path(), &users);
+    let redis = Redis::start_with(&["--aclfile".into(), aclfile]);
+
+    exercise(redis.port, "edge", "pw-all")
+        .await
+        .expect("the listed commands are enough");
+    for (i, c) in ACL_COMMANDS.iter().enumerate() {
+        let r = exercise(redis.port, &format!("minus{i}"), "pw").await;
+        eprintln!("without +{c}: {r:?}");
+        assert!(r.is_err(), "+{c} is not needed: drop it from ACL_COMMANDS");
+    }
+    // Keys outside the prefix are refused.
+    let mut c = redis.conn().await;
+    let _: () = redis::cmd("AUTH")
+        .arg("edge")
+        .arg("pw-all")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let other: redis::RedisResult<Option<String>> =
+        redis::cmd("GET").arg("other:key").query_async(&mut c).await;
+    assert!(other.is_err(), "{other:?}");
+}
+
+const POLICIES: &str = r#"rate_limits:
+  policies:
+    - {name: login, key: ip, rate: 1/hour, burst: 5, match: {path_prefix: /v1/exact}, shared: exact}
+    - {name: spread, key: ip, rate: 60/min, burst: 30}
+"#;
+
+fn gateway(stub: std::net::SocketAddr, shared: &str) -> GatewayProc {
+    GatewayProc::start(stub, &format!("shared_limits:\n{shared}{POLICIES}"))
+}
+
+fn up(g: &GatewayProc) -> f64 {
+    g.metric_sum(UP, &[])
+}
+
+/// Never in sync over `wait`, serving every request, with the refusal logged once.
+async fn refused(g: &GatewayProc, what: &str, log_has: &str) {
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(up(g), 0.0, "{what}: must stay degraded");
+    let (admitted, _) = round_robin(
+        std::slice::from_ref(g),
+        "127.0.0.31",
+        "/v1/exact/a",
+        8,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(admitted, 5, "{what}: exact falls back to the local burst");
+    let log = g.proc.log_text();
+    let lines: Vec<String> = log
+        .lines()
+        .filter(|l| l.contains("Redis refuses this gateway"))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{} {}", v["error"], v["to"])
+        })
+        .collect();
+    eprintln!("{what}: {lines:?}");
+    assert_eq!(lines.len(), 1, "{what}: one clear line\n{log}");
+    assert!(
+        lines[0].to_lowercase().contains(log_has),
+        "{what}: {}",
+        lines[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_with_the_acl_user_syncs_and_a_wrong_acl_degrades() {
+    if missing("redis-server", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let no_time: Vec<&str> = ACL_COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| *c != "time")
+        .collect();
+    let aclfile = acl_file(
+        dir.path(),
+        &[
+            acl_line("edge", "edge-secret", ACL_COMMANDS),
+            acl_line("weak", "weak-secret", &no_time),
+        ],
+    );
+    let redis = Redis::start_with(&["--aclfile".into(), aclfile]);
+    let stub = Stub::start(StubMode::Echo).await;
+    let secret = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, format!("{text}\n")).unwrap();
+        p.display().to_string()
+    };
+    let url = redis.url();
+    let good = gateway(
+        stub.addr,
+        &format!(
+            "  redis: {url}\n  username: edge\n  password_file: {}\n",
+            secret("edge", "edge-secret")
+        ),
+    );
+    let took = wait_all(
+        std::slice::from_ref(&good),
+        "in sync with the ACL user",
+        Duration::from_secs(10),
+        |g| up(g) == 1.0,
+    );
+    eprintln!("ACL user edge: in sync {took:?} after start");
+    let (admitted, _) = round_robin(
+        std::slice::from_ref(&good),
+        "127.0.0.32",
+        "/v1/exact/a",
+        10,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(admitted, 5, "exact through the ACL user");
+    let fallbacks = good.metric_sum("gateway_shared_limits_exact_fallbacks_total", &[]);
+    assert_eq!(fallbacks, 0.0, "exact answered by Redis");
+
+    let weak = gateway(
+        stub.addr,
+        &format!(
+            "  redis: {url}\n  username: weak\n  password_file: {}\n",
+            secret("weak", "weak-secret")
+        ),
+    );
+    let wrong = gateway(
+        stub.addr,
+        &format!(
+            "  redis: {url}\n  username: edge\n  password_file: {}\n",
+            secret("wrong", "not-the-password")
+        ),
+    );
+    refused(&weak, "ACL without +time", "can't run this command").await;
+    refused(&wrong, "wrong password", "authentication failed").await;
+    assert_eq!(up(&good), 1.0);
+}
+
+/// A CA and a server certificate for 127.0.0.1 signed by it; returns (ca.pem, cert, key).
+fn make_ca(dir: &Path, name: &str) -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+            .unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |file: &str, text: String| {
+        let p = dir.join(format!("{name}-{file}"));
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    };
+    (
+        write("ca.pem", ca_cert.pem()),
+        write("cert.pem", cert.pem()),
+        write("key.pem", key.serialize_pem()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
+    if missing("redis-server", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca(dir.path(), "private");
+    let (other_ca, _, _) = make_ca(dir.path(), "other");
+    let tls_port = free_port();
+    // The plain port is there for the readiness check and as the cleartext target below.
+    let redis = Redis::start_with(&[
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        cert,
+        "--tls-key-file".into(),
+        key,
+        "--tls-ca-cert-file".into(),
+        ca.clone(),
+        "--tls-auth-clients".into(),
+        "no".into(),
+    ]);
+    let stub = Stub::start(StubMode::Echo).await;
+    let good = gateway(
+        stub.addr,
+        &format!("  redis: redis://127.0.0.1:{tls_port}/0\n  tls:\n    ca_file: {ca}\n"),
+    );
+    let took = wait_all(
+        std::slice::from_ref(&good),
+        "in sync over TLS",
+        Duration::from_secs(10),
+        |g| up(g) == 1.0,
+    );
+    eprintln!("TLS with a private CA: in sync {took:?} after start");
+    let (admitted, _) = round_robin(
+        std::slice::from_ref(&good),
+        "127.0.0.33",
+        "/v1/exact/a",
+        10,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(admitted, 5, "exact over TLS");
+
+    let wrong_ca = gateway(
+        stub.addr,
+        &format!("  redis: rediss://127.0.0.1:{tls_port}/0\n  tls:\n    ca_file: {other_ca}\n"),
+    );
+    let cleartext = gateway(
+        stub.addr,
+        &format!(
+            "  redis: redis://127.0.0.1:{}/0\n  tls:\n    ca_file: {ca}\n",
+            redis.port
+        ),
+    );
+    refused(
+        &wrong_ca,
+        "a CA that did not sign the server",
+        "unknownissuer",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        up(&cleartext),
+        0.0,
+        "TLS configured: a cleartext port is never used"
+    );
+    assert_eq!(up(&good), 1.0);
+}
