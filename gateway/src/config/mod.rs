@@ -741,6 +741,10 @@ impl Config {
         self.admin
             .read_token()
             .map_err(|message| located("admin.token_file", message))?;
+        if let Some(s) = &self.shared_limits {
+            s.read_ca()
+                .map_err(|message| located("shared_limits.tls.ca_file", message))?;
+        }
         Ok(())
     }
 }
@@ -1016,9 +1020,6 @@ mod shared_limits_file_tests {
             ("sentinel without nodes",
              "shared_limits:\n  sentinel:\n    master: m\n    nodes: []\n",
              4, "shared_limits.sentinel.nodes"),
-            ("unreadable CA file",
-             "shared_limits:\n  redis: redis://redis\n  tls:\n    ca_file: /nonexistent/ca.pem\n",
-             4, "shared_limits.tls.ca_file"),
         ];
         for (name, extra, line, field) in cases {
             let e = Config::parse("g.yaml", &format!("{BASE}{extra}")).expect_err(name);
@@ -1031,6 +1032,38 @@ mod shared_limits_file_tests {
                 assert_eq!(got, line + 2, "{name}: {e}");
             }
             assert!(e.to_string().starts_with("g.yaml:"), "{name}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_unreadable_ca_file_is_refused_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = concat!(env!("CARGO_MANIFEST_DIR"), "/../config/dev-token-keys.yaml");
+        let good_ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &good_ca,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        for (ca, ok) in [
+            (good_ca.display().to_string(), true),
+            ("/nonexistent/ca.pem".to_string(), false),
+            (keys.to_string(), false),
+        ] {
+            let text = format!(
+                "upstream: 127.0.0.1:8081\ntoken_key_file: {keys}\nshared_limits:\n  redis: redis://redis\n  tls:\n    ca_file: {ca}\n"
+            );
+            let path = dir.path().join("g.yaml");
+            std::fs::write(&path, &text).unwrap();
+            let c = Config::parse("g.yaml", &text).expect("the file itself is valid");
+            match c.check_referenced_files(&path) {
+                Ok(()) => assert!(ok, "{ca}"),
+                Err(e) => {
+                    assert!(!ok, "{ca}: {e}");
+                    assert_eq!(e.field, "shared_limits.tls.ca_file", "{e}");
+                    assert_eq!(e.line, Some(6), "{e}");
+                }
+            }
         }
     }
 

@@ -337,10 +337,8 @@ impl SharedLimitsConfig {
                 ));
             }
         }
-        if let Some(TlsConfig { ca_file: Some(_) }) = &self.tls {
-            self.read_ca()
-                .map_err(|e| Invalid::new("shared_limits.tls.ca_file", e))?;
-        }
+        // The CA file itself is read with the other referenced files (check-config,
+        // start) and again when the engine is built (reload).
         Ok(())
     }
 
@@ -461,11 +459,13 @@ mod tests {
         serde_yaml::from_str(yaml).map_err(|e| e.to_string())
     }
 
-    /// Parsed and validated; the error names the field.
+    /// Parsed, validated and its CA file read, as a start does; the error names the field.
     fn load(yaml: &str) -> Result<SharedLimitsConfig, String> {
         let c = parse(yaml)?;
         c.validate()
             .map_err(|e| format!("{}: {}", e.field, e.message))?;
+        c.read_ca()
+            .map_err(|e| format!("shared_limits.tls.ca_file: {e}"))?;
         Ok(c)
     }
 

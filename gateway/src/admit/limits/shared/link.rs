@@ -468,6 +468,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tls_configured_is_never_cleartext() {
+        #[rustfmt::skip]
+        let cases: &[(&str, bool, &str)] = &[
+            ("redis://r:6379/0", false, "r:6379"),
+            ("redis://r:6379/0", true, "r:6379 (TLS)"),
+            ("rediss://r:6380/0", false, "r:6380 (TLS)"),
+            ("rediss://r:6380/0", true, "r:6380 (TLS)"),
+        ];
+        for (url, tls_block, want) in cases {
+            let mut c = Connection::single(url, Some("pw".into()), "edge");
+            if *tls_block {
+                c.tls = Some(crate::admit::limits::shared::Tls::default());
+            }
+            let link = Link::new(&c).unwrap();
+            assert_eq!(link.describe(), *want, "{url} tls={tls_block}");
+        }
+    }
+
+    #[test]
     fn the_shipped_acl_rule_is_the_code_list() {
         let shipped = include_str!("../../../../../redis/edge-user.acl");
         let rules: Vec<&str> = shipped
