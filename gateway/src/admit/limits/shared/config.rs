@@ -172,10 +172,6 @@ pub enum TopologyKind {
     Cluster,
 }
 
-/// Whether this build drives Redis Cluster; until then a `cluster:` block is refused at
-/// load (validated, then refused with a clear message).
-pub const CLUSTER_SUPPORTED: bool = false;
-
 /// How a policy's state is shared across replicas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -314,12 +310,6 @@ impl SharedLimitsConfig {
                 return Err(Invalid::new(
                     "shared_limits.cluster.nodes",
                     "must list at least one seed node (host:port)",
-                ));
-            }
-            if !CLUSTER_SUPPORTED {
-                return Err(Invalid::new(
-                    "shared_limits.cluster",
-                    "Redis Cluster is not supported by this build yet; use redis or sentinel",
                 ));
             }
         }
@@ -585,7 +575,7 @@ mod tests {
             ),
             (
                 "{cluster: {nodes: ['c:1']}}".into(),
-                Err("shared_limits.cluster: Redis Cluster is not supported"),
+                Ok((TopologyKind::Cluster, false)),
             ),
             ("{cluster: {nodes: ['c']}}".into(), Err("host:port")),
             (

@@ -95,6 +95,12 @@ async fn check(c: &Confirm) -> BucketDecision {
     .await;
     let reply = match reply {
         Ok(Ok(v)) => v,
+        Ok(Err(e)) if is_redirect(&e) => {
+            // The slot moved (cluster failover or resharding): not a failure of Redis. The
+            // loop follows the move; this request is decided per `on_unavailable`.
+            engine.mark_routes_stale();
+            return fall_back(c, "error");
+        }
         Ok(Err(e)) => {
             engine.exact_failed();
             let reason = if e.is_timeout() { "timeout" } else { "error" };
@@ -115,6 +121,13 @@ async fn check(c: &Confirm) -> BucketDecision {
             fall_back(c, "error")
         }
     }
+}
+
+fn is_redirect(e: &redis::RedisError) -> bool {
+    matches!(
+        e.code(),
+        Some("MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+    )
 }
 
 fn parse(v: &Value) -> Option<(bool, u64)> {

@@ -1,16 +1,20 @@
 //! The one way the sync loop, `exact` and resets reach Redis: a `Link` gives a connection
 //! to the current writable master (one server, or the master Sentinel names, verified
 //! with `ROLE`), with the deployment's ACL user, password and TLS (a private CA or the
-//! system roots; never cleartext when TLS is configured). It reports master switches and
-//! is told of failed calls so a `READONLY` or a dead node means a fresh ask.
+//! system roots; never cleartext when TLS is configured), or, on a Redis Cluster, the
+//! `ClusterLink` and its routes. It reports master switches and is told of failed calls
+//! so a `READONLY`, a redirect or a dead node means a fresh ask.
 
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
+use super::cluster::slots::NodeAddr;
+use super::cluster::{ClusterLink, Observer, Routes};
 use super::config::HostPort;
 use super::metrics::SharedMetrics;
+use super::script::{EXACT_LUA, FLUSH_LUA, HEARTBEAT_LUA};
 use super::{Connection, Target};
 
 /// Budget of one flush, heartbeat or reset poll round trip, off the request path: a Redis
@@ -67,11 +71,15 @@ pub fn acl_rule(key_prefix: &str) -> String {
 }
 
 /// A connection the `Link` handed out: what the sync loop, `exact` and resets send their
-/// commands on (cheap to clone, multiplexed). A cluster connection would be one more arm.
+/// commands on (cheap to clone, multiplexed).
 #[derive(Clone)]
 pub enum Conn {
     /// One Redis node: the server, or the master Sentinel named.
     Node(MultiplexedConnection),
+    /// A cluster's open connections: each command goes to its key's master. A redirect is
+    /// returned, not followed (the sync loop's `ClusterLink` follows them and publishes
+    /// fresh routes); nothing here ever waits for a connection.
+    Cluster(Routes),
 }
 
 impl redis::aio::ConnectionLike for Conn {
@@ -81,6 +89,10 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Conn::Node(c) => c.req_packed_command(cmd),
+            Conn::Cluster(r) => match r.connection_for_cmd(cmd) {
+                Some(mut c) => Box::pin(async move { c.req_packed_command(cmd).await }),
+                None => Box::pin(async { Err(no_route()) }),
+            },
         }
     }
 
@@ -92,22 +104,39 @@ impl redis::aio::ConnectionLike for Conn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             Conn::Node(c) => c.req_packed_commands(pipeline, offset, count),
+            // The caller keeps a pipeline's keys on one slot (a `MULTI` may not cross slots).
+            Conn::Cluster(r) => match r.connection_for_pipeline(pipeline) {
+                Some(mut c) => {
+                    Box::pin(async move { c.req_packed_commands(pipeline, offset, count).await })
+                }
+                None => Box::pin(async { Err(no_route()) }),
+            },
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             Conn::Node(c) => c.get_db(),
+            Conn::Cluster(_) => 0,
         }
     }
 }
 
-/// Where the sync loop's connections go. A cluster arm would be one more variant.
+fn no_route() -> redis::RedisError {
+    io_error(
+        std::io::ErrorKind::NotConnected,
+        "no open connection to the slot's master yet",
+    )
+}
+
+/// Where the sync loop's connections go.
 pub enum Link {
     /// One server (`redis:`).
     Single(Box<Client>),
     /// The master Sentinel names (`sentinel:`).
     Sentinel(Box<SentinelLink>),
+    /// A Redis Cluster (`cluster:`): the slot map and one connection per node.
+    Cluster(Box<ClusterLink>),
 }
 
 /// A master change the link noticed, for the loop to act on.
@@ -163,7 +192,47 @@ impl Link {
                     watcher: None,
                 })))
             }
-            Target::Cluster { .. } => Err("Redis Cluster is not supported by this build".into()),
+            Target::Cluster { nodes } => {
+                let seeds = nodes
+                    .iter()
+                    .map(|n| NodeAddr {
+                        host: n.host.clone(),
+                        port: n.port,
+                    })
+                    .collect::<Vec<_>>();
+                let first = seeds
+                    .first()
+                    .ok_or("shared_limits.cluster.nodes is empty")?;
+                let info = addr(
+                    c,
+                    &HostPort {
+                        host: first.host.clone(),
+                        port: first.port,
+                    },
+                )
+                .into_connection_info()
+                .map_err(|e| e.to_string())?;
+                // The template carries the ACL user, password, TCP settings and TLS roots.
+                let template = client(c, info, c.username.as_deref(), c.password.as_deref())?
+                    .get_connection_info()
+                    .clone();
+                let observer: Observer =
+                    std::sync::Arc::new(|kind| SharedMetrics::get().topology_change(kind));
+                Ok(Link::Cluster(Box::new(
+                    ClusterLink::new(template, seeds)
+                        .with_scripts(&[FLUSH_LUA, EXACT_LUA, HEARTBEAT_LUA])
+                        .with_connect_timeout(CONNECT_TIMEOUT)
+                        .with_observer(observer),
+                )))
+            }
+        }
+    }
+
+    /// The cluster router, when the link is one.
+    pub fn cluster(&mut self) -> Option<&mut ClusterLink> {
+        match self {
+            Link::Cluster(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -172,6 +241,14 @@ impl Link {
         match self {
             Link::Single(client) => connect(client).await.map(Conn::Node),
             Link::Sentinel(s) => s.connect().await.map(Conn::Node),
+            Link::Cluster(c) => {
+                let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+                c.refresh(deadline)
+                    .await
+                    .map_err(|e| io_error(std::io::ErrorKind::NotConnected, e))?;
+                c.connect_masters(deadline).await;
+                Ok(Conn::Cluster(c.routes()))
+            }
         }
     }
 
@@ -180,17 +257,20 @@ impl Link {
     /// leads to the new master (the last one that answered is kept only for when no
     /// sentinel answers).
     pub fn failed(&mut self, e: &redis::RedisError) {
-        if let Link::Sentinel(s) = self {
-            if is_readonly(e) {
+        match self {
+            Link::Sentinel(s) if is_readonly(e) => {
                 tracing::debug!(target: "shared_limits", master = ?s.current, "READONLY: the master was demoted; asking the sentinels");
             }
+            // A redirect or a dead node on the routes: the next run fetches the slot map.
+            Link::Cluster(c) => c.schedule_refresh(),
+            _ => {}
         }
     }
 
     /// Non-blocking: a master switch the sentinels announced since the last call.
     pub fn changed(&mut self) -> Option<Change> {
         match self {
-            Link::Single(_) => None,
+            Link::Single(_) | Link::Cluster(_) => None,
             Link::Sentinel(s) => s.changed(),
         }
     }
@@ -207,6 +287,7 @@ impl Link {
                 Some(m) => format!("master {} at {m}", s.asker.master),
                 None => format!("master {} (unknown yet)", s.asker.master),
             },
+            Link::Cluster(c) => format!("cluster, masters {:?}", c.slot_map().masters()),
         }
     }
 }

@@ -8,7 +8,8 @@
 //!   ≤ 64 keys per EVALSHA), corrects local state from the reply, counts live replicas and
 //!   runs the breaker (degraded after 3 failed calls or 1 s without a good reply).
 //! - `exact`: the one awaited call, for `shared: exact` policies.
-//! - `link`: every Redis connection (one server or the Sentinel master; ACL user, TLS).
+//! - `link`: every Redis connection (one server, the Sentinel master or the cluster's
+//!   routes; ACL user, TLS); `cluster`: the Redis Cluster router.
 //! - `script`, `keys`, `config`, `metrics`: the Lua, the Redis key names, the YAML, the
 //!   `gateway_shared_limits_*` metrics.
 
@@ -116,6 +117,8 @@ pub struct Engine {
     replicas: AtomicU32,
     /// Consecutive failed `exact` calls; at 3 they stop waiting until the loop resyncs.
     exact_failures: AtomicU32,
+    /// An `exact` call met a cluster redirect: the loop fetches the slot map.
+    routes_stale: AtomicBool,
     /// Wakes the sync loop early (a key used half its lease). Never blocks.
     pub flush_signal: Notify,
     /// The live connection, for `exact` calls; `None` while degraded or connecting.
@@ -189,6 +192,7 @@ impl Engine {
             healthy: AtomicBool::new(false),
             replicas: AtomicU32::new(1),
             exact_failures: AtomicU32::new(0),
+            routes_stale: AtomicBool::new(false),
             flush_signal: Notify::new(),
             conn: Mutex::new(None),
             replica_id: format!("{:016x}", rand::random::<u64>()),
@@ -264,6 +268,15 @@ impl Engine {
 
     pub fn exact_succeeded(&self) {
         self.exact_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// A cluster slot moved under the request path's routes (never blocks).
+    pub fn mark_routes_stale(&self) {
+        self.routes_stale.store(true, Ordering::Relaxed);
+    }
+
+    pub fn take_routes_stale(&self) -> bool {
+        self.routes_stale.swap(false, Ordering::Relaxed)
     }
 
     pub fn connection_handle(&self) -> Option<link::Conn> {

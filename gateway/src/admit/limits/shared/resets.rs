@@ -13,13 +13,7 @@ use super::policy::SharedPolicy;
 /// Resets remembered in Redis; a replica more than this many behind skips the rest.
 const KEPT: isize = 256;
 
-fn list_key(prefix: &str) -> String {
-    format!("{prefix}:rl:resets")
-}
-
-fn seq_key(prefix: &str) -> String {
-    format!("{prefix}:rl:resets:seq")
-}
+use super::keys::{resets_list_key as list_key, resets_seq_key as seq_key};
 
 fn entry(fingerprint: u32, id: u128) -> String {
     format!("{fingerprint:08x}:{id:032x}")
@@ -33,7 +27,7 @@ fn parse_entry(s: &str) -> Option<(u32, u128)> {
     ))
 }
 
-/// Deletes the key's shared state and tells the fleet, in one MULTI.
+/// Deletes the key's shared state, then tells the fleet in one MULTI.
 pub async fn publish<C: ConnectionLike + Send>(
     conn: &mut C,
     policy: &SharedPolicy,
@@ -57,10 +51,11 @@ pub async fn publish_key<C: ConnectionLike + Send>(
     fingerprint: u32,
     id: u128,
 ) -> redis::RedisResult<()> {
+    // Two calls: on a cluster the bucket key and the reset list live on different slots,
+    // and a MULTI may not cross slots. A failed announce is reported (the operator retries).
+    let _: i64 = redis::cmd("DEL").arg(key).query_async(conn).await?;
     redis::pipe()
         .atomic()
-        .del(key)
-        .ignore()
         .lpush(list_key(prefix), entry(fingerprint, id))
         .ignore()
         .ltrim(list_key(prefix), 0, KEPT - 1)

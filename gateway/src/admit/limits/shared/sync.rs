@@ -5,7 +5,9 @@
 //! once a second on a fresh connection: redis-rs keeps a hung socket after a timeout.
 //! Slow is not down: a call may take up to `CALL_TIMEOUT` (1 s) off the request path;
 //! only a Redis that does not answer for 1 s (or fails 3 calls in a row) degrades. Every
-//! connection comes from the `Link` (one server or the Sentinel master).
+//! connection comes from the `Link` (one server, the Sentinel master, or a cluster: there
+//! flushes go out per slot through the `ClusterLink`, redirects followed, and one good call
+//! is enough to stay in sync while another master fails over).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use redis::aio::ConnectionLike;
 use redis::Value;
 
 use super::breaker::{Breaker, Transition};
+use super::cluster::{slots, Call, CallError};
 use super::link::{Change, Conn, Link};
 use super::metrics::SharedMetrics;
 use super::policy::{FlushItem, SharedPolicy};
@@ -116,6 +119,9 @@ fn is_refusal(e: &redis::RedisError) -> bool {
     text.contains("no permissions")
         || text.contains("can't run this command")
         || text.contains("certificate")
+        || text.contains("noperm")
+        || text.contains("wrongpass")
+        || text.contains("noauth")
 }
 
 /// Spreads probes and first flushes so a fleet does not hit Redis in lockstep.
@@ -168,6 +174,11 @@ impl Driver {
             _ = tokio::time::sleep(wait) => {}
             _ = self.engine.flush_signal.notified(), if self.breaker.is_up() => {
                 self.next_flush = self.next_flush.min(monotonic_ns());
+            }
+        }
+        if self.engine.take_routes_stale() {
+            if let Some(c) = self.link.cluster() {
+                c.schedule_refresh();
             }
         }
         if let Some(Change::MasterMoved { from, to }) = self.link.changed() {
@@ -357,6 +368,14 @@ impl Driver {
             .unwrap_or_else(|_| Err(timeout_error()));
         match r {
             Ok(_) => true,
+            Err(e) if self.link.cluster().is_some() => {
+                // One slot's master may be failing over while the others answer: the flush's
+                // own replies decide the state. The routes are refreshed for the next poll.
+                SharedMetrics::get().sync_error(error_kind(&e));
+                tracing::debug!(target: "shared_limits", error = %e, "reading resets failed");
+                self.link.failed(&e);
+                true
+            }
             Err(e) => {
                 self.fail(error_kind(&e), &e, sent, policies);
                 false
@@ -374,14 +393,25 @@ impl Driver {
         match self.heartbeat_call(&mut conn).await {
             Ok(n) => {
                 self.engine.set_replicas(n);
-                self.engine.set_connection_handle(Some(conn));
+                self.publish(conn);
                 self.good();
             }
             Err(e) => self.fail(error_kind(&e), &e, sent, &[]),
         }
     }
 
-    async fn heartbeat_call(&self, conn: &mut Conn) -> redis::RedisResult<u32> {
+    /// The connection `exact`, resets and the next poll use; on a cluster, the routes as
+    /// the last run left them (redirects followed, nodes reconnected).
+    fn publish(&mut self, conn: Conn) {
+        let conn = match self.link.cluster() {
+            Some(c) => Conn::Cluster(c.routes()),
+            None => conn,
+        };
+        self.conn = Some(conn.clone());
+        self.engine.set_connection_handle(Some(conn));
+    }
+
+    async fn heartbeat_call(&mut self, conn: &mut Conn) -> redis::RedisResult<u32> {
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(script::HEARTBEAT.get_hash())
             .arg(1)
@@ -389,7 +419,16 @@ impl Driver {
             .arg(&self.engine.replica_id)
             .arg(REPLICA_WINDOW_MS);
         let started = std::time::Instant::now();
-        let r = call_reloading(conn, &cmd, CALL_TIMEOUT).await;
+        let slot = slots::slot_of(self.replicas_key.as_bytes());
+        let r = match self.link.cluster() {
+            Some(c) => {
+                let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+                c.call(slot, cmd, deadline)
+                    .await
+                    .map_err(redis::RedisError::from)
+            }
+            None => call_reloading(conn, &cmd, CALL_TIMEOUT).await,
+        };
         SharedMetrics::get()
             .sync_duration
             .observe(started.elapsed().as_secs_f64());
@@ -422,8 +461,7 @@ impl Driver {
         match self.heartbeat_call(&mut c).await {
             Ok(n) => {
                 self.engine.set_replicas(n);
-                self.conn = Some(conn.clone());
-                self.engine.set_connection_handle(Some(conn));
+                self.publish(conn);
                 self.next_heartbeat = monotonic_ns() + HEARTBEAT_EVERY.as_nanos() as u64;
                 self.good();
             }
@@ -471,6 +509,10 @@ impl Driver {
             }
             return;
         };
+        if self.link.cluster().is_some() {
+            self.flush_cluster(batch, conn, policies).await;
+            return;
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for chunk in batch.chunks(MAX_KEYS_PER_CALL) {
@@ -566,12 +608,107 @@ impl Driver {
         match failed {
             Some(e) => self.fail("other", &e, t_send, policies),
             None => {
-                self.engine.set_connection_handle(Some(conn));
+                self.publish(conn);
                 self.good();
             }
         }
         if again {
             // A lease already half used by hits that arrived during the round trip.
+            self.next_flush = monotonic_ns();
+        }
+    }
+
+    /// A flush on a cluster: one call per slot (≤ 64 keys, never across slots), a pipeline
+    /// per node, redirects followed by the router. Each call's keys are applied, requeued
+    /// (never sent, or refused before the script ran) or forgotten (may have run) on their
+    /// own; one good call keeps the replica in sync.
+    async fn flush_cluster(
+        &mut self,
+        batch: Vec<(&Arc<SharedPolicy>, FlushItem)>,
+        conn: Conn,
+        policies: &[Arc<SharedPolicy>],
+    ) {
+        let groups = keys::flush_calls(batch, |(_, i)| i.id, MAX_KEYS_PER_CALL);
+        let calls = groups
+            .iter()
+            .map(|(slot, chunk)| Call {
+                slot: *slot,
+                cmd: flush_cmd(chunk),
+            })
+            .collect();
+        let m = SharedMetrics::get();
+        let sent = std::time::Instant::now();
+        let t_send = monotonic_ns();
+        let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+        let cluster = self.link.cluster().expect("checked by the caller");
+        let results = cluster.run(calls, deadline).await;
+        let t_reply = monotonic_ns();
+        m.sync_duration.observe(sent.elapsed().as_secs_f64());
+        self.engine.set_round_trip(sent.elapsed());
+        let t_exec = t_send + (t_reply - t_send) / 2;
+        let (mut again, mut good) = (false, false);
+        let mut first_error: Option<CallError> = None;
+        for ((_, chunk), result) in groups.iter().zip(results) {
+            let hits = || chunk.iter().map(|(_, i)| u64::from(i.hits)).sum::<u64>();
+            let error = match result.map(redis::from_redis_value::<Vec<i64>>) {
+                Ok(Ok(aheads)) if aheads.len() == chunk.len() => {
+                    good = true;
+                    m.synced_keys.inc_by(chunk.len() as u64);
+                    for ((p, item), ahead_us) in chunk.iter().zip(aheads) {
+                        let ahead = (ahead_us.max(0) as u64).saturating_mul(1_000);
+                        again |= p.apply_reply(item, ahead, t_exec);
+                    }
+                    continue;
+                }
+                Ok(other) => {
+                    m.dropped("down", hits());
+                    chunk.iter().for_each(|(p, i)| p.forget_inflight(i));
+                    CallError::Server {
+                        code: "ERR".into(),
+                        detail: match other {
+                            Err(e) => e.to_string(),
+                            Ok(v) => format!("{} replies for {} keys", v.len(), chunk.len()),
+                        },
+                    }
+                }
+                Err(e) if e.may_have_run() => {
+                    // Probably ran: charging again would count the hits twice.
+                    m.dropped("timeout", hits());
+                    chunk.iter().for_each(|(p, i)| p.forget_inflight(i));
+                    e
+                }
+                Err(e) => {
+                    chunk.iter().for_each(|(p, i)| p.requeue(i));
+                    e
+                }
+            };
+            m.sync_error(error.kind());
+            first_error.get_or_insert(error);
+        }
+        if good {
+            if let Some(e) = &first_error {
+                tracing::debug!(target: "shared_limits", error = %e, "some cluster calls failed; the rest synced");
+            }
+            self.publish(conn);
+            self.good();
+        } else if let Some(e) = first_error {
+            // Counted above already: only the breaker and the logs hear of it here.
+            let kind = e.kind();
+            let e = redis::RedisError::from(e);
+            self.drop_conn();
+            self.breaker.trouble(t_send);
+            tracing::debug!(target: "shared_limits", kind, error = %e, "Redis call failed");
+            if is_refusal(&e) {
+                self.refused(&e);
+            }
+            if let Some(t) = self
+                .breaker
+                .on_failure(monotonic_ns(), &format!("{kind}: {e}"))
+            {
+                self.transition(t, policies);
+            }
+        }
+        if again {
             self.next_flush = monotonic_ns();
         }
     }

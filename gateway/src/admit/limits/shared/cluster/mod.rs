@@ -89,6 +89,36 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// For callers that handle every Redis error alike: a server error keeps its code (so
+/// `NOPERM`, `NOSCRIPT` … are still recognised), the rest become I/O errors.
+impl From<CallError> for redis::RedisError {
+    fn from(e: CallError) -> redis::RedisError {
+        use std::io::{Error, ErrorKind};
+        match e {
+            CallError::Timeout | CallError::NotSent => {
+                Error::new(ErrorKind::TimedOut, e.to_string()).into()
+            }
+            CallError::Connection { .. } => {
+                Error::new(ErrorKind::ConnectionReset, e.to_string()).into()
+            }
+            CallError::NoRoute => Error::new(ErrorKind::NotConnected, e.to_string()).into(),
+            CallError::Server { code, detail } => {
+                // redis-rs builds server errors only from the wire; so does this.
+                let line = format!("-{code} {detail}\r\n").replace(['\r', '\n'], " ");
+                let line = format!("{}\r\n", line.trim_end());
+                match redis::parse_redis_value(line.as_bytes()) {
+                    Ok(Value::ServerError(se)) => se.into(),
+                    _ => redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "server error",
+                        format!("{code} {detail}"),
+                    )),
+                }
+            }
+        }
+    }
+}
+
 /// Counters since the link was made.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -124,6 +154,18 @@ impl Routes {
 
     pub fn connection_for_slot(&self, slot: u16) -> Option<MultiplexedConnection> {
         self.conns.get(self.map.master_of(slot)?).cloned()
+    }
+
+    /// Where a command goes: its first key's master (`None`: no key, or no connection).
+    pub fn connection_for_cmd(&self, cmd: &redis::Cmd) -> Option<MultiplexedConnection> {
+        self.connection_for_key(slots::first_key(cmd)?)
+    }
+
+    /// Where a pipeline goes: the master of the first key in it; the caller keeps all its
+    /// keys on one slot.
+    pub fn connection_for_pipeline(&self, pipe: &redis::Pipeline) -> Option<MultiplexedConnection> {
+        let key = pipe.cmd_iter().find_map(slots::first_key)?;
+        self.connection_for_key(key)
     }
 }
 
@@ -251,6 +293,36 @@ impl ClusterLink {
         Routes {
             map: Arc::new(self.map.clone()),
             conns: Arc::new(self.conns.clone()),
+        }
+    }
+
+    /// A caller met a redirect or a dead node outside `run`: fetch the map first next time.
+    pub fn schedule_refresh(&mut self) {
+        self.refresh_due = true;
+    }
+
+    /// Opens a connection to every master that has none (concurrently, within `deadline`),
+    /// so the request path's routes reach every slot before the first flush does.
+    pub async fn connect_masters(&mut self, deadline: Instant) {
+        let mut tasks = JoinSet::new();
+        for node in self.map.masters() {
+            if self.conns.contains_key(node) {
+                continue;
+            }
+            let (node, info, t) = (node.clone(), self.node_info(node), self.connect_timeout);
+            tasks.spawn(async move { (connect(info, t, deadline).await, node) });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((Ok(c), node)) => {
+                    self.failed.remove(&node);
+                    self.conns.insert(node, c);
+                }
+                Ok((Err(_), node)) => {
+                    self.failed.insert(node);
+                }
+                Err(_) => {}
+            }
         }
     }
 

@@ -43,6 +43,33 @@ pub fn slot_of(key: &[u8]) -> u16 {
     crc16(hash_tag(key)) % SLOTS
 }
 
+/// The key a command is routed by: the first of `EVAL`/`EVALSHA`'s keys, nothing for
+/// commands without keys (`MULTI`, `EXEC`, `ASKING`, `SCRIPT`, `PING`), else the first
+/// argument. Covers the commands the gateway sends; not a general command table.
+pub fn first_key(cmd: &redis::Cmd) -> Option<&[u8]> {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    let name = args.next()??;
+    if name.eq_ignore_ascii_case(b"EVALSHA") || name.eq_ignore_ascii_case(b"EVAL") {
+        let _script = args.next()??;
+        let numkeys = std::str::from_utf8(args.next()??).ok()?;
+        if numkeys.parse::<u32>().ok()? == 0 {
+            return None;
+        }
+        return args.next()?;
+    }
+    const KEYLESS: [&[u8]; 9] = [
+        b"MULTI", b"EXEC", b"DISCARD", b"ASKING", b"SCRIPT", b"PING", b"CLUSTER", b"ROLE",
+        b"SELECT",
+    ];
+    if KEYLESS.iter().any(|k| name.eq_ignore_ascii_case(k)) {
+        return None;
+    }
+    args.next()?
+}
+
 /// A cluster node as the cluster names it (`host:port`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NodeAddr {
@@ -358,6 +385,45 @@ pub fn group_by_slot<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_route_by_their_first_key() {
+        let evalsha = |n: usize, keys: &[&str]| {
+            let mut c = redis::cmd("EVALSHA");
+            c.arg("abc").arg(n);
+            for k in keys {
+                c.arg(*k);
+            }
+            c.arg("argv1");
+            c
+        };
+        let mut incr = redis::cmd("INCRBY");
+        incr.arg("edge:rl:{resets}:seq").arg(1);
+        let mut lrange = redis::cmd("lrange");
+        lrange.arg("edge:rl:{resets}").arg(0).arg(-1);
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg("return 1");
+        let cases: Vec<(redis::Cmd, Option<&str>)> = vec![
+            (evalsha(2, &["k1", "k2"]), Some("k1")),
+            (evalsha(0, &[]), None),
+            (redis::cmd("EVALSHA"), None),
+            (redis::cmd("EVAL").arg("s").arg("x").clone(), None), // numkeys not a number
+            (redis::cmd("GET").arg("edge:x").clone(), Some("edge:x")),
+            (redis::cmd("GET"), None),
+            (incr, Some("edge:rl:{resets}:seq")),
+            (lrange, Some("edge:rl:{resets}")),
+            (redis::cmd("MULTI"), None),
+            (redis::cmd("exec"), None),
+            (redis::cmd("ASKING"), None),
+            (load, None),
+            (redis::cmd("CLUSTER").arg("SLOTS").clone(), None),
+            (redis::cmd(""), None),
+        ];
+        for (cmd, want) in cases {
+            let got = first_key(&cmd).map(|k| String::from_utf8_lossy(k).into_owned());
+            assert_eq!(got.as_deref(), want, "{:?}", cmd.args_iter().count());
+        }
+    }
 
     fn bulk(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
