@@ -255,17 +255,18 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         served_any = true;
         let guard = active.start();
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
-        let balancer = crate::forward::conn::balancer();
-        tokio::spawn(crate::forward::conn::with_balancer(
-            balancer,
-            stream_task(session, guard, peer, proxy, shared, shutdown),
-        ));
+        // Boxed: tokio moves a spawned future several times (spawn, task cell, stage
+        // changes); a pointer is cheaper to move than the stream's state.
+        let task = Box::pin(stream_task(session, guard, peer, proxy, shared, shutdown));
+        match crate::forward::conn::balancer() {
+            None => tokio::spawn(task),
+            Some(b) => tokio::spawn(crate::forward::conn::with_balancer(Some(b), task)),
+        };
     }
 }
 
-/// One stream, from its HEADERS to the end of its response. Kept small: tokio copies a
-/// task's whole future several times per spawn (and per poll's stage change), and this one is
-/// spawned per request; the rare refusal path is boxed, the pipeline is pingora's boxed future.
+/// One stream, from its HEADERS to the end of its response. Kept small (it is spawned per
+/// request): the rare refusal path is boxed, the pipeline is pingora's boxed future.
 async fn stream_task<P: HttpServerApp + Send + Sync + 'static>(
     session: HttpSession,
     _guard: StreamGuard,
