@@ -4,7 +4,7 @@
 
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
 
 use crate::admit::limits::headers::retry_after_secs;
 use crate::admit::limits::Verdict;
@@ -27,8 +27,20 @@ pub fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) 
     if let Some(hsts) = &live.hsts {
         resp.insert_header("strict-transport-security", hsts.clone())?;
     }
-    resp.insert_header("x-request-id", request_id)?;
+    let Ok(id) = HeaderValue::from_str(request_id) else {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid request id");
+    };
+    resp.insert_header("x-request-id", per_response(id))?;
     Ok(())
+}
+
+/// A value unique to one response. Over HTTP/2 it is sent as a never-indexed literal: added
+/// to the connection's HPACK table it would only evict the constant headers above, which
+/// then go out (and are Huffman-coded) in full again instead of as one-byte references.
+/// HTTP/1.1 ignores the flag.
+fn per_response(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// `RateLimit-Policy` and `RateLimit` for the policy the verdict reports, if any.
