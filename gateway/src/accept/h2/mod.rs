@@ -133,7 +133,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     peer: SocketAddr,
     proxy: Arc<P>,
     shared: Arc<Process>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> &'static str {
     let live = shared.live.load_full();
     let h = live.config.http2.clone();
@@ -202,6 +202,10 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         epoch,
         idle_since: AtomicU64::new(0),
     });
+    // One drain signal for the connection's life, not a new `changed()` per stream.
+    let mut drain_watch = shutdown.clone();
+    let drain = drain_watch.changed();
+    tokio::pin!(drain);
     let mut rejected = 0usize;
     let mut served_any = false;
     let mut draining = false;
@@ -214,7 +218,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         };
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed(), if !draining => {
+            _ = &mut drain, if !draining => {
                 conn.graceful_shutdown();
                 draining = true;
                 continue;
