@@ -5,8 +5,9 @@
 
 DUMP: a gateway dump of a `tls-h2` run of perf/instructions.sh (KEEP_RUN=1 keeps them: the
 second dump of the TLS process, gateway.cg.PID.2); REQUESTS: the requests counted in it. Reads
-`callgrind_annotate --inclusive=yes` and sums the functions of each stage (names as the
-bench-ci and release builds show them; a stage whose functions were all inlined shows 0).
+`callgrind_annotate --inclusive=yes` and sums the functions of each stage, by the names the
+bench-ci build shows (CI's profile). The release build's LTO inlines most of them into their
+callers, so its table is not meaningful (stages show 0 or negative).
 Stages overlap where one calls another (the h2 crate's connection driver calls the frame
 watcher through the TLS read): each line says what it includes.
 """
