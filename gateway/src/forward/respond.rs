@@ -118,3 +118,47 @@ pub fn raw_error_response(err: EdgeError, live: &Live, request_id: &str) -> Vec<
     out.extend_from_slice(body.as_bytes());
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const KEYS: &str =
+        "signing_kid: k1\nkeys:\n  - kid: k1\n    secret: \"0123456789abcdef0123456789abcdef01234567\"\n";
+
+    #[test]
+    fn only_the_request_id_is_kept_out_of_the_hpack_table() {
+        let config = Config::parse(
+            "test.yaml",
+            "upstream: 127.0.0.1:8081\ntoken_key_file: k.yaml\n",
+        )
+        .expect("test config");
+        let live =
+            Live::with_keys(config, keyring::Keyring::from_yaml(KEYS).unwrap(), None).unwrap();
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        common_headers(&mut resp, &live, "0123abcd").unwrap();
+        #[rustfmt::skip]
+        let cases = [
+            // header, value, never indexed
+            ("x-request-id",            Some("0123abcd"), true),
+            ("x-content-type-options",  Some("nosniff"),  false),
+            ("x-frame-options",         Some("DENY"),     false),
+            ("referrer-policy",         None,             false),
+            ("content-security-policy", None,             false),
+        ];
+        for (name, value, sensitive) in cases {
+            let v = resp
+                .headers
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(v.is_sensitive(), sensitive, "{name}");
+            if let Some(want) = value {
+                assert_eq!(v.to_str().unwrap(), want, "{name}");
+            }
+        }
+        // A request id that is no header value is an error, never a panic.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        assert!(common_headers(&mut resp, &live, "bad\nid").is_err());
+    }
+}
