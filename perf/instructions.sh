@@ -103,7 +103,9 @@ load() { # port seconds (h1) | port requests (tls-*)
     tls-h1 | tls-h2)
       local proto=(--h1) want=http/1.1
       [ "$MODE" = tls-h2 ] && proto=(-m"$H2_STREAMS") want=h2
-      h2load -t1 -c"$TLS_CONNS" -n"$2" "${proto[@]}" -H "x-forwarded-for: 198.18.0.1" \
+      local xff=(-H "x-forwarded-for: 198.18.0.1")
+      [ "${NO_XFF:-0}" = 1 ] && xff=()
+      h2load -t1 -c"$TLS_CONNS" -n"$2" "${proto[@]}" "${xff[@]}" \
         -H "authorization: Bearer $BENCH_TOKEN" "https://127.0.0.1:$1$PATH_UNDER_TEST" >"$RUN/h2load.out" 2>&1
       # Every request answered 2xx, over the protocol the mode names.
       if ! awk -v n="$2" '/^status codes:/ {ok = $3 + 0} END {exit ok == n ? 0 : 1}' "$RUN/h2load.out" ||
@@ -169,6 +171,9 @@ if [ -n "$(for s in $SYSTEMS; do tls_wanted "$s" && echo y; done)" ]; then
 fi
 
 stop() { # pid: its final dump is written before the next process takes the port
+  kill -TERM "$1" 2>/dev/null || true
+  # A second signal cuts the gateway's shutdown_delay short (the shipped config has 5 s).
+  sleep 0.2
   kill -TERM "$1" 2>/dev/null || true
   wait "$1" 2>/dev/null || true
 }
