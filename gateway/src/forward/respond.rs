@@ -4,7 +4,7 @@
 
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
-use pingora::Result;
+use pingora::{Error, ErrorType, Result};
 
 use crate::admit::limits::headers::retry_after_secs;
 use crate::admit::limits::Verdict;
@@ -27,8 +27,20 @@ pub fn common_headers(resp: &mut ResponseHeader, live: &Live, request_id: &str) 
     if let Some(hsts) = &live.hsts {
         resp.insert_header("strict-transport-security", hsts.clone())?;
     }
-    resp.insert_header("x-request-id", request_id)?;
+    let Ok(id) = HeaderValue::from_str(request_id) else {
+        return Error::e_explain(ErrorType::InvalidHTTPHeader, "invalid request id");
+    };
+    resp.insert_header("x-request-id", per_response(id))?;
     Ok(())
+}
+
+/// A value unique to one response. Over HTTP/2 it is sent as a never-indexed literal: added
+/// to the connection's HPACK table it would only evict the constant headers above, which
+/// then go out (and are Huffman-coded) in full again instead of as one-byte references.
+/// HTTP/1.1 ignores the flag.
+fn per_response(mut value: HeaderValue) -> HeaderValue {
+    value.set_sensitive(true);
+    value
 }
 
 /// `RateLimit-Policy` and `RateLimit` for the policy the verdict reports, if any.
@@ -105,4 +117,48 @@ pub fn raw_error_response(err: EdgeError, live: &Live, request_id: &str) -> Vec<
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const KEYS: &str =
+        "signing_kid: k1\nkeys:\n  - kid: k1\n    secret: \"0123456789abcdef0123456789abcdef01234567\"\n";
+
+    #[test]
+    fn only_the_request_id_is_kept_out_of_the_hpack_table() {
+        let config = Config::parse(
+            "test.yaml",
+            "upstream: 127.0.0.1:8081\ntoken_key_file: k.yaml\n",
+        )
+        .expect("test config");
+        let live =
+            Live::with_keys(config, keyring::Keyring::from_yaml(KEYS).unwrap(), None).unwrap();
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        common_headers(&mut resp, &live, "0123abcd").unwrap();
+        #[rustfmt::skip]
+        let cases = [
+            // header, value, never indexed
+            ("x-request-id",            Some("0123abcd"), true),
+            ("x-content-type-options",  Some("nosniff"),  false),
+            ("x-frame-options",         Some("DENY"),     false),
+            ("referrer-policy",         None,             false),
+            ("content-security-policy", None,             false),
+        ];
+        for (name, value, sensitive) in cases {
+            let v = resp
+                .headers
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} missing"));
+            assert_eq!(v.is_sensitive(), sensitive, "{name}");
+            if let Some(want) = value {
+                assert_eq!(v.to_str().unwrap(), want, "{name}");
+            }
+        }
+        // A request id that is no header value is an error, never a panic.
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        assert!(common_headers(&mut resp, &live, "bad\nid").is_err());
+    }
 }

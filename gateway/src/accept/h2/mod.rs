@@ -133,7 +133,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
     peer: SocketAddr,
     proxy: Arc<P>,
     shared: Arc<Process>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> &'static str {
     let live = shared.live.load_full();
     let h = live.config.http2.clone();
@@ -202,6 +202,10 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         epoch,
         idle_since: AtomicU64::new(0),
     });
+    // One drain signal for the connection's life, not a new `changed()` per stream.
+    let mut drain_watch = shutdown.clone();
+    let drain = drain_watch.changed();
+    tokio::pin!(drain);
     let mut rejected = 0usize;
     let mut served_any = false;
     let mut draining = false;
@@ -214,7 +218,7 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         };
         let accepted = tokio::select! {
             biased;
-            _ = shutdown.changed(), if !draining => {
+            _ = &mut drain, if !draining => {
                 conn.graceful_shutdown();
                 draining = true;
                 continue;
@@ -255,32 +259,50 @@ pub async fn serve<P: HttpServerApp + Send + Sync + 'static>(
         served_any = true;
         let guard = active.start();
         let (proxy, shared, shutdown) = (proxy.clone(), shared.clone(), shutdown.clone());
-        let balancer = crate::forward::conn::balancer();
-        tokio::spawn(crate::forward::conn::with_balancer(balancer, async move {
-            let _guard = guard;
-            let mut session = session;
-            // Rapid reset: a stream the client reset before we got to it does no work (no
-            // pipeline, no upstream request). Its RST_STREAM usually came in the same read.
-            tokio::task::yield_now().await;
-            let reset = tokio::select! {
-                biased;
-                _ = session.idle() => true,
-                _ = std::future::ready(()) => false,
-            };
-            if reset {
-                return;
-            }
-            let (bytes, fields) = header_list_size(session.req_header());
-            let mut session = ServerSession::new_http2(session);
-            let limits = &shared.live.load().config.limits;
-            if bytes > limits.max_request_header_bytes || fields > limits.max_request_headers {
-                refuse_oversized(session, peer, &shared).await;
-                return;
-            }
-            conn::client_timeouts(&mut session, &shared.live.load().config.timeouts);
-            proxy.process_new_http(session, &shutdown).await;
-        }));
+        // Boxed: tokio moves a spawned future several times (spawn, task cell, stage
+        // changes); a pointer is cheaper to move than the stream's state.
+        let task = Box::pin(stream_task(session, guard, peer, proxy, shared, shutdown));
+        match crate::forward::conn::balancer() {
+            None => tokio::spawn(task),
+            Some(b) => tokio::spawn(crate::forward::conn::with_balancer(Some(b), task)),
+        };
     }
+}
+
+/// One stream, from its HEADERS to the end of its response. Kept small (it is spawned per
+/// request): the rare refusal path is boxed, the pipeline is pingora's boxed future.
+async fn stream_task<P: HttpServerApp + Send + Sync + 'static>(
+    session: HttpSession,
+    _guard: StreamGuard,
+    peer: SocketAddr,
+    proxy: Arc<P>,
+    shared: Arc<Process>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut session = session;
+    // Rapid reset: a stream the client reset before we got to it does no work (no
+    // pipeline, no upstream request). Its RST_STREAM usually came in the same read.
+    tokio::task::yield_now().await;
+    let reset = tokio::select! {
+        biased;
+        _ = session.idle() => true,
+        _ = std::future::ready(()) => false,
+    };
+    if reset {
+        return;
+    }
+    let (bytes, fields) = header_list_size(session.req_header());
+    let mut session = ServerSession::new_http2(session);
+    let live = shared.live.load();
+    let limits = &live.config.limits;
+    if bytes > limits.max_request_header_bytes || fields > limits.max_request_headers {
+        drop(live);
+        Box::pin(refuse_oversized(session, peer, &shared)).await;
+        return;
+    }
+    conn::client_timeouts(&mut session, &live.config.timeouts);
+    drop(live);
+    proxy.process_new_http(session, &shutdown).await;
 }
 
 /// Our JSON 431 on the stream (the codec's bare 431 is only above `max_header_list_bytes`).
