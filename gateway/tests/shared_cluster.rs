@@ -219,6 +219,29 @@ fn window(batches: &[Batch], at: f64, until: f64, answering: f64) -> (usize, usi
     )
 }
 
+/// Waits (off the runtime: the harness blocks) for `cluster_state:ok`, at most 20 s.
+async fn wait_cluster_ok(c: &Arc<Mutex<RedisCluster>>) {
+    let cc = c.clone();
+    tokio::task::spawn_blocking(move || {
+        let cl = cc.lock().unwrap();
+        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
+    })
+    .await
+    .unwrap();
+}
+
+/// Whether the node at `port` says it is master within 15 s (the lock is taken per look).
+async fn becomes_master(c: &Arc<Mutex<RedisCluster>>, port: u16) -> bool {
+    let cc = c.clone();
+    tokio::task::spawn_blocking(move || {
+        common::wait_until(Duration::from_secs(15), || {
+            cc.lock().unwrap().is_master(port)
+        })
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_link_survives_failover_kill_and_resharding() {
     if missing("redis-server", "--version") || missing("redis-cli", "--version") {
@@ -325,23 +348,10 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     .unwrap();
     let t_kill = now();
     c.lock().unwrap().kill9(victim);
-    let cc = c.clone();
-    let heir_answers = tokio::task::spawn_blocking(move || {
-        common::wait_until(Duration::from_secs(15), || {
-            cc.lock().unwrap().is_master(heir)
-        })
-    })
-    .await
-    .unwrap();
+    let heir_answers = becomes_master(&c, heir).await;
     assert!(heir_answers, "replica {heir} not promoted within 15 s");
     let t_heir = now();
-    let cc = c.clone();
-    tokio::task::spawn_blocking(move || {
-        let cl = cc.lock().unwrap();
-        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
-    })
-    .await
-    .unwrap();
+    wait_cluster_ok(&c).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // 4. SIGSTOP of another master (hung, not dead) until the cluster fails it over, then
@@ -371,13 +381,7 @@ async fn cluster_link_survives_failover_kill_and_resharding() {
     .unwrap();
     assert!(heir2_answers, "replica {heir2} not promoted within 15 s");
     let t_heir2 = now();
-    let cc = c.clone();
-    tokio::task::spawn_blocking(move || {
-        let cl = cc.lock().unwrap();
-        assert!(cl.wait_ok(Duration::from_secs(20)), "{}", cl.describe());
-    })
-    .await
-    .unwrap();
+    wait_cluster_ok(&c).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let t_end = now();
     stop.store(true, Ordering::Relaxed);

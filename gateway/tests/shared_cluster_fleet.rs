@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fleet::*;
@@ -29,35 +27,12 @@ fn changes(gws: &[GatewayProc], kind: &str) -> Vec<f64> {
         .collect()
 }
 
-fn degraded_episodes(gws: &[GatewayProc]) -> usize {
-    gws.iter()
-        .map(|g| g.proc.log_text().matches("shared limits degraded").count())
-        .sum()
-}
-
 /// Waits until every replica is in sync and has fetched a slot map since `before`.
 fn wait_resync(gws: &[GatewayProc], before: &[f64], what: &str) -> Duration {
     wait_all(gws, what, Duration::from_secs(10), |g| {
         let i = gws.iter().position(|x| x.addr == g.addr).unwrap();
         in_sync(g) && g.metric_sum(TOPOLOGY, &[("kind", "slots_refresh")]) > before[i]
     })
-}
-
-/// One client round-robin over the fleet until stopped: (sent, admitted, failed, slowest).
-async fn client_load(
-    gws: Vec<std::net::SocketAddr>,
-    stop: Arc<AtomicBool>,
-) -> (usize, usize, usize, Duration) {
-    let (mut sent, mut admitted, mut failed, mut slowest) = (0, 0, 0, Duration::ZERO);
-    while !stop.load(Ordering::Relaxed) && sent < 4_000 {
-        let (status, took) = hit("127.0.0.11", gws[sent % gws.len()], "/v1/sync/a").await;
-        slowest = slowest.max(took);
-        admitted += usize::from(status == 200);
-        failed += usize::from(status != 200 && status != 429);
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (sent, admitted, failed, slowest)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -74,33 +49,9 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
 
     let stub = Stub::start(StubMode::Echo).await;
     let nodes: Vec<String> = cluster.seeds().iter().map(|s| format!("'{s}'")).collect();
-    let yaml = format!(
-        r#"shared_limits:
-  cluster:
-    nodes: [{}]
-  sync_interval: 250ms
-rate_limits:
-  policies:
-    - {{name: spread, key: ip, rate: 60/min, burst: 30, match: {{path_prefix: /v1/sync}}}}
-    - {{name: login, key: ip, rate: 1/hour, burst: 5, match: {{path_prefix: /v1/exact}}, shared: exact}}
-    - {{name: full, key: ip, rate: 1/hour, burst: 6, match: {{path_prefix: /v1/full}}, on_unavailable: full}}
-    - {{name: shared-share, key: ip, rate: 1/hour, burst: 9, match: {{path_prefix: /v1/share}}}}
-"#,
-        nodes.join(", ")
-    );
-    let gws: Vec<GatewayProc> = (0..3)
-        .map(|_| GatewayProc::start(stub.addr, &yaml))
-        .collect();
-    wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), in_sync);
-
-    let traffic = Traffic::start(&gws).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load_started = Instant::now();
-    let client = tokio::spawn(client_load(
-        gws.iter().map(|g| g.addr).collect(),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let topology = format!("  cluster:\n    nodes: [{}]\n", nodes.join(", "));
+    let fleet = LoadedFleet::start(stub.addr, &topology).await;
+    let gws = &fleet.gws;
 
     // 1. CLUSTER FAILOVER of the master that holds the replicas key (the heartbeat's slot).
     let heartbeat_slot = slot_of(replicas_key("edge").as_bytes());
@@ -160,10 +111,8 @@ rate_limits:
     eprintln!("reshard of 1000 slots took {took:?}; {moved} MOVED followed by the fleet");
     assert!(gws.iter().all(in_sync), "after the reshard");
 
-    stop.store(true, Ordering::Relaxed);
-    let (sent, admitted, failed, slowest) = client.await.unwrap();
-    let load_secs = load_started.elapsed().as_secs_f64();
-    let (bg_sent, bg_slowest) = traffic.finish("cluster failovers and a reshard").await;
+    let (gws, (sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest)) =
+        fleet.finish("cluster failovers and a reshard").await;
     // README's bound: burst + rate × duration + one burst per master change.
     let bound = 30.0 + load_secs + 2.0 * 30.0;
     let unshared = 3.0 * (30.0 + load_secs);

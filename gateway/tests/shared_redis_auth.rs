@@ -20,6 +20,13 @@ use common::*;
 use gateway::admit::limits::shared::link::{self, Link, ACL_COMMANDS};
 use gateway::admit::limits::shared::{keys, resets, script, sync, Connection, Target};
 
+/// One `EVALSHA` of `script` on one key.
+fn evalsha(script: &redis::Script, key: &str, argv: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(1).arg(key).arg(argv);
+    cmd
+}
+
 /// Everything the gateway sends to Redis, as its modules send it.
 async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
     let c = Connection {
@@ -37,36 +44,28 @@ async fn exercise(port: u16, user: &str, password: &str) -> Result<(), String> {
     let mut conn = link.connect().await.map_err(s)?;
     sync::load_scripts(&mut conn).await.map_err(s)?;
     let budget = Duration::from_secs(1);
-    let mut heartbeat = redis::cmd("EVALSHA");
-    heartbeat
-        .arg(script::HEARTBEAT.get_hash())
-        .arg(1)
-        .arg(keys::replicas_key("edge"))
-        .arg("r1")
-        .arg(5_000);
-    sync::call_reloading(&mut conn, &heartbeat, budget)
-        .await
-        .map_err(s)?;
-    let mut flush = redis::cmd("EVALSHA");
-    flush
-        .arg(script::FLUSH.get_hash())
-        .arg(1)
-        .arg(keys::redis_key("edge", 1, 0xaa))
-        .arg(script::interval_us_arg(100_000_000))
-        .arg(3);
-    sync::call_reloading(&mut conn, &flush, budget)
-        .await
-        .map_err(s)?;
-    let mut exact = redis::cmd("EVALSHA");
-    exact
-        .arg(script::EXACT.get_hash())
-        .arg(1)
-        .arg(keys::redis_key("edge", 2, 0xbb))
-        .arg(script::interval_us_arg(100_000_000))
-        .arg(500_000);
-    sync::call_reloading(&mut conn, &exact, budget)
-        .await
-        .map_err(s)?;
+    let calls = [
+        evalsha(
+            &script::HEARTBEAT,
+            &keys::replicas_key("edge"),
+            &["r1", "5000"],
+        ),
+        evalsha(
+            &script::FLUSH,
+            &keys::redis_key("edge", 1, 0xaa),
+            &["100000.000", "3"],
+        ),
+        evalsha(
+            &script::EXACT,
+            &keys::redis_key("edge", 2, 0xbb),
+            &["100000.000", "500000"],
+        ),
+    ];
+    for call in &calls {
+        sync::call_reloading(&mut conn, call, budget)
+            .await
+            .map_err(s)?;
+    }
     let mut feed = resets::Feed::default();
     feed.poll(&mut conn, "edge", &[]).await.map_err(s)?;
     resets::publish_key(&mut conn, "edge", &keys::redis_key("edge", 1, 7), 1, 7)
@@ -95,6 +94,27 @@ fn acl_file(dir: &Path, users: &[String]) -> String {
     }
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// The gateway gets in sync (≤ 10 s) and its `exact` policy (burst 5) admits exactly 5 of
+/// 10 requests from `client`: Redis answered every confirmation.
+async fn in_sync_and_exact(good: &GatewayProc, how: &str, client: &str) {
+    let took = wait_all(
+        std::slice::from_ref(good),
+        &format!("in sync {how}"),
+        Duration::from_secs(10),
+        |g| up(g) == 1.0,
+    );
+    eprintln!("{how}: in sync {took:?} after start");
+    let (admitted, _) = round_robin(
+        std::slice::from_ref(good),
+        client,
+        "/v1/exact/a",
+        10,
+        Duration::ZERO,
+    )
+    .await;
+    assert_eq!(admitted, 5, "exact {how}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,52 +228,24 @@ async fn a_gateway_with_the_acl_user_syncs_and_a_wrong_acl_degrades() {
     );
     let redis = Redis::start_with(&["--aclfile".into(), aclfile]);
     let stub = Stub::start(StubMode::Echo).await;
-    let secret = |name: &str, text: &str| {
-        let p = dir.path().join(name);
-        std::fs::write(&p, format!("{text}\n")).unwrap();
-        p.display().to_string()
-    };
     let url = redis.url();
-    let good = gateway(
-        stub.addr,
-        &format!(
-            "  redis: {url}\n  username: edge\n  password_file: {}\n",
-            secret("edge", "edge-secret")
-        ),
-    );
-    let took = wait_all(
-        std::slice::from_ref(&good),
-        "in sync with the ACL user",
-        Duration::from_secs(10),
-        |g| up(g) == 1.0,
-    );
-    eprintln!("ACL user edge: in sync {took:?} after start");
-    let (admitted, _) = round_robin(
-        std::slice::from_ref(&good),
-        "127.0.0.32",
-        "/v1/exact/a",
-        10,
-        Duration::ZERO,
-    )
-    .await;
-    assert_eq!(admitted, 5, "exact through the ACL user");
+    // A gateway logging in as `user` with `password` (written to a secret file).
+    let as_user = |user: &str, password: &str| {
+        let p = dir.path().join(format!("{user}-{password}"));
+        std::fs::write(&p, format!("{password}\n")).unwrap();
+        let shared = format!(
+            "  redis: {url}\n  username: {user}\n  password_file: {}\n",
+            p.display()
+        );
+        gateway(stub.addr, &shared)
+    };
+    let good = as_user("edge", "edge-secret");
+    in_sync_and_exact(&good, "with the ACL user", "127.0.0.32").await;
     let fallbacks = good.metric_sum("gateway_shared_limits_exact_fallbacks_total", &[]);
     assert_eq!(fallbacks, 0.0, "exact answered by Redis");
 
-    let weak = gateway(
-        stub.addr,
-        &format!(
-            "  redis: {url}\n  username: weak\n  password_file: {}\n",
-            secret("weak", "weak-secret")
-        ),
-    );
-    let wrong = gateway(
-        stub.addr,
-        &format!(
-            "  redis: {url}\n  username: edge\n  password_file: {}\n",
-            secret("wrong", "not-the-password")
-        ),
-    );
+    let weak = as_user("weak", "weak-secret");
+    let wrong = as_user("edge", "not-the-password");
     refused(&weak, "ACL without +time", "can't run this command").await;
     refused(&wrong, "wrong password", "authentication failed").await;
     assert_eq!(up(&good), 1.0);
@@ -317,22 +309,7 @@ async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
         stub.addr,
         &format!("  redis: redis://127.0.0.1:{tls_port}/0\n  tls:\n    ca_file: {ca}\n"),
     );
-    let took = wait_all(
-        std::slice::from_ref(&good),
-        "in sync over TLS",
-        Duration::from_secs(10),
-        |g| up(g) == 1.0,
-    );
-    eprintln!("TLS with a private CA: in sync {took:?} after start");
-    let (admitted, _) = round_robin(
-        std::slice::from_ref(&good),
-        "127.0.0.33",
-        "/v1/exact/a",
-        10,
-        Duration::ZERO,
-    )
-    .await;
-    assert_eq!(admitted, 5, "exact over TLS");
+    in_sync_and_exact(&good, "over TLS with a private CA", "127.0.0.33").await;
 
     let wrong_ca = gateway(
         stub.addr,

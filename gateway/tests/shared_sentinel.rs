@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::fleet::*;
@@ -121,12 +119,6 @@ async fn sentinels_ready(sentinels: &[Sentinel], replica_port: u16) -> bool {
     true
 }
 
-fn degraded_episodes(gws: &[GatewayProc]) -> usize {
-    gws.iter()
-        .map(|g| g.proc.log_text().matches("shared limits degraded").count())
-        .sum()
-}
-
 fn switches(gws: &[GatewayProc]) -> Vec<f64> {
     gws.iter()
         .map(|g| {
@@ -138,21 +130,26 @@ fn switches(gws: &[GatewayProc]) -> Vec<f64> {
         .collect()
 }
 
-/// One client round-robin over the fleet until stopped: (sent, admitted, failed, slowest).
-async fn client_load(
-    gws: Vec<std::net::SocketAddr>,
-    stop: Arc<AtomicBool>,
-) -> (usize, usize, usize, Duration) {
-    let (mut sent, mut admitted, mut failed, mut slowest) = (0, 0, 0, Duration::ZERO);
-    while !stop.load(Ordering::Relaxed) && sent < 4_000 {
-        let (status, took) = hit("127.0.0.11", gws[sent % gws.len()], "/v1/sync/a").await;
-        slowest = slowest.max(took);
-        admitted += usize::from(status == 200);
-        failed += usize::from(status != 200 && status != 429);
-        sent += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (sent, admitted, failed, slowest)
+/// Waits for the node at `port` to be master (≤ 20 s), then for every replica to have
+/// switched `switches_seen` times in all and be in sync (≤ 10 s): both durations.
+async fn promoted_then_followed(
+    gws: &[GatewayProc],
+    port: u16,
+    switches_seen: f64,
+) -> (Duration, Duration) {
+    let promoted = wait_for(
+        "the replica promoted",
+        Duration::from_secs(20),
+        async || role(port).await.as_deref() == Some("master"),
+    )
+    .await;
+    let followed = wait_for(
+        "every replica on the new master",
+        Duration::from_secs(10),
+        async || switches(gws).iter().all(|n| *n >= switches_seen) && gws.iter().all(in_sync),
+    )
+    .await;
+    (promoted, followed)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -180,34 +177,12 @@ async fn sentinel_failover_and_a_killed_master_fail_no_request() {
         .iter()
         .map(|s| format!("'127.0.0.1:{}'", s.port))
         .collect();
-    let yaml = format!(
-        r#"shared_limits:
-  sentinel:
-    master: {MASTER}
-    nodes: [{}]
-  sync_interval: 250ms
-rate_limits:
-  policies:
-    - {{name: spread, key: ip, rate: 60/min, burst: 30, match: {{path_prefix: /v1/sync}}}}
-    - {{name: login, key: ip, rate: 1/hour, burst: 5, match: {{path_prefix: /v1/exact}}, shared: exact}}
-    - {{name: full, key: ip, rate: 1/hour, burst: 6, match: {{path_prefix: /v1/full}}, on_unavailable: full}}
-    - {{name: shared-share, key: ip, rate: 1/hour, burst: 9, match: {{path_prefix: /v1/share}}}}
-"#,
+    let topology = format!(
+        "  sentinel:\n    master: {MASTER}\n    nodes: [{}]\n",
         nodes.join(", ")
     );
-    let gws: Vec<GatewayProc> = (0..3)
-        .map(|_| GatewayProc::start(stub.addr, &yaml))
-        .collect();
-    wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), in_sync);
-
-    let traffic = Traffic::start(&gws).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let load_started = Instant::now();
-    let client = tokio::spawn(client_load(
-        gws.iter().map(|g| g.addr).collect(),
-        stop.clone(),
-    ));
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let fleet = LoadedFleet::start(stub.addr, &topology).await;
+    let gws = &fleet.gws;
 
     // 1. SENTINEL FAILOVER: the replica is promoted, the old master stays writable a while.
     let _: Option<String> = query(
@@ -215,18 +190,7 @@ rate_limits:
         redis::cmd("SENTINEL").arg("failover").arg(MASTER),
     )
     .await;
-    let promoted = wait_for(
-        "the replica promoted",
-        Duration::from_secs(15),
-        async || role(second.port).await.as_deref() == Some("master"),
-    )
-    .await;
-    let resync1 = wait_for(
-        "every replica on the new master",
-        Duration::from_secs(10),
-        async || switches(&gws).iter().all(|n| *n >= 1.0) && gws.iter().all(in_sync),
-    )
-    .await;
+    let (promoted, resync1) = promoted_then_followed(&gws, second.port, 1.0).await;
     eprintln!("SENTINEL FAILOVER: new master answered {promoted:?} after the command; every replica writing to it {resync1:?} later");
 
     // 2. kill -9 of the new master, once the old one follows it (else nothing to promote).
@@ -243,18 +207,7 @@ rate_limits:
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     second.kill9();
-    let promoted2 = wait_for(
-        "the old master promoted again",
-        Duration::from_secs(20),
-        async || role(first.port).await.as_deref() == Some("master"),
-    )
-    .await;
-    let resync2 = wait_for(
-        "every replica on the new master",
-        Duration::from_secs(10),
-        async || switches(&gws).iter().all(|n| *n >= 2.0) && gws.iter().all(in_sync),
-    )
-    .await;
+    let (promoted2, resync2) = promoted_then_followed(&gws, first.port, 2.0).await;
     eprintln!("kill -9: new master answered {promoted2:?} after the kill; every replica writing to it {resync2:?} later");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -280,10 +233,8 @@ rate_limits:
     let errors = fleet_sum(&gws, "gateway_shared_limits_sync_errors_total", &[]) - errors_before;
     eprintln!("sentinels all down, {killed:?} connections killed ({errors} failed calls): every replica still in sync on the last master");
 
-    stop.store(true, Ordering::Relaxed);
-    let (sent, admitted, failed, slowest) = client.await.unwrap();
-    let load_secs = load_started.elapsed().as_secs_f64();
-    let (bg_sent, bg_slowest) = traffic.finish("sentinel failovers").await;
+    let (gws, (sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest)) =
+        fleet.finish("sentinel failovers").await;
     // README's bound: burst + rate × duration + one burst per master change (the client's
     // state on the fleet is kept by Redis; a switch may lose the last replicated writes and
     // each replica enforces burst/n locally while it cannot write).

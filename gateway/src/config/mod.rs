@@ -18,6 +18,7 @@ use crate::config::invalid::Invalid;
 
 pub mod admin;
 pub mod field_schema;
+pub mod host_port;
 pub mod invalid;
 pub mod schema;
 mod yaml_path;
@@ -421,11 +422,7 @@ pub struct Upstream {
 
 impl fmt::Display for Upstream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        host_port::write_host_port(f, &self.host, self.port)
     }
 }
 
@@ -437,34 +434,8 @@ impl<'de> Deserialize<'de> for Upstream {
 }
 
 fn parse_upstream(s: &str) -> Result<Upstream, String> {
-    if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Ok(Upstream {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
-    }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("upstream {s:?} must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("upstream {s:?} has an invalid port"))?;
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if !host_ok || port == 0 {
-        return Err(format!(
-            "upstream {s:?} must be host:port with a valid DNS name or IP"
-        ));
-    }
-    Ok(Upstream {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    let (host, port) = host_port::parse_host_port(s).map_err(|e| format!("upstream {e}"))?;
+    Ok(Upstream { host, port })
 }
 
 pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -137,3 +137,90 @@ pub fn wait_up(gws: &[GatewayProc], up: f64, what: &str) -> Duration {
         g.metric_sum(UP, &[]) == up
     })
 }
+
+/// WARN lines "shared limits degraded" over the fleet: one per episode.
+pub fn degraded_episodes(gws: &[GatewayProc]) -> usize {
+    gws.iter()
+        .map(|g| g.proc.log_text().matches("shared limits degraded").count())
+        .sum()
+}
+
+/// One client (127.0.0.11) round-robin on `/v1/sync/a` over the fleet until stopped (at
+/// most 4000 requests, 20 ms apart): (sent, admitted, failed, slowest).
+pub async fn client_load(
+    gws: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize, usize, Duration) {
+    let (mut sent, mut admitted, mut failed, mut slowest) = (0, 0, 0, Duration::ZERO);
+    while !stop.load(Ordering::Relaxed) && sent < 4_000 {
+        let (status, took) = hit("127.0.0.11", gws[sent % gws.len()], "/v1/sync/a").await;
+        slowest = slowest.max(took);
+        admitted += usize::from(status == 200);
+        failed += usize::from(status != 200 && status != 429);
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (sent, admitted, failed, slowest)
+}
+
+/// Policies of the failover tests: one the client spreads over the fleet (60/min, burst 30)
+/// and one per mode / `on_unavailable` for the background traffic.
+pub const FAILOVER_POLICIES: &str = r#"  sync_interval: 250ms
+rate_limits:
+  policies:
+    - {name: spread, key: ip, rate: 60/min, burst: 30, match: {path_prefix: /v1/sync}}
+    - {name: login, key: ip, rate: 1/hour, burst: 5, match: {path_prefix: /v1/exact}, shared: exact}
+    - {name: full, key: ip, rate: 1/hour, burst: 6, match: {path_prefix: /v1/full}, on_unavailable: full}
+    - {name: shared-share, key: ip, rate: 1/hour, burst: 9, match: {path_prefix: /v1/share}}
+"#;
+
+/// 3 gateways with `shared_limits:` + `topology` (indented YAML lines) + the failover
+/// policies, in sync, under background traffic and `client_load`, 1 s in.
+pub struct LoadedFleet {
+    pub gws: Vec<GatewayProc>,
+    pub traffic: Traffic,
+    pub stop: Arc<AtomicBool>,
+    pub client: tokio::task::JoinHandle<(usize, usize, usize, Duration)>,
+    pub started: Instant,
+}
+
+impl LoadedFleet {
+    pub async fn start(upstream: SocketAddr, topology: &str) -> LoadedFleet {
+        let yaml = format!("shared_limits:\n{topology}{FAILOVER_POLICIES}");
+        let gws: Vec<GatewayProc> = (0..3)
+            .map(|_| GatewayProc::start(upstream, &yaml))
+            .collect();
+        wait_all(&gws, "3 replicas in sync", Duration::from_secs(10), in_sync);
+        let traffic = Traffic::start(&gws).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let client = tokio::spawn(client_load(
+            gws.iter().map(|g| g.addr).collect(),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        LoadedFleet {
+            gws,
+            traffic,
+            stop,
+            client,
+            started,
+        }
+    }
+
+    /// Stops the load (asserting the background traffic never failed or stalled) and gives
+    /// the gateways back with the figures.
+    pub async fn finish(self, what: &str) -> (Vec<GatewayProc>, LoadFigures) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (sent, admitted, failed, slowest) = self.client.await.unwrap();
+        let load_secs = self.started.elapsed().as_secs_f64();
+        let (bg_sent, bg_slowest) = self.traffic.finish(what).await;
+        let figures = (
+            sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest,
+        );
+        (self.gws, figures)
+    }
+}
+
+/// Client sent, admitted, failed, slowest; seconds under load; background sent, slowest.
+pub type LoadFigures = (usize, usize, usize, Duration, f64, usize, Duration);

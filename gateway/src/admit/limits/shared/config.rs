@@ -100,11 +100,7 @@ pub struct HostPort {
 
 impl std::fmt::Display for HostPort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
+        crate::config::host_port::write_host_port(f, &self.host, self.port)
     }
 }
 
@@ -131,37 +127,8 @@ impl schemars::JsonSchema for HostPort {
 }
 
 pub fn parse_host_port(s: &str) -> Result<HostPort, String> {
-    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
-        if addr.port() == 0 {
-            return Err(format!("{s:?} has port 0"));
-        }
-        return Ok(HostPort {
-            host: addr.ip().to_string(),
-            port: addr.port(),
-        });
-    }
-    let (host, port) = s
-        .rsplit_once(':')
-        .ok_or_else(|| format!("{s:?} must be host:port"))?;
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("{s:?} has an invalid port"))?;
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
-    if !host_ok || port == 0 {
-        return Err(format!(
-            "{s:?} must be host:port with a valid DNS name or IP and a port 1-65535"
-        ));
-    }
-    Ok(HostPort {
-        host: host.to_ascii_lowercase(),
-        port,
-    })
+    let (host, port) = crate::config::host_port::parse_host_port(s)?;
+    Ok(HostPort { host, port })
 }
 
 /// The Redis deployment the config names.

@@ -160,20 +160,26 @@ async fn pair(a: Handler, b: Handler) -> (NodeAddr, NodeAddr, Arc<std::sync::Mut
     (a, b, slots)
 }
 
+/// A node that answers every command with `<kind> 5 <b>`, b's port set once b is up.
+fn redirecting(kind: &'static str) -> (Arc<AtomicU32>, Handler) {
+    let b_port = Arc::new(AtomicU32::new(0));
+    let bp = b_port.clone();
+    let a: Handler = Arc::new(move |_: &mut ConnState, _: &[String]| {
+        Some(format!(
+            "-{kind} 5 127.0.0.1:{}\r\n",
+            bp.load(Ordering::Relaxed)
+        ))
+    });
+    (b_port, a)
+}
+
 fn soon() -> Instant {
     Instant::now() + Duration::from_millis(500)
 }
 
 #[tokio::test]
 async fn moved_updates_the_map_and_lands() {
-    let b_port = Arc::new(AtomicU32::new(0));
-    let bp = b_port.clone();
-    let a: Handler = Arc::new(move |_: &mut ConnState, _: &[String]| {
-        Some(format!(
-            "-MOVED 5 127.0.0.1:{}\r\n",
-            bp.load(Ordering::Relaxed)
-        ))
-    });
+    let (b_port, a) = redirecting("MOVED");
     let (a, b, _) = pair(a, answer(":7\r\n")).await;
     b_port.store(u32::from(b.port), Ordering::Relaxed);
     let mut l = link(&a);
@@ -187,14 +193,7 @@ async fn moved_updates_the_map_and_lands() {
 
 #[tokio::test]
 async fn ask_goes_to_the_target_once_with_asking_and_keeps_the_map() {
-    let b_port = Arc::new(AtomicU32::new(0));
-    let bp = b_port.clone();
-    let a: Handler = Arc::new(move |_: &mut ConnState, _: &[String]| {
-        Some(format!(
-            "-ASK 5 127.0.0.1:{}\r\n",
-            bp.load(Ordering::Relaxed)
-        ))
-    });
+    let (b_port, a) = redirecting("ASK");
     // The target serves the slot only after ASKING, as an importing node does.
     let b: Handler = Arc::new(|st: &mut ConnState, _: &[String]| {
         Some(
