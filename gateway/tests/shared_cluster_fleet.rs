@@ -57,7 +57,7 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
     let heartbeat_slot = slot_of(replicas_key("edge").as_bytes());
     let old = cluster.master_of(heartbeat_slot).expect("an owner");
     let replica = cluster.replica_of(old).expect("a replica");
-    let before = changes(&gws, "slots_refresh");
+    let before = changes(gws, "slots_refresh");
     let started = Instant::now();
     assert!(
         cluster.failover(replica, Duration::from_secs(10)),
@@ -65,7 +65,7 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         cluster.describe()
     );
     let promoted1 = started.elapsed();
-    let resync1 = wait_resync(&gws, &before, "every replica past the failover");
+    let resync1 = wait_resync(gws, &before, "every replica past the failover");
     eprintln!("CLUSTER FAILOVER: {replica} master {promoted1:?} after the command; every replica in sync on the new map {resync1:?} later");
 
     // 2. kill -9 of the (new) master of that slot, once its replica is in sync.
@@ -78,7 +78,7 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         cluster.describe()
     );
     let heir = cluster.replica_of(victim).expect("a replica");
-    let before = changes(&gws, "slots_refresh");
+    let before = changes(gws, "slots_refresh");
     let started = Instant::now();
     cluster.kill9(victim);
     assert!(
@@ -87,7 +87,7 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         cluster.describe()
     );
     let promoted2 = started.elapsed();
-    let resync2 = wait_resync(&gws, &before, "every replica past the killed master");
+    let resync2 = wait_resync(gws, &before, "every replica past the killed master");
     eprintln!("kill -9 of {victim}: {heir} master {promoted2:?} after the kill; every replica in sync on the new map {resync2:?} later");
 
     // 3. 1000 slots resharded between the two masters that are left untouched, under load.
@@ -103,11 +103,11 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         .map(|n| n.port)
         .collect();
     assert!(masters.len() >= 2, "{}", cluster.describe());
-    let moved_before: f64 = changes(&gws, "moved").iter().sum();
+    let moved_before: f64 = changes(gws, "moved").iter().sum();
     let (ok, took) = cluster.reshard(masters[0], masters[1], 1000);
     assert!(ok, "reshard failed: {}", cluster.describe());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let moved: f64 = changes(&gws, "moved").iter().sum::<f64>() - moved_before;
+    let moved: f64 = changes(gws, "moved").iter().sum::<f64>() - moved_before;
     eprintln!("reshard of 1000 slots took {took:?}; {moved} MOVED followed by the fleet");
     assert!(gws.iter().all(in_sync), "after the reshard");
 

@@ -190,7 +190,7 @@ async fn sentinel_failover_and_a_killed_master_fail_no_request() {
         redis::cmd("SENTINEL").arg("failover").arg(MASTER),
     )
     .await;
-    let (promoted, resync1) = promoted_then_followed(&gws, second.port, 1.0).await;
+    let (promoted, resync1) = promoted_then_followed(gws, second.port, 1.0).await;
     eprintln!("SENTINEL FAILOVER: new master answered {promoted:?} after the command; every replica writing to it {resync1:?} later");
 
     // 2. kill -9 of the new master, once the old one follows it (else nothing to promote).
@@ -207,16 +207,16 @@ async fn sentinel_failover_and_a_killed_master_fail_no_request() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     second.kill9();
-    let (promoted2, resync2) = promoted_then_followed(&gws, first.port, 2.0).await;
+    let (promoted2, resync2) = promoted_then_followed(gws, first.port, 2.0).await;
     eprintln!("kill -9: new master answered {promoted2:?} after the kill; every replica writing to it {resync2:?} later");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 3. Every sentinel down, the master fine: keep using it, even after the connections
     //    drop (CLIENT KILL): the last master that answered is used again.
-    let degraded_before: usize = degraded_episodes(&gws);
+    let degraded_before: usize = degraded_episodes(gws);
     drop(sentinels);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let errors_before = fleet_sum(&gws, "gateway_shared_limits_sync_errors_total", &[]);
+    let errors_before = fleet_sum(gws, "gateway_shared_limits_sync_errors_total", &[]);
     let killed: Option<i64> = query(
         first.port,
         redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal"),
@@ -226,11 +226,11 @@ async fn sentinel_failover_and_a_killed_master_fail_no_request() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(gws.iter().all(in_sync), "sentinels down: still in sync");
     assert_eq!(
-        degraded_episodes(&gws),
+        degraded_episodes(gws),
         degraded_before,
         "sentinels down and connections dropped: no replica degraded"
     );
-    let errors = fleet_sum(&gws, "gateway_shared_limits_sync_errors_total", &[]) - errors_before;
+    let errors = fleet_sum(gws, "gateway_shared_limits_sync_errors_total", &[]) - errors_before;
     eprintln!("sentinels all down, {killed:?} connections killed ({errors} failed calls): every replica still in sync on the last master");
 
     let (gws, (sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest)) =
