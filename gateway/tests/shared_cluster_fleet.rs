@@ -1,7 +1,8 @@
 //! Shared limits end to end on a real Redis Cluster (3 masters + 3 replicas on loopback,
 //! `cluster-node-timeout 1000`): 3 gateway processes configured with `cluster: nodes`,
 //! background traffic on every policy plus one client round-robin on a 60/min burst 30
-//! policy, while a `CLUSTER FAILOVER`, a `kill -9` of the master that holds the replicas
+//! policy, logged in as the least-privilege ACL user (README's rule plus the cluster
+//! commands), while a `CLUSTER FAILOVER`, a `kill -9` of the master that holds the replicas
 //! key and a `redis-cli --cluster reshard` of 1000 slots happen. Checks: zero failed
 //! requests, none slower than 0.5 s, every replica in sync (and past a slot-map refresh)
 //! within 5 s of the new master answering, redirects counted, no `CROSSSLOT` ever, the
@@ -14,10 +15,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fleet::*;
-use common::redis_cluster::RedisCluster;
+use common::redis_cluster::{cli, RedisCluster};
 use common::*;
 use gateway::admit::limits::shared::cluster::slots::slot_of;
 use gateway::admit::limits::shared::keys::replicas_key;
+use gateway::admit::limits::shared::link::{self, ACL_CLUSTER_COMMANDS};
 
 const TOPOLOGY: &str = "gateway_shared_limits_topology_changes_total";
 
@@ -47,9 +49,32 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         cluster.describe()
     );
 
+    // The fleet logs in as a least-privilege user: README's rule plus the cluster commands,
+    // on every node (ACLs are per node, and a replica may be promoted).
+    let mut rule = vec!["edge", "on", ">edge-secret"];
+    let shipped = link::acl_rule("edge");
+    rule.extend(shipped.split_whitespace());
+    let extra: Vec<String> = ACL_CLUSTER_COMMANDS
+        .iter()
+        .map(|c| format!("+{c}"))
+        .collect();
+    rule.extend(extra.iter().map(String::as_str));
+    for n in &cluster.nodes {
+        let mut args = vec!["ACL", "SETUSER"];
+        args.extend(&rule);
+        assert_eq!(cli(n.port, &args).trim(), "OK", "ACL SETUSER on {}", n.port);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("redis_password");
+    std::fs::write(&password_file, "edge-secret\n").unwrap();
+
     let stub = Stub::start(StubMode::Echo).await;
     let nodes: Vec<String> = cluster.seeds().iter().map(|s| format!("'{s}'")).collect();
-    let topology = format!("  cluster:\n    nodes: [{}]\n", nodes.join(", "));
+    let topology = format!(
+        "  cluster:\n    nodes: [{}]\n  username: edge\n  password_file: {}\n",
+        nodes.join(", "),
+        password_file.display()
+    );
     let fleet = LoadedFleet::start(stub.addr, &topology).await;
     let gws = &fleet.gws;
 

@@ -60,6 +60,10 @@ pub const ACL_COMMANDS: &[&str] = &[
     "role",
 ];
 
+/// What a Redis Cluster needs on top of `ACL_COMMANDS`: the slot map and `ASK` redirects
+/// (`gateway/tests/shared_cluster_fleet.rs` runs its fleet as a user with exactly these).
+pub const ACL_CLUSTER_COMMANDS: &[&str] = &["cluster|slots", "asking"];
+
 /// The ACL rule of the gateway's user: `user <name> on ><password> <acl_rule(prefix)>`.
 pub fn acl_rule(key_prefix: &str) -> String {
     let mut rule = format!("resetkeys ~{key_prefix}:* resetchannels -@all");
