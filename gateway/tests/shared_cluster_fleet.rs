@@ -136,6 +136,22 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
     eprintln!("reshard of 1000 slots took {took:?}; {moved} MOVED followed by the fleet");
     assert!(gws.iter().all(in_sync), "after the reshard");
 
+    // `exact` after every change: each of 32 new clients (keys on every master, the
+    // promoted replicas included) is answered by Redis, not by the fallback.
+    let fallbacks =
+        |gws: &[GatewayProc]| fleet_sum(gws, "gateway_shared_limits_exact_fallbacks_total", &[]);
+    let before = fallbacks(gws);
+    for i in 0..32 {
+        let (status, _) = hit(
+            &format!("127.0.2.{}", i + 1),
+            gws[i % 3].addr,
+            "/v1/exact/z",
+        )
+        .await;
+        assert_eq!(status, 200, "exact for client {i}");
+    }
+    assert_eq!(fallbacks(gws), before, "exact answered by the cluster");
+
     let (gws, (sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest)) =
         fleet.finish("cluster failovers and a reshard").await;
     // README's bound: burst + rate × duration + one burst per master change.

@@ -78,7 +78,7 @@ async fn check(c: &Confirm) -> BucketDecision {
     } else {
         None
     };
-    let Some(mut conn) = conn else {
+    let Some(conn) = conn else {
         return fall_back(c, "down");
     };
     let g = &c.policy.gcra;
@@ -88,6 +88,12 @@ async fn check(c: &Confirm) -> BucketDecision {
         .arg(c.policy.redis_key(c.id))
         .arg(script::interval_us_arg(g.interval_ns()))
         .arg(g.tolerance_ns() / 1_000);
+    // On a cluster: the key's master, so that a NOSCRIPT reloads the scripts there.
+    let Some(mut conn) = conn.for_command(&cmd) else {
+        // No open connection to that slot's master (it just moved): the loop opens one.
+        engine.mark_routes_stale();
+        return fall_back(c, "down");
+    };
     let reply = tokio::time::timeout(
         EXACT_TIMEOUT,
         call_reloading(&mut conn, &cmd, EXACT_TIMEOUT),
@@ -103,6 +109,10 @@ async fn check(c: &Confirm) -> BucketDecision {
         }
         Ok(Err(e)) => {
             engine.exact_failed();
+            if e.is_io_error() || e.is_connection_dropped() {
+                // On a cluster, a dead master: the loop fetches the slot map.
+                engine.mark_routes_stale();
+            }
             let reason = if e.is_timeout() { "timeout" } else { "error" };
             return fall_back(c, reason);
         }

@@ -126,6 +126,17 @@ impl redis::aio::ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// The connection `cmd` goes to: itself, or on a cluster the open connection to the
+    /// master of the command's first key (`None` when there is none).
+    pub fn for_command(&self, cmd: &redis::Cmd) -> Option<Conn> {
+        match self {
+            Conn::Node(_) => Some(self.clone()),
+            Conn::Cluster(r) => r.connection_for_cmd(cmd).map(Conn::Node),
+        }
+    }
+}
+
 fn no_route() -> redis::RedisError {
     io_error(
         std::io::ErrorKind::NotConnected,

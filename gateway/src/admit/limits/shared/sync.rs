@@ -30,6 +30,9 @@ pub const REPLICA_WINDOW_MS: u64 = 5_000;
 /// Most keys in one flush (16 calls of 64); the rest stay queued for the next one.
 const MAX_KEYS_PER_FLUSH: usize = 16 * MAX_KEYS_PER_CALL;
 const PURGE_EVERY_NS: u64 = 1_000_000_000;
+/// Budget for opening connections to a new slot map's masters: short, since a node that
+/// does not answer must not hold up the loop (a flush to it connects on its own).
+const MASTERS_CONNECT: Duration = Duration::from_millis(250);
 
 /// What the loop syncs right now: the live engine and its shared policies.
 pub struct Snapshot {
@@ -87,6 +90,8 @@ struct Driver {
     warned_at_start: bool,
     /// A refusal (ACL, password, TLS) was logged since the last good reply.
     refusal_logged: bool,
+    /// The cluster slot maps fetched when the routes were last published.
+    published_refreshes: u64,
     resets: super::resets::Feed,
 }
 
@@ -149,6 +154,7 @@ impl Driver {
             next_purge: now,
             warned_at_start: false,
             refusal_logged: false,
+            published_refreshes: 0,
             resets: Default::default(),
         })
     }
@@ -393,7 +399,7 @@ impl Driver {
         match self.heartbeat_call(&mut conn).await {
             Ok(n) => {
                 self.engine.set_replicas(n);
-                self.publish(conn);
+                self.publish(conn).await;
                 self.good();
             }
             Err(e) => self.fail(error_kind(&e), &e, sent, &[]),
@@ -401,8 +407,18 @@ impl Driver {
     }
 
     /// The connection `exact`, resets and the next poll use; on a cluster, the routes as
-    /// the last run left them (redirects followed, nodes reconnected).
-    fn publish(&mut self, conn: Conn) {
+    /// the last run left them (redirects followed, nodes reconnected). After a new slot map
+    /// the masters it names get a connection (scripts loaded), so `exact` reaches a promoted
+    /// replica even when no flush goes there.
+    async fn publish(&mut self, conn: Conn) {
+        let refreshes = self.link.cluster().map(|c| c.stats().slots_refresh);
+        if refreshes.is_some_and(|n| n != self.published_refreshes) {
+            self.published_refreshes = refreshes.unwrap_or(0);
+            if let Some(c) = self.link.cluster() {
+                c.connect_masters(tokio::time::Instant::now() + MASTERS_CONNECT)
+                    .await;
+            }
+        }
         let conn = match self.link.cluster() {
             Some(c) => Conn::Cluster(c.routes()),
             None => conn,
@@ -461,7 +477,7 @@ impl Driver {
         match self.heartbeat_call(&mut c).await {
             Ok(n) => {
                 self.engine.set_replicas(n);
-                self.publish(conn);
+                self.publish(conn).await;
                 self.next_heartbeat = monotonic_ns() + HEARTBEAT_EVERY.as_nanos() as u64;
                 self.good();
             }
@@ -608,7 +624,7 @@ impl Driver {
         match failed {
             Some(e) => self.fail("other", &e, t_send, policies),
             None => {
-                self.publish(conn);
+                self.publish(conn).await;
                 self.good();
             }
         }
@@ -689,7 +705,7 @@ impl Driver {
             if let Some(e) = &first_error {
                 tracing::debug!(target: "shared_limits", error = %e, "some cluster calls failed; the rest synced");
             }
-            self.publish(conn);
+            self.publish(conn).await;
             self.good();
         } else if let Some(e) = first_error {
             // Counted above already: only the breaker and the logs hear of it here.

@@ -191,7 +191,9 @@ pub struct ClusterLink {
     /// Nodes whose last connection attempt failed: asked last for the slot map.
     failed: HashSet<NodeAddr>,
     refresh_due: bool,
-    scripts: Vec<String>,
+    /// Loaded on every new node connection: Redis does not replicate `SCRIPT LOAD`, so a
+    /// promoted replica starts without them (and the request path cannot load them).
+    scripts: Arc<Vec<String>>,
     connect_timeout: Duration,
     stats: Stats,
     observer: Option<Observer>,
@@ -227,6 +229,7 @@ enum NodeResult {
 struct NodeOutcome {
     node: NodeAddr,
     conn: Option<MultiplexedConnection>,
+    scripts_loaded: bool,
     result: NodeResult,
 }
 
@@ -243,7 +246,7 @@ impl ClusterLink {
             conns: HashMap::new(),
             failed: HashSet::new(),
             refresh_due: true,
-            scripts: Vec::new(),
+            scripts: Arc::new(Vec::new()),
             connect_timeout: Duration::from_millis(300),
             stats: Stats::default(),
             observer: None,
@@ -252,7 +255,7 @@ impl ClusterLink {
 
     /// Scripts to `SCRIPT LOAD` on a node that answers `NOSCRIPT`.
     pub fn with_scripts(mut self, scripts: &[&str]) -> ClusterLink {
-        self.scripts = scripts.iter().map(|s| s.to_string()).collect();
+        self.scripts = Arc::new(scripts.iter().map(|s| s.to_string()).collect());
         self
     }
 
@@ -310,11 +313,13 @@ impl ClusterLink {
                 continue;
             }
             let (node, info, t) = (node.clone(), self.node_info(node), self.connect_timeout);
-            tasks.spawn(async move { (connect(info, t, deadline).await, node) });
+            let scripts = self.scripts.clone();
+            tasks.spawn(async move { (connect(info, t, deadline, scripts).await, node) });
         }
         while let Some(joined) = tasks.join_next().await {
             match joined {
-                Ok((Ok(c), node)) => {
+                Ok((Ok((c, loaded)), node)) => {
+                    self.stats.script_loads += u64::from(loaded);
                     self.failed.remove(&node);
                     self.conns.insert(node, c);
                 }
@@ -399,9 +404,11 @@ impl ClusterLink {
         let mut conn = match self.conns.get(node) {
             Some(c) => c.clone(),
             None => {
-                let c = connect(self.node_info(node), self.connect_timeout, until).await;
+                let info = self.node_info(node);
+                let c = connect(info, self.connect_timeout, until, self.scripts.clone()).await;
                 match c {
-                    Ok(c) => {
+                    Ok((c, loaded)) => {
+                        self.stats.script_loads += u64::from(loaded);
                         self.failed.remove(node);
                         self.conns.insert(node.clone(), c.clone());
                         c
@@ -514,8 +521,9 @@ impl ClusterLink {
                 let info = self.node_info(&node);
                 let connect_timeout = self.connect_timeout;
                 let n = node.clone();
+                let scripts = self.scripts.clone();
                 tasks.spawn(async move {
-                    run_on_node(n, conn, info, connect_timeout, pipe, deadline).await
+                    run_on_node(n, conn, info, connect_timeout, scripts, pipe, deadline).await
                 });
                 sent.insert(node, group);
             }
@@ -558,6 +566,7 @@ impl ClusterLink {
                         }
                     }
                     NodeResult::Replies(values) => {
+                        self.stats.script_loads += u64::from(outcome.scripts_loaded);
                         self.failed.remove(&node);
                         if let Some(c) = outcome.conn {
                             self.conns.insert(node.clone(), c);
@@ -645,7 +654,7 @@ impl ClusterLink {
             return;
         };
         let mut pipe = redis::pipe();
-        for code in &self.scripts {
+        for code in self.scripts.iter() {
             pipe.cmd("SCRIPT").arg("LOAD").arg(code);
         }
         let r = tokio::time::timeout_at(deadline, pipe.query_async::<Vec<String>>(&mut conn)).await;
@@ -655,11 +664,14 @@ impl ClusterLink {
     }
 }
 
+/// A new node connection, with the scripts loaded on it (best effort: a `NOSCRIPT` later
+/// loads them again); true when they were.
 async fn connect(
     info: ConnectionInfo,
     connect_timeout: Duration,
     deadline: Instant,
-) -> Result<MultiplexedConnection, String> {
+    scripts: Arc<Vec<String>>,
+) -> Result<(MultiplexedConnection, bool), String> {
     let client = Client::open(info).map_err(|e| e.to_string())?;
     let cfg = AsyncConnectionConfig::new().set_connection_timeout(Some(connect_timeout));
     let until = deadline.min(Instant::now() + connect_timeout);
@@ -669,7 +681,18 @@ async fn connect(
     )
     .await
     {
-        Ok(Ok(c)) => Ok(c),
+        Ok(Ok(mut c)) => {
+            if scripts.is_empty() {
+                return Ok((c, false));
+            }
+            let mut pipe = redis::pipe();
+            for code in scripts.iter() {
+                pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+            }
+            let loaded =
+                tokio::time::timeout_at(deadline, pipe.query_async::<Vec<String>>(&mut c)).await;
+            Ok((c, matches!(loaded, Ok(Ok(_)))))
+        }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connect timed out".into()),
     }
@@ -680,17 +703,19 @@ async fn run_on_node(
     conn: Option<MultiplexedConnection>,
     info: ConnectionInfo,
     connect_timeout: Duration,
+    scripts: Arc<Vec<String>>,
     pipe: redis::Pipeline,
     deadline: Instant,
 ) -> NodeOutcome {
-    let mut conn = match conn {
-        Some(c) => c,
-        None => match connect(info, connect_timeout, deadline).await {
+    let (mut conn, scripts_loaded) = match conn {
+        Some(c) => (c, false),
+        None => match connect(info, connect_timeout, deadline, scripts).await {
             Ok(c) => c,
             Err(e) => {
                 return NodeOutcome {
                     node,
                     conn: None,
+                    scripts_loaded: false,
                     result: NodeResult::ConnectFailed(e),
                 }
             }
@@ -706,6 +731,7 @@ async fn run_on_node(
     NodeOutcome {
         node,
         conn: Some(conn),
+        scripts_loaded,
         result,
     }
 }

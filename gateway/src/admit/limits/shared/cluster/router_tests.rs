@@ -343,7 +343,8 @@ async fn noscript_loads_the_scripts_on_that_node_and_retries() {
     let (a, _, _) = pair(a, answer(":0\r\n")).await;
     let mut l = link(&a);
     assert_eq!(l.call(5, get(5).cmd, soon()).await, Ok(Value::Int(4)));
-    assert_eq!(l.stats().script_loads, 1);
+    // Once when the connection opened, once after the NOSCRIPT (a `SCRIPT FLUSH`, say).
+    assert_eq!(l.stats().script_loads, 2);
 }
 
 #[tokio::test]
@@ -390,4 +391,23 @@ fn resp_parser_waits_for_whole_commands() {
     for cut in 0..full.len() {
         assert_eq!(parse(&full[..cut]), None, "{cut}");
     }
+}
+
+#[tokio::test]
+async fn every_new_node_connection_loads_the_scripts() {
+    // Redis does not replicate SCRIPT LOAD: a promoted replica has none, and the request
+    // path cannot load them, so every connection the link opens loads them first.
+    let slots = shared_slots();
+    let a = fake(slots.clone(), answer(":1\r\n")).await;
+    let b = fake(slots.clone(), answer(":1\r\n")).await;
+    *slots.lock().unwrap() = slots_reply(&[(0, 8000, a.port), (8001, 16383, b.port)]);
+    let mut l = link(&a);
+    l.refresh(soon()).await.unwrap();
+    assert_eq!(l.stats().script_loads, 1, "the seed's connection");
+    assert!(l.connection_for_slot(9000).is_none());
+    l.connect_masters(soon()).await;
+    assert_eq!(l.stats().script_loads, 2, "the other master's connection");
+    assert!(l.routes().connection_for_slot(9000).is_some());
+    l.connect_masters(soon()).await;
+    assert_eq!(l.stats().script_loads, 2, "open connections are kept");
 }
