@@ -302,11 +302,8 @@ impl Driver {
         sent: u64,
         policies: &[Arc<SharedPolicy>],
     ) {
-        self.fail_msg(kind, &e.to_string(), sent, policies);
-        self.link.failed(e);
-        if is_refusal(e) {
-            self.refused(e);
-        }
+        SharedMetrics::get().sync_error(kind);
+        self.fail_counted(kind, e, sent, policies);
     }
 
     /// Logs a refusal (ACL, password, TLS) once until the next good reply.
@@ -322,15 +319,16 @@ impl Driver {
         }
     }
 
-    fn fail_msg(
+    /// `fail` for a failure `sync_errors_total` already counted (a cluster flush counts
+    /// each of its calls).
+    fn fail_counted(
         &mut self,
         kind: &'static str,
-        error: &str,
+        e: &redis::RedisError,
         sent: u64,
         policies: &[Arc<SharedPolicy>],
     ) {
-        SharedMetrics::get().sync_error(kind);
-        tracing::debug!(target: "shared_limits", kind, error, "Redis call failed");
+        tracing::debug!(target: "shared_limits", kind, error = %e, "Redis call failed");
         if kind != "noscript" {
             // A timed-out socket may be hung (SIGSTOP, blackhole): never reuse it.
             self.drop_conn();
@@ -338,9 +336,13 @@ impl Driver {
         self.breaker.trouble(sent);
         if let Some(t) = self
             .breaker
-            .on_failure(monotonic_ns(), &format!("{kind}: {error}"))
+            .on_failure(monotonic_ns(), &format!("{kind}: {e}"))
         {
             self.transition(t, policies);
+        }
+        self.link.failed(e);
+        if is_refusal(e) {
+            self.refused(e);
         }
     }
 
@@ -411,16 +413,16 @@ impl Driver {
     /// the masters it names get a connection (scripts loaded), so `exact` reaches a promoted
     /// replica even when no flush goes there.
     async fn publish(&mut self, conn: Conn) {
-        let refreshes = self.link.cluster().map(|c| c.stats().slots_refresh);
-        if refreshes.is_some_and(|n| n != self.published_refreshes) {
-            self.published_refreshes = refreshes.unwrap_or(0);
-            if let Some(c) = self.link.cluster() {
-                c.connect_masters(tokio::time::Instant::now() + MASTERS_CONNECT)
-                    .await;
-            }
-        }
         let conn = match self.link.cluster() {
-            Some(c) => Conn::Cluster(c.routes()),
+            Some(c) => {
+                let refreshes = c.stats().slots_refresh;
+                if refreshes != self.published_refreshes {
+                    self.published_refreshes = refreshes;
+                    c.connect_masters(tokio::time::Instant::now() + MASTERS_CONNECT)
+                        .await;
+                }
+                Conn::Cluster(c.routes())
+            }
             None => conn,
         };
         self.conn = Some(conn.clone());
@@ -598,11 +600,7 @@ impl Driver {
             }
             match redis::from_redis_value::<Vec<i64>>(value) {
                 Ok(aheads) if aheads.len() == chunk.len() => {
-                    m.synced_keys.inc_by(chunk.len() as u64);
-                    for ((p, item), ahead_us) in chunk.iter().zip(aheads) {
-                        let ahead = (ahead_us.max(0) as u64).saturating_mul(1_000);
-                        again |= p.apply_reply(item, ahead, t_exec);
-                    }
+                    again |= apply_replies(chunk, &aheads, t_exec);
                 }
                 other => {
                     let hits: u64 = chunk.iter().map(|(_, i)| u64::from(i.hits)).sum();
@@ -669,11 +667,7 @@ impl Driver {
             let error = match result.map(redis::from_redis_value::<Vec<i64>>) {
                 Ok(Ok(aheads)) if aheads.len() == chunk.len() => {
                     good = true;
-                    m.synced_keys.inc_by(chunk.len() as u64);
-                    for ((p, item), ahead_us) in chunk.iter().zip(aheads) {
-                        let ahead = (ahead_us.max(0) as u64).saturating_mul(1_000);
-                        again |= p.apply_reply(item, ahead, t_exec);
-                    }
+                    again |= apply_replies(chunk, &aheads, t_exec);
                     continue;
                 }
                 Ok(other) => {
@@ -708,21 +702,8 @@ impl Driver {
             self.publish(conn).await;
             self.good();
         } else if let Some(e) = first_error {
-            // Counted above already: only the breaker and the logs hear of it here.
             let kind = e.kind();
-            let e = redis::RedisError::from(e);
-            self.drop_conn();
-            self.breaker.trouble(t_send);
-            tracing::debug!(target: "shared_limits", kind, error = %e, "Redis call failed");
-            if is_refusal(&e) {
-                self.refused(&e);
-            }
-            if let Some(t) = self
-                .breaker
-                .on_failure(monotonic_ns(), &format!("{kind}: {e}"))
-            {
-                self.transition(t, policies);
-            }
+            self.fail_counted(kind, &e.into(), t_send, policies);
         }
         if again {
             self.next_flush = monotonic_ns();
@@ -735,6 +716,18 @@ fn timeout_error() -> redis::RedisError {
         std::io::ErrorKind::TimedOut,
         "Redis call timed out",
     ))
+}
+
+/// Corrects each key of one flush call from Redis's reply (its TAT ahead of Redis's now,
+/// in µs). True when a lease is already half used again.
+fn apply_replies(chunk: &[(&Arc<SharedPolicy>, FlushItem)], aheads: &[i64], t_exec: u64) -> bool {
+    SharedMetrics::get().synced_keys.inc_by(chunk.len() as u64);
+    let mut again = false;
+    for ((p, item), ahead_us) in chunk.iter().zip(aheads) {
+        let ahead = ((*ahead_us).max(0) as u64).saturating_mul(1_000);
+        again |= p.apply_reply(item, ahead, t_exec);
+    }
+    again
 }
 
 fn flush_cmd(chunk: &[(&Arc<SharedPolicy>, FlushItem)]) -> redis::Cmd {

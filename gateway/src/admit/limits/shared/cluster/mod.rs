@@ -653,15 +653,27 @@ impl ClusterLink {
         let Some(mut conn) = self.conns.get(node).cloned() else {
             return;
         };
-        let mut pipe = redis::pipe();
-        for code in self.scripts.iter() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(code);
-        }
-        let r = tokio::time::timeout_at(deadline, pipe.query_async::<Vec<String>>(&mut conn)).await;
-        if matches!(r, Ok(Ok(_))) {
+        if load_scripts_on(&mut conn, &self.scripts, deadline).await {
             self.stats.script_loads += 1;
         }
     }
+}
+
+/// `SCRIPT LOAD` of every script on one node by `deadline`; true when they all loaded.
+async fn load_scripts_on(
+    conn: &mut MultiplexedConnection,
+    scripts: &[String],
+    deadline: Instant,
+) -> bool {
+    if scripts.is_empty() {
+        return false;
+    }
+    let mut pipe = redis::pipe();
+    for code in scripts {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(code);
+    }
+    let r = tokio::time::timeout_at(deadline, pipe.query_async::<Vec<String>>(conn)).await;
+    matches!(r, Ok(Ok(_)))
 }
 
 /// A new node connection, with the scripts loaded on it (best effort: a `NOSCRIPT` later
@@ -682,16 +694,8 @@ async fn connect(
     .await
     {
         Ok(Ok(mut c)) => {
-            if scripts.is_empty() {
-                return Ok((c, false));
-            }
-            let mut pipe = redis::pipe();
-            for code in scripts.iter() {
-                pipe.cmd("SCRIPT").arg("LOAD").arg(code);
-            }
-            let loaded =
-                tokio::time::timeout_at(deadline, pipe.query_async::<Vec<String>>(&mut c)).await;
-            Ok((c, matches!(loaded, Ok(Ok(_)))))
+            let loaded = load_scripts_on(&mut c, &scripts, deadline).await;
+            Ok((c, loaded))
         }
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("connect timed out".into()),
