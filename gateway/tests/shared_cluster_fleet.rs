@@ -129,6 +129,7 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         .collect();
     assert!(masters.len() >= 2, "{}", cluster.describe());
     let moved_before: f64 = changes(gws, "moved").iter().sum();
+    let refreshes_before = changes(gws, "slots_refresh");
     let (ok, took) = cluster.reshard(masters[0], masters[1], 1000);
     assert!(ok, "reshard failed: {}", cluster.describe());
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -136,10 +137,24 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
     eprintln!("reshard of 1000 slots took {took:?}; {moved} MOVED followed by the fleet");
     assert!(gws.iter().all(in_sync), "after the reshard");
 
-    // `exact` after every change: each of 32 new clients (keys on every master, the
+    // `exact` after every change, once every replica has fetched the slot map the reshard
+    // left (it routes `exact` by that map): each of 32 new clients (keys on every master, the
     // promoted replicas included) is answered by Redis, not by the fallback.
     let fallbacks =
         |gws: &[GatewayProc]| fleet_sum(gws, "gateway_shared_limits_exact_fallbacks_total", &[]);
+    wait_resync(gws, &refreshes_before, "every replica on the resharded map");
+    let fallback_lines = |gws: &[GatewayProc]| -> Vec<String> {
+        gws.iter()
+            .flat_map(|g| {
+                g.metrics()
+                    .lines()
+                    .filter(|l| l.starts_with("gateway_shared_limits_exact_fallbacks_total"))
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let before_lines = fallback_lines(gws);
     let before = fallbacks(gws);
     for i in 0..32 {
         let (status, _) = hit(
@@ -150,7 +165,12 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         .await;
         assert_eq!(status, 200, "exact for client {i}");
     }
-    assert_eq!(fallbacks(gws), before, "exact answered by the cluster");
+    assert_eq!(
+        fallbacks(gws),
+        before,
+        "exact answered by the cluster: before {before_lines:?}, after {:?}",
+        fallback_lines(gws)
+    );
 
     let (gws, (sent, admitted, failed, slowest, load_secs, bg_sent, bg_slowest)) =
         fleet.finish("cluster failovers and a reshard").await;

@@ -89,16 +89,24 @@ async fn check(c: &Confirm) -> BucketDecision {
         .arg(script::interval_us_arg(g.interval_ns()))
         .arg(g.tolerance_ns() / 1_000);
     // On a cluster: the key's master, so that a NOSCRIPT reloads the scripts there.
-    let Some(mut conn) = conn.for_command(&cmd) else {
+    let Some(mut node) = conn.for_command(&cmd) else {
         // No open connection to that slot's master (it just moved): the loop opens one.
         engine.mark_routes_stale();
         return fall_back(c, "down");
     };
-    let reply = tokio::time::timeout(
-        EXACT_TIMEOUT,
-        call_reloading(&mut conn, &cmd, EXACT_TIMEOUT),
-    )
-    .await;
+    let deadline = tokio::time::Instant::now() + EXACT_TIMEOUT;
+    let mut reply =
+        tokio::time::timeout_at(deadline, call_reloading(&mut node, &cmd, EXACT_TIMEOUT)).await;
+    // A slot that moved before the routes learnt of it (resharding): follow the MOVED once,
+    // within the same budget, as a cluster client does; the loop fetches the new map.
+    if let Ok(Err(e)) = &reply {
+        if let Some(mut moved) = conn.moved_to(e) {
+            engine.mark_routes_stale();
+            reply =
+                tokio::time::timeout_at(deadline, call_reloading(&mut moved, &cmd, EXACT_TIMEOUT))
+                    .await;
+        }
+    }
     let reply = match reply {
         Ok(Ok(v)) => v,
         Ok(Err(e)) if is_redirect(&e) => {

@@ -135,6 +135,17 @@ impl Conn {
             Conn::Cluster(r) => r.connection_for_cmd(cmd).map(Conn::Node),
         }
     }
+
+    /// On a cluster, the open connection a `MOVED` error points at (a slot that moved
+    /// before the routes learnt of it).
+    pub fn moved_to(&self, e: &redis::RedisError) -> Option<Conn> {
+        match self {
+            Conn::Cluster(r) => r
+                .connection_for_moved(e.code()?, e.detail())
+                .map(Conn::Node),
+            Conn::Node(_) => None,
+        }
+    }
 }
 
 fn no_route() -> redis::RedisError {

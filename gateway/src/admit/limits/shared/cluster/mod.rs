@@ -156,6 +156,23 @@ impl Routes {
         self.conns.get(self.map.master_of(slot)?).cloned()
     }
 
+    /// The node a `MOVED` reply (`code`, `detail`) names, when a connection to it is open.
+    pub fn connection_for_moved(
+        &self,
+        code: &str,
+        detail: Option<&str>,
+    ) -> Option<MultiplexedConnection> {
+        // An empty host ("the node you asked") finds no connection: the caller falls back.
+        let unknown = NodeAddr {
+            host: String::new(),
+            port: 0,
+        };
+        match slots::classify(code, detail, &unknown) {
+            Action::Moved { to, .. } => self.conns.get(&to).cloned(),
+            _ => None,
+        }
+    }
+
     /// Where a command goes: its first key's master (`None`: no key, or no connection).
     pub fn connection_for_cmd(&self, cmd: &redis::Cmd) -> Option<MultiplexedConnection> {
         self.connection_for_key(slots::first_key(cmd)?)
