@@ -303,31 +303,6 @@ impl Driver {
         policies: &[Arc<SharedPolicy>],
     ) {
         SharedMetrics::get().sync_error(kind);
-        self.fail_counted(kind, e, sent, policies);
-    }
-
-    /// Logs a refusal (ACL, password, TLS) once until the next good reply.
-    fn refused(&mut self, e: &redis::RedisError) {
-        if !self.refusal_logged {
-            self.refusal_logged = true;
-            tracing::error!(
-                target: "shared_limits",
-                error = %e,
-                to = %self.link.describe(),
-                "Redis refuses this gateway (check shared_limits.username, password_file, the ACL and tls.ca_file); enforcing locally per on_unavailable"
-            );
-        }
-    }
-
-    /// `fail` for a failure `sync_errors_total` already counted (a cluster flush counts
-    /// each of its calls).
-    fn fail_counted(
-        &mut self,
-        kind: &'static str,
-        e: &redis::RedisError,
-        sent: u64,
-        policies: &[Arc<SharedPolicy>],
-    ) {
         tracing::debug!(target: "shared_limits", kind, error = %e, "Redis call failed");
         if kind != "noscript" {
             // A timed-out socket may be hung (SIGSTOP, blackhole): never reuse it.
@@ -343,6 +318,19 @@ impl Driver {
         self.link.failed(e);
         if is_refusal(e) {
             self.refused(e);
+        }
+    }
+
+    /// Logs a refusal (ACL, password, TLS) once until the next good reply.
+    fn refused(&mut self, e: &redis::RedisError) {
+        if !self.refusal_logged {
+            self.refusal_logged = true;
+            tracing::error!(
+                target: "shared_limits",
+                error = %e,
+                to = %self.link.describe(),
+                "Redis refuses this gateway (check shared_limits.username, password_file, the ACL and tls.ca_file); enforcing locally per on_unavailable"
+            );
         }
     }
 
@@ -692,18 +680,22 @@ impl Driver {
                     e
                 }
             };
-            m.sync_error(error.kind());
-            first_error.get_or_insert(error);
+            // Every failed call is counted; the first one below, with the breaker's verdict.
+            match first_error {
+                None => first_error = Some(error),
+                Some(_) => m.sync_error(error.kind()),
+            }
         }
         if good {
             if let Some(e) = &first_error {
+                m.sync_error(e.kind());
                 tracing::debug!(target: "shared_limits", error = %e, "some cluster calls failed; the rest synced");
             }
             self.publish(conn).await;
             self.good();
         } else if let Some(e) = first_error {
             let kind = e.kind();
-            self.fail_counted(kind, &e.into(), t_send, policies);
+            self.fail(kind, &e.into(), t_send, policies);
         }
         if again {
             self.next_flush = monotonic_ns();
