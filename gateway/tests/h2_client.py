@@ -6,6 +6,8 @@
 normal N            N sequential GETs on one connection; prints latencies (ms) p50/p99
 idle N S            N GETs, then silence: how long until the server closes (at most S s)
 no-pong N S         a POST whose body never comes, then never reads (so never answers PING)
+open-empty N S      a POST with content-length 0 whose stream never ends; waits (at most S s)
+                    for the answer, answering PINGs
 post N              one POST with an N-byte body; prints the response status, headers, body
 trailers N KIND     one POST with an N-byte body (KIND ending in "-cl": with content-length),
                     then a trailer section: pseudo (:path), connection, te (gzip),
@@ -175,6 +177,33 @@ def no_pong(port, seconds):
     print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
 
 
+def open_empty(port, seconds):
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs + [("content-length", "0")], end_stream=False)
+    s.sendall(conn.data_to_send())
+    start = time.monotonic()
+    result = {"status": None, "reset": False, "closed": False}
+    s.settimeout(seconds)
+    try:
+        while result["status"] is None and not result["reset"] and time.monotonic() - start < seconds:
+            data = s.recv(65536)
+            if not data:
+                result["closed"] = True
+                break
+            for ev in conn.receive_data(data):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    result["status"] = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.StreamReset):
+                    result["reset"] = True
+            s.sendall(conn.data_to_send())
+    except (socket.timeout, ssl.SSLError, OSError):
+        pass
+    result["seconds"] = round(time.monotonic() - start, 3)
+    print(json.dumps(result))
+
+
 def post(port, n):
     """Unlike curl 7.88, reads a complete response even if RST_STREAM(NO_ERROR) follows it,
     as RFC 9113 §8.1 lets a server answer before the body is in."""
@@ -309,6 +338,8 @@ if __name__ == "__main__":
         trailers(port, n, sys.argv[4])
     elif mode == "no-pong":
         no_pong(port, seconds)
+    elif mode == "open-empty":
+        open_empty(port, seconds)
     elif mode == "idle":
         idle(port, n, seconds)
     elif mode == "handshake-flood":

@@ -477,6 +477,17 @@ async fn an_unanswered_ping_closes_the_connection() {
     wait_reason(gw, H2_CLOSED, "ping_timeout").await;
 }
 
+/// `content-length: 0` on a stream that never ends: the wait for its END_STREAM (so that a
+/// refused trailer section never reaches the app) is bounded by `downstream_read`: 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_h2_body_that_never_ends_is_answered_408() {
+    let w = world("", "timeouts:\n  downstream_read: 1s\n").await;
+    let r = tokio::task::block_in_place(|| h2_client(&w.gw, &["open-empty", "0", "6"]));
+    let secs = r["seconds"].as_f64().unwrap();
+    assert!(r["status"] == 408 && (0.9..3.0).contains(&secs), "{r}");
+    assert_eq!(w.stub.count(), 0, "reached the upstream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2_floods_close_the_connection_and_spare_other_clients() {
     let w = world("", "").await;
@@ -1025,25 +1036,32 @@ async fn h2_malformed_trailers_never_reach_the_upstream() {
     let (stub, gw) = (&w.stub, &w.gw);
     let mut failures = Vec::new();
     let kinds = ["pseudo", "connection", "te", "content-length", "valid"];
-    for kind in kinds
-        .iter()
-        .flat_map(|k| [k.to_string(), format!("{k}-cl")])
-    {
+    // An empty body with `content-length: 0` is complete upstream at its head: it too must
+    // wait for the end of the stream, which the trailers (sent 0.3 s later) never give.
+    let cases: Vec<(&str, String)> = ["0", "100"]
+        .into_iter()
+        .flat_map(|n| {
+            kinds
+                .iter()
+                .flat_map(move |k| [(n, k.to_string()), (n, format!("{k}-cl"))])
+        })
+        .collect();
+    for (n, kind) in &cases {
         let before = stub.count();
-        let r = tokio::task::block_in_place(|| h2_client(gw, &["trailers", "100", &kind]));
+        let r = tokio::task::block_in_place(|| h2_client(gw, &["trailers", n, kind]));
         if r["status"] != serde_json::Value::Null {
-            failures.push(format!("{kind}: answered {r}"));
+            failures.push(format!("{kind}, {n} bytes: answered {r}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         if stub.count() != before {
             let last = stub.requests.lock().unwrap().last().cloned();
-            failures.push(format!("{kind}: reached the upstream: {last:?}"));
+            failures.push(format!("{kind}, {n} bytes: reached the upstream: {last:?}"));
         }
     }
-    assert_all_passed(&failures, 2 * kinds.len());
+    assert_all_passed(&failures, cases.len());
     let labels = [("reason", "request_trailers")];
     let closed = gw
-        .wait_metric_above(H2_CLOSED, &labels, 9.0, Duration::from_secs(5))
+        .wait_metric_above(H2_CLOSED, &labels, 19.0, Duration::from_secs(5))
         .await;
-    assert!(closed >= 10.0, "closed for request_trailers: {closed}");
+    assert!(closed >= 20.0, "closed for request_trailers: {closed}");
 }

@@ -153,14 +153,27 @@ impl ProxyHttp for Gateway {
                 request_log::admission(&self.shared.metrics, &found, None);
                 ctx.record(found);
                 // `content-length: 0` makes the request complete upstream at its head: an h2
-                // stream still open after its HEADERS waits for its END_STREAM first, so one
-                // refused later (a trailer section) never reaches the app.
+                // stream waits for its END_STREAM first, so one refused later (a trailer
+                // section) never reaches the app. Not gated on `is_body_done()`: pingora
+                // reads `content-length: 0` as done while the stream is still open. On a
+                // stream that already ended, the read returns at once.
                 let req = session.req_header();
-                if req.version == http::Version::HTTP_2
-                    && admit::declared_body_len(req) == Some(0)
-                    && !session.is_body_done()
+                if req.version == http::Version::HTTP_2 && admit::declared_body_len(req) == Some(0)
                 {
-                    while session.read_request_body().await?.is_some() {}
+                    let deadline = live.config.timeouts.downstream_read;
+                    let end = async {
+                        while session.read_request_body().await?.is_some() {}
+                        Ok::<(), Box<Error>>(())
+                    };
+                    match tokio::time::timeout(deadline, end).await {
+                        Ok(read) => read?,
+                        Err(_) => {
+                            return Error::e_explain(
+                                ErrorType::HTTPStatus(408),
+                                "h2 stream with content-length 0 not ended",
+                            )
+                        }
+                    }
                 }
                 Ok(false)
             }
