@@ -5,7 +5,8 @@
 //! - a gateway with that user gets in sync and `exact` works; a gateway with a weaker ACL
 //!   or a wrong password logs one clear line and stays degraded, serving requests;
 //! - TLS with a CA made at test time: in sync; a wrong CA and a cleartext port are
-//!   refused (degraded, never cleartext).
+//!   refused (degraded, never cleartext); a TLS-only cluster (slot map, every master and
+//!   `exact` over TLS).
 //!
 //! ~15 s. Skips loudly without `redis-server`.
 
@@ -334,5 +335,122 @@ async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
         0.0,
         "TLS configured: a cleartext port is never used"
     );
+    assert_eq!(up(&good), 1.0);
+}
+
+/// `redis-cli` over TLS (the nodes below have no cleartext port), its stdout.
+fn cli_tls(port: u16, ca: &str, args: &[&str]) -> String {
+    std::process::Command::new("redis-cli")
+        .args([
+            "--tls",
+            "--cacert",
+            ca,
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(args)
+        .stderr(std::process::Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// A cluster whose nodes speak only TLS (as managed offerings with in-transit encryption
+/// do: `port 0`, TLS on the cluster bus): the gateway, given one seed and the CA, learns the
+/// slot map over TLS, connects to every master over TLS, syncs, and `exact` is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_only_cluster_with_a_private_ca() {
+    if missing("redis-server", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca(dir.path(), "cluster");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let _nodes: Vec<testkit::ChildGuard> = ports
+        .iter()
+        .map(|port| {
+            let log = std::fs::File::create(dir.path().join(format!("{port}.log"))).unwrap();
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--bind", "127.0.0.1", "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
+                .args(["--tls-ca-cert-file", &ca, "--tls-cluster", "yes"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &free_port().to_string(),
+                ])
+                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                .args(["--save", "", "--appendonly", "no"])
+                .args(["--dir", &dir.path().display().to_string()])
+                .stdout(std::process::Stdio::from(log))
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            testkit::ChildGuard::new(child)
+        })
+        .collect();
+    for port in &ports {
+        assert!(
+            testkit::wait_until(Duration::from_secs(10), || cli_tls(*port, &ca, &["PING"])
+                .starts_with("PONG")),
+            "TLS node {port} did not start"
+        );
+    }
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let made = std::process::Command::new("redis-cli")
+        .args(["--tls", "--cacert", &ca, "--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "redis-cli --cluster create over TLS: {}",
+        String::from_utf8_lossy(&made.stdout)
+    );
+    assert!(
+        testkit::wait_until(Duration::from_secs(20), || ports.iter().all(|p| {
+            cli_tls(*p, &ca, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
+        })),
+        "TLS cluster not ok within 20 s"
+    );
+    let stub = Stub::start(StubMode::Echo).await;
+    let good = gateway(
+        stub.addr,
+        &format!(
+            "  cluster:\n    nodes: [{}]\n  tls:\n    ca_file: {ca}\n",
+            addrs[0]
+        ),
+    );
+    in_sync_and_exact(&good, "on a TLS-only cluster", "127.0.0.34").await;
+    let fallbacks = good.metric_sum("gateway_shared_limits_exact_fallbacks_total", &[]);
+    assert_eq!(fallbacks, 0.0, "exact answered by the cluster");
+    // One policy's keys spread over the slots: 30 clients reach every master (a master
+    // left out has probability 3 * (2/3)^30, ~2e-5), each over TLS.
+    for i in 1..=30 {
+        round_robin(
+            std::slice::from_ref(&good),
+            &format!("127.0.1.{i}"),
+            "/v1/spread",
+            1,
+            Duration::ZERO,
+        )
+        .await;
+    }
+    let holding = || {
+        ports
+            .iter()
+            .filter(|p| {
+                let n: u64 = cli_tls(**p, &ca, &["DBSIZE"]).trim().parse().unwrap_or(0);
+                n > 0
+            })
+            .count()
+    };
+    testkit::wait_until(Duration::from_secs(5), || holding() == 3);
+    assert_eq!(holding(), 3, "keys on every master");
     assert_eq!(up(&good), 1.0);
 }
