@@ -6,7 +6,7 @@
 //!   or a wrong password logs one clear line and stays degraded, serving requests;
 //! - TLS with a CA made at test time: in sync; a wrong CA and a cleartext port are
 //!   refused (degraded, never cleartext); a TLS-only cluster (slot map, every master and
-//!   `exact` over TLS).
+//!   `exact` over TLS); a TLS sentinel naming a TLS master.
 //!
 //! ~15 s. Skips loudly without `redis-server`.
 
@@ -453,4 +453,83 @@ async fn a_tls_only_cluster_with_a_private_ca() {
     testkit::wait_until(Duration::from_secs(5), || holding() == 3);
     assert_eq!(holding(), 3, "keys on every master");
     assert_eq!(up(&good), 1.0);
+}
+
+/// Sentinel with TLS everywhere: the sentinel listens on TLS only and reaches the master over
+/// TLS (`tls-replication yes`); the gateway asks it over TLS, verifies the master it names
+/// over TLS, syncs, and `exact` is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_over_tls_with_a_private_ca() {
+    if missing("redis-server", "--version") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_ca(dir.path(), "sentinel");
+    let tls = |port: u16| {
+        format!(
+            "tls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
+             tls-ca-cert-file {ca}\ntls-auth-clients no\ntls-replication yes\n"
+        )
+    };
+    let master_tls = free_port();
+    // The cleartext port stays for the helper's readiness check; nothing else uses it.
+    let master_args: Vec<String> = tls(master_tls)
+        .lines()
+        .flat_map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            [format!("--{k}"), v.to_string()]
+        })
+        .collect();
+    let _master = Redis::start_with(&master_args);
+    let sentinel_port = free_port();
+    let sentinel_conf = dir.path().join("sentinel.conf");
+    std::fs::write(
+        &sentinel_conf,
+        format!(
+            "port 0\nbind 127.0.0.1\ndir {}\n{}\
+             sentinel monitor edge-limits 127.0.0.1 {master_tls} 1\n\
+             sentinel down-after-milliseconds edge-limits 1000\n",
+            dir.path().display(),
+            tls(sentinel_port)
+        ),
+    )
+    .unwrap();
+    let _sentinel = testkit::ChildGuard::new(
+        std::process::Command::new("redis-server")
+            .arg(&sentinel_conf)
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::from(
+                std::fs::File::create(dir.path().join("sentinel.log")).unwrap(),
+            ))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(
+        testkit::wait_until(Duration::from_secs(10), || {
+            cli_tls(
+                sentinel_port,
+                &ca,
+                &["SENTINEL", "get-master-addr-by-name", "edge-limits"],
+            )
+            .contains(&master_tls.to_string())
+        }),
+        "TLS sentinel did not start"
+    );
+    let stub = Stub::start(StubMode::Echo).await;
+    let good = gateway(
+        stub.addr,
+        &format!(
+            "  sentinel:\n    master: edge-limits\n    nodes: [127.0.0.1:{sentinel_port}]\n  \
+             tls:\n    ca_file: {ca}\n"
+        ),
+    );
+    in_sync_and_exact(&good, "through a TLS sentinel", "127.0.0.35").await;
+    let fallbacks = good.metric_sum("gateway_shared_limits_exact_fallbacks_total", &[]);
+    assert_eq!(fallbacks, 0.0, "exact answered by the master");
+    let keys: u64 = cli_tls(master_tls, &ca, &["DBSIZE"])
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    assert!(keys > 0, "no key on the master");
 }
