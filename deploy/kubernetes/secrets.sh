@@ -7,7 +7,7 @@
 #     --users FILE        the app's users file (password hashes: `app hash-password`)
 #     --token-keys FILE   the token key set shared by gateway and app; without it a new one
 #                         with one random key is made on first use only
-#     --redis FILE        the Redis password (overlay `shared`)
+#     --redis FILE        the password of the Redis ACL user `edge` (overlay `shared`)
 #     --admin-token FILE  the cockpit's bearer token; without it a random one is made on
 #                         first use only (read it back with kubectl get secret edge-admin-token)
 set -euo pipefail
