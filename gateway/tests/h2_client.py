@@ -177,14 +177,11 @@ def no_pong(port, seconds):
     print(json.dumps({"closed": done, "seconds": round(time.monotonic() - start, 3)}))
 
 
-def open_empty(port, seconds):
-    s, conn = connect(port)
-    hs = headers(port)
-    hs[0] = (":method", "POST")
-    conn.send_headers(1, hs + [("content-length", "0")], end_stream=False)
-    s.sendall(conn.data_to_send())
-    start = time.monotonic()
+def answer(s, conn, seconds):
+    """Reads stream 1's answer (answering PINGs) for at most `seconds`: its status, or how
+    the stream or connection ended."""
     result = {"status": None, "reset": False, "closed": False}
+    start = time.monotonic()
     s.settimeout(seconds)
     try:
         while result["status"] is None and not result["reset"] and time.monotonic() - start < seconds:
@@ -197,11 +194,24 @@ def open_empty(port, seconds):
                     result["status"] = int(dict(ev.headers)[b":status"])
                 elif isinstance(ev, h2.events.StreamReset):
                     result["reset"] = True
+                elif isinstance(ev, h2.events.ConnectionTerminated):
+                    result["closed"] = True
             s.sendall(conn.data_to_send())
-    except (socket.timeout, ssl.SSLError, OSError):
-        pass
+    except socket.timeout:
+        result["timeout"] = True
+    except (ConnectionError, ssl.SSLError, OSError, h2.exceptions.ProtocolError):
+        result["closed"] = True
     result["seconds"] = round(time.monotonic() - start, 3)
-    print(json.dumps(result))
+    return result
+
+
+def open_empty(port, seconds):
+    s, conn = connect(port)
+    hs = headers(port)
+    hs[0] = (":method", "POST")
+    conn.send_headers(1, hs + [("content-length", "0")], end_stream=False)
+    s.sendall(conn.data_to_send())
+    print(json.dumps(answer(s, conn, seconds)))
 
 
 def post(port, n):
@@ -273,26 +283,7 @@ def trailers(port, n, kind):
     time.sleep(0.3)
     conn.send_headers(1, TRAILERS[kind.removesuffix("-cl")], end_stream=True)
     s.sendall(conn.data_to_send())
-    result = {"status": None, "reset": False, "closed": False}
-    s.settimeout(3)
-    try:
-        while result["status"] is None and not result["reset"]:
-            data = s.recv(65536)
-            if not data:
-                result["closed"] = True
-                break
-            for ev in conn.receive_data(data):
-                if isinstance(ev, h2.events.ResponseReceived):
-                    result["status"] = int(dict(ev.headers)[b":status"])
-                elif isinstance(ev, h2.events.StreamReset):
-                    result["reset"] = True
-                elif isinstance(ev, h2.events.ConnectionTerminated):
-                    result["closed"] = True
-    except socket.timeout:
-        result["timeout"] = True
-    except (ConnectionError, ssl.SSLError, OSError, h2.exceptions.ProtocolError):
-        result["closed"] = True
-    print(json.dumps(result))
+    print(json.dumps(answer(s, conn, 3)))
 
 
 def normal(port, n):
