@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fleet::*;
-use common::redis_server::Redis;
+use common::redis_server::{create_cluster, spawn_server, Redis};
 use common::*;
 use gateway::admit::limits::shared::link::{self, Link, ACL_COMMANDS};
 use gateway::admit::limits::shared::{keys, resets, script, sync, Connection, Target};
@@ -283,13 +283,22 @@ fn make_ca(dir: &Path, name: &str) -> (String, String, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
+/// A temp dir with a CA and a server certificate for 127.0.0.1 made in it (`name`), or
+/// `None` (a loud skip) without `redis-server`.
+fn tls_dir(name: &str) -> Option<(tempfile::TempDir, String, String, String)> {
     if missing("redis-server", "--version") {
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_ca(dir.path(), "private");
+    let (ca, cert, key) = make_ca(dir.path(), name);
+    Some((dir, ca, cert, key))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
+    let Some((dir, ca, cert, key)) = tls_dir("private") else {
+        return;
+    };
     let (other_ca, _, _) = make_ca(dir.path(), "other");
     let tls_port = free_port();
     // The plain port is there for the readiness check and as the cleartext target below.
@@ -362,35 +371,26 @@ fn cli_tls(port: u16, ca: &str, args: &[&str]) -> String {
 /// slot map over TLS, connects to every master over TLS, syncs, and `exact` is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_only_cluster_with_a_private_ca() {
-    if missing("redis-server", "--version") {
+    let Some((dir, ca, cert, key)) = tls_dir("cluster") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_ca(dir.path(), "cluster");
+    };
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir_arg = dir.path().display().to_string();
     let _nodes: Vec<testkit::ChildGuard> = ports
         .iter()
         .map(|port| {
-            let log = std::fs::File::create(dir.path().join(format!("{port}.log"))).unwrap();
-            let child = std::process::Command::new("redis-server")
-                .args(["--port", "0", "--tls-port", &port.to_string()])
-                .args(["--bind", "127.0.0.1", "--tls-auth-clients", "no"])
-                .args(["--tls-cert-file", &cert, "--tls-key-file", &key])
-                .args(["--tls-ca-cert-file", &ca, "--tls-cluster", "yes"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &free_port().to_string(),
-                ])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.path().display().to_string()])
-                .stdout(std::process::Stdio::from(log))
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
-            testkit::ChildGuard::new(child)
+            let (port_arg, bus_arg) = (port.to_string(), free_port().to_string());
+            let conf = format!("nodes-{port}.conf");
+            #[rustfmt::skip]
+            let args = [
+                "--port", "0", "--tls-port", &port_arg, "--bind", "127.0.0.1",
+                "--tls-auth-clients", "no", "--tls-cert-file", &cert, "--tls-key-file", &key,
+                "--tls-ca-cert-file", &ca, "--tls-cluster", "yes",
+                "--cluster-enabled", "yes", "--cluster-port", &bus_arg,
+                "--cluster-config-file", &conf, "--save", "", "--appendonly", "no",
+                "--dir", &dir_arg,
+            ];
+            spawn_server(&args, &dir.path().join(format!("{port}.log")))
         })
         .collect();
     for port in &ports {
@@ -401,17 +401,7 @@ async fn a_tls_only_cluster_with_a_private_ca() {
         );
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let made = std::process::Command::new("redis-cli")
-        .args(["--tls", "--cacert", &ca, "--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "redis-cli --cluster create over TLS: {}",
-        String::from_utf8_lossy(&made.stdout)
-    );
+    create_cluster(&["--tls", "--cacert", &ca], &addrs, 0);
     assert!(
         testkit::wait_until(Duration::from_secs(20), || ports.iter().all(|p| {
             cli_tls(*p, &ca, &["CLUSTER", "INFO"]).contains("cluster_state:ok")
@@ -460,11 +450,9 @@ async fn a_tls_only_cluster_with_a_private_ca() {
 /// over TLS, syncs, and `exact` is answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_over_tls_with_a_private_ca() {
-    if missing("redis-server", "--version") {
+    let Some((dir, ca, cert, key)) = tls_dir("sentinel") else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = make_ca(dir.path(), "sentinel");
+    };
     let tls = |port: u16| {
         format!(
             "tls-port {port}\ntls-cert-file {cert}\ntls-key-file {key}\n\
@@ -494,17 +482,8 @@ async fn sentinel_over_tls_with_a_private_ca() {
         ),
     )
     .unwrap();
-    let _sentinel = testkit::ChildGuard::new(
-        std::process::Command::new("redis-server")
-            .arg(&sentinel_conf)
-            .arg("--sentinel")
-            .stdout(std::process::Stdio::from(
-                std::fs::File::create(dir.path().join("sentinel.log")).unwrap(),
-            ))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let conf = sentinel_conf.display().to_string();
+    let _sentinel = spawn_server(&[&conf, "--sentinel"], &dir.path().join("sentinel.log"));
     assert!(
         testkit::wait_until(Duration::from_secs(10), || {
             cli_tls(

@@ -14,7 +14,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::fleet::*;
-use common::redis_server::Redis;
+use common::redis_server::{spawn_server, Redis};
 use common::*;
 
 const MASTER: &str = "edge-limits";
@@ -43,17 +43,10 @@ impl Sentinel {
             ),
         )
         .unwrap();
-        let child = std::process::Command::new("redis-server")
-            .arg(&conf)
-            .arg("--sentinel")
-            .stdout(std::process::Stdio::from(
-                std::fs::File::create(dir.path().join("sentinel.log")).unwrap(),
-            ))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let conf = conf.display().to_string();
+        let child = spawn_server(&[&conf, "--sentinel"], &dir.path().join("sentinel.log"));
         let s = Sentinel {
-            _child: ChildGuard::new(child),
+            _child: child,
             port,
             _dir: dir,
         };

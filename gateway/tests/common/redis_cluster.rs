@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use testkit::{free_port, wait_until, ChildGuard};
 
+use super::redis_server::{create_cluster, spawn_server};
+
 pub struct Node {
     pub port: u16,
     pub id: String,
@@ -49,31 +51,25 @@ impl RedisCluster {
         for _ in 0..masters * 2 {
             let port = free_port();
             let bus = free_port();
-            let log = std::fs::File::create(dir.path().join(format!("{port}.log"))).unwrap();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args([
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-port",
-                    &bus.to_string(),
-                ])
-                .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
-                .args(["--cluster-node-timeout", "1000"])
+            let (port_arg, bus_arg) = (port.to_string(), bus.to_string());
+            let conf = format!("nodes-{port}.conf");
+            let dir_arg = dir.path().display().to_string();
+            #[rustfmt::skip]
+            let args = [
+                "--port", &port_arg, "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-port", &bus_arg,
+                "--cluster-config-file", &conf, "--cluster-node-timeout", "1000",
                 // A replica may take over however long it was cut off (tests kill masters).
-                .args(["--cluster-replica-validity-factor", "0"])
+                "--cluster-replica-validity-factor", "0",
                 // Replicas in sync at once (the default waits 5 s for more of them).
-                .args(["--repl-diskless-sync-delay", "0"])
-                .args(["--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.path().display().to_string()])
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
+                "--repl-diskless-sync-delay", "0",
+                "--save", "", "--appendonly", "no", "--dir", &dir_arg,
+            ];
+            let child = spawn_server(&args, &dir.path().join(format!("{port}.log")));
             nodes.push(Node {
                 port,
                 id: String::new(),
-                child: Some(ChildGuard::new(child)),
+                child: Some(child),
             });
         }
         for n in &mut nodes {
@@ -86,17 +82,7 @@ impl RedisCluster {
             n.id = cli(n.port, &["CLUSTER", "MYID"]).trim().to_string();
         }
         let addrs: Vec<String> = nodes.iter().map(Node::addr).collect();
-        let out = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        create_cluster(&[], &addrs, 1);
         let c = RedisCluster { nodes, dir };
         assert!(
             c.wait_ok(Duration::from_secs(20)),

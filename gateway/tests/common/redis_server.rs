@@ -2,6 +2,7 @@
 //! shared-limits tests.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -38,18 +39,12 @@ impl Redis {
     }
 
     pub fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--dir", &self.dir.path().display().to_string()])
-            .args(&self.extra)
-            .stdout(Stdio::from(
-                std::fs::File::create(self.dir.path().join("redis.log")).unwrap(),
-            ))
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(ChildGuard::new(child));
+        let dir = self.dir.path().display().to_string();
+        let port = self.port.to_string();
+        let mut args = vec!["--port", &port, "--bind", "127.0.0.1", "--save", ""];
+        args.extend(["--appendonly", "no", "--dir", &dir]);
+        args.extend(self.extra.iter().map(String::as_str));
+        self.child = Some(spawn_server(&args, &self.dir.path().join("redis.log")));
         assert!(
             wait_until(Duration::from_secs(10), || self.ping()),
             "redis-server did not start on port {}",
@@ -97,6 +92,35 @@ impl Redis {
             .await
             .unwrap()
     }
+}
+
+/// `redis-server args…` (a config file first, if any; `--sentinel` for a sentinel), its
+/// output in `log`, killed on drop.
+pub fn spawn_server(args: &[&str], log: &Path) -> ChildGuard {
+    let child = Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::from(std::fs::File::create(log).unwrap()))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ChildGuard::new(child)
+}
+
+/// `redis-cli [client…] --cluster create nodes… --cluster-replicas N --cluster-yes`
+/// (`client`: e.g. `--tls --cacert ca.pem`); panics with its output if it fails.
+pub fn create_cluster(client: &[&str], nodes: &[String], replicas: usize) {
+    let out = Command::new("redis-cli")
+        .args(client)
+        .args(["--cluster", "create"])
+        .args(nodes)
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "redis-cli --cluster create failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 /// A TCP proxy on loopback that delivers every chunk Redis sends `delay` late (so every
