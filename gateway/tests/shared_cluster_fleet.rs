@@ -20,6 +20,7 @@ use common::*;
 use gateway::admit::limits::shared::cluster::slots::slot_of;
 use gateway::admit::limits::shared::keys::replicas_key;
 use gateway::admit::limits::shared::link::{self, ACL_CLUSTER_COMMANDS};
+use gateway::admit::limits::shared::metrics::ERROR_KINDS;
 
 const TOPOLOGY: &str = "gateway_shared_limits_topology_changes_total";
 
@@ -192,7 +193,14 @@ async fn cluster_failover_kill_and_reshard_fail_no_request() {
         changes(&gws, "ask"),
         changes(&gws, "slots_refresh"),
         gws.iter()
-            .map(|g| g.metric_sum("gateway_shared_limits_sync_errors_total", &[]))
+            .map(|g| {
+                let by_kind = |k| g.metric_sum("gateway_shared_limits_sync_errors_total", &[("kind", k)]);
+                ERROR_KINDS
+                    .iter()
+                    .map(|k| (*k, by_kind(k)))
+                    .filter(|(_, n)| *n > 0.0)
+                    .collect::<Vec<_>>()
+            })
             .collect::<Vec<_>>(),
     );
     // With full coverage required (Redis's default) the whole cluster answers CLUSTERDOWN
