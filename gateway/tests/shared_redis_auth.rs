@@ -16,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fleet::*;
+use common::redis_cluster::cli_with;
 use common::redis_server::{create_cluster, spawn_server, Redis};
 use common::*;
 use gateway::admit::limits::shared::link::{self, Link, ACL_COMMANDS};
@@ -349,21 +350,7 @@ async fn tls_with_a_private_ca_and_no_cleartext_fallback() {
 
 /// `redis-cli` over TLS (the nodes below have no cleartext port), its stdout.
 fn cli_tls(port: u16, ca: &str, args: &[&str]) -> String {
-    std::process::Command::new("redis-cli")
-        .args([
-            "--tls",
-            "--cacert",
-            ca,
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(args)
-        .stderr(std::process::Stdio::null())
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+    cli_with(&["--tls", "--cacert", ca], port, args)
 }
 
 /// A cluster whose nodes speak only TLS (as managed offerings with in-transit encryption

@@ -34,7 +34,13 @@ pub struct RedisCluster {
 
 /// `redis-cli -p port args…`, its stdout (empty when it fails to run).
 pub fn cli(port: u16, args: &[&str]) -> String {
+    cli_with(&[], port, args)
+}
+
+/// `cli` with client options first (e.g. `--tls --cacert ca.pem`).
+pub fn cli_with(client: &[&str], port: u16, args: &[&str]) -> String {
     Command::new("redis-cli")
+        .args(client)
         .args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(args)
         .stderr(Stdio::null())
