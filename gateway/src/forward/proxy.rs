@@ -45,9 +45,9 @@ pub struct RequestCtx {
     /// Set when the gateway itself answered (edge error).
     answered: Option<EdgeError>,
     proxy_error: Option<ProxyError>,
-    /// This request's slot under `limits.max_in_flight_per_client`. Dropped with the
-    /// ctx, which pingora does when the request is over however it ended (answered,
-    /// upstream error, client abort, timeout); `logging` drops it first.
+    /// This request's slot under `limits.max_in_flight_per_client`. Dropped before the
+    /// client can see the end of its answer (`response_body_filter` at the last piece,
+    /// `fail_to_proxy` before its error answer), else by `logging`, else with the ctx.
     inflight: Option<pingora_limits::inflight::Guard>,
 }
 
@@ -274,6 +274,21 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        // The in-flight slot frees before the client can see the end of its answer: a client
+        // that sends its next request on the last byte is not refused for this one.
+        if end_of_stream {
+            ctx.inflight.take();
+        }
+        Ok(None)
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -307,6 +322,8 @@ impl ProxyHttp for Gateway {
             };
         };
         ctx.answered = Some(edge);
+        // As in `response_body_filter`: free the slot before the answer can reach the client.
+        ctx.inflight.take();
         if let Some(live) = ctx.live.clone() {
             let body = edge.body(None);
             if let Ok(resp) = respond::error_header(edge, body.len(), &live, &ctx.request_id) {
@@ -326,7 +343,8 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let m = &self.shared.metrics;
         m.inflight.dec();
-        // The slot frees as soon as the answer is complete, before the log line is written.
+        // Answers that took neither path above (refusals, no body pass): the slot frees
+        // before the log line is written.
         ctx.inflight.take();
         let Some(live) = ctx.live.clone() else { return };
         let status = session
